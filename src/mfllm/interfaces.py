@@ -1,0 +1,132 @@
+"""The interfaces every layer programs against: language-model backends and context providers.
+
+A backend has two methods: :meth:`LanguageModel.generate` (sample texts for prompts) and
+:meth:`LanguageModel.score` (log-likelihood of given continuations). Everything else (retry,
+cache, rate limit) wraps a backend without changing these two signatures.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+
+@dataclass(frozen=True)
+class Message:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One prompt in both layouts; the backend uses ``messages`` for chat models, ``completion`` otherwise.
+
+    ``shared_prefix_chars`` marks how much of ``completion`` is shared by every agent of a step (topic
+    and context come first), for backends with prefix caching.
+    """
+
+    messages: tuple[Message, ...]
+    completion: str
+    shared_prefix_chars: int = 0
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """Sampling settings. Nucleus (``top_p``) sampling runs over the ``top_k`` most likely tokens."""
+
+    max_new_tokens: int = 64
+    temperature: float = 0.8
+    top_p: float = 0.95
+    stop: tuple[str, ...] = ("\n",)
+    seed: int | None = None
+    top_k: int = 200
+
+
+@dataclass(frozen=True)
+class ContinuationScore:
+    """Log-likelihood of a continuation: per-token log-probs (natural log) of its tokens only."""
+
+    token_logprobs: tuple[float, ...]
+
+    @property
+    def logprob(self) -> float:
+        return float(sum(self.token_logprobs))
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.token_logprobs)
+
+    @property
+    def mean_nll(self) -> float:
+        return -self.logprob / max(self.num_tokens, 1)
+
+
+@dataclass
+class UsageStats:
+    """Counters a backend keeps: calls, prompt tokens, kept and discarded generated tokens."""
+
+    generate_calls: int = 0
+    score_calls: int = 0
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    discarded_tokens: int = 0
+    prefix_cached_tokens: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return dict(self.__dict__)
+
+
+class LanguageModel(ABC):
+    """A text generator and scorer. Implementations must be deterministic for a fixed ``seed``."""
+
+    name: str = "model"
+    usage: UsageStats
+
+    @abstractmethod
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
+        """One sampled text per prompt, cut before the first stop string, without the prompt."""
+
+    @abstractmethod
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
+        """Log-probabilities of each continuation's tokens given its prompt (teacher forcing)."""
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        """Prompt length in tokens as this backend would send it (characters when no tokenizer)."""
+        return len(prompt.completion)
+
+    def describe(self) -> dict[str, Any]:
+        """What a run manifest records about this model."""
+        return {"name": self.name, "class": type(self).__name__}
+
+
+@dataclass
+class AgentAction:
+    """One agent's action as seen by context providers (real during warm-up, simulated afterwards)."""
+
+    persona: str
+    text: str
+    kind: str
+    engagement: int = 0
+    position: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ContextProvider(ABC):
+    """What an agent sees of the population before acting: a mean field, recent actions, or nothing."""
+
+    @abstractmethod
+    def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
+        """Take in the latest batch of actions (one call per step)."""
+
+    @abstractmethod
+    def context(self) -> str | None:
+        """The text placed in the policy prompt, or None for no context."""
+
+    @abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state, enough to resume after a crash."""
+
+    @abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore from :meth:`state_dict`."""

@@ -1,0 +1,133 @@
+"""Every prompt mfllm sends, in the event's language; shared by simulation, training and evaluation.
+
+Each builder returns a :class:`~mfllm.interfaces.Prompt` with both layouts: chat messages for
+instruction-tuned models and a completion text for base models, whose last line is an answer cue
+so the model's next line is the answer. The part shared by every agent of a step (topic, then
+context) comes first, which suits prefix caching.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from mfllm.interfaces import AgentAction, Message, Prompt
+
+MAX_TOPIC_CHARS = 300
+MAX_ACTION_CHARS = 120
+
+
+@dataclass(frozen=True)
+class Templates:
+    platform_intro: str
+    topic: str
+    context_headers: dict[str, str]
+    persona: str
+    policy_system: str
+    policy_instruction: str
+    policy_cue: str
+    mean_field_system: str
+    mean_field_previous: str
+    mean_field_none: str
+    mean_field_batch: str
+    mean_field_item: str
+    mean_field_instruction: str
+    mean_field_cue: str
+    kinds: dict[str, str]
+
+
+TEMPLATES: dict[str, Templates] = {
+    "zh": Templates(
+        platform_intro="以下是微博上的一条帖子，以及用户对它的反应。",
+        topic="原帖：{topic}",
+        context_headers={"mf": "此刻大众反应的概括：", "recent": "最新的几条反应：", "popular": "最受关注的几条反应："},
+        persona="当前用户：{persona}",
+        policy_system="你是一名微博用户。根据原帖、大众的反应和你的个人资料，写出你会发的一条评论或转发语。",
+        policy_instruction="请以该用户的身份写一条评论或转发语，只写内容本身，一行，不加解释。",
+        policy_cue="该用户的评论：",
+        mean_field_system="你负责概括微博上大众对一条帖子的集体反应。",
+        mean_field_previous="此前的概括：{previous}",
+        mean_field_none="（尚无）",
+        mean_field_batch="新一批用户的反应：",
+        mean_field_item="{index}. [{kind}] {persona} 说：{text}",
+        mean_field_instruction=(
+            "请更新概括，用一段话（不超过{max_chars}字）写出：支持、反对和中立的大致比例，主要观点，主要情绪，"
+            "转发与评论的比例，对原帖的相信或怀疑程度，以及主要意图（提问、表态或扩散信息）。只写一段。"
+        ),
+        mean_field_cue="更新后的概括：",
+        kinds={"comment": "评论", "repost": "转发", "reply": "回复"},
+    ),
+    "en": Templates(
+        platform_intro="Below is a social-media post and how users reacted to it.",
+        topic="Post: {topic}",
+        context_headers={"mf": "Summary of the crowd's reaction so far:", "recent": "Most recent reactions:",
+                         "popular": "Most engaged-with reactions:"},
+        persona="Current user: {persona}",
+        policy_system="You are a social-media user. Given the post, the crowd's reaction and your profile, write the one reply or share comment you would post.",
+        policy_instruction="Write this user's reply or share comment. Output only the text itself, on one line, with no explanation.",
+        policy_cue="The user's reply:",
+        mean_field_system="You summarise how a crowd collectively reacts to a social-media post.",
+        mean_field_previous="Previous summary: {previous}",
+        mean_field_none="(none yet)",
+        mean_field_batch="Latest reactions:",
+        mean_field_item="{index}. [{kind}] {persona} said: {text}",
+        mean_field_instruction=(
+            "Update the summary in one paragraph (at most {max_chars} words): the rough shares of support, opposition and "
+            "neutrality, the main opinions, the dominant emotions, sharing versus commenting, how far people believe or doubt "
+            "the post, and their main intent (asking, stating an opinion, spreading information). One paragraph only."
+        ),
+        mean_field_cue="Updated summary:",
+        kinds={"comment": "comment", "repost": "share", "reply": "reply"},
+    ),
+}
+
+
+def _clip(text: str, limit: int) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def render_context(method: str, language: str, context: str | None) -> str:
+    """The context block for ``method`` ("" for no context)."""
+    if not context:
+        return ""
+    return f"{TEMPLATES[language].context_headers[method]}\n{context}"
+
+
+def render_actions(actions: Sequence[AgentAction], language: str) -> str:
+    """A numbered list of actions, as the recent-k and popular-k baselines show them."""
+    kinds = TEMPLATES[language].kinds
+    return "\n".join(f"- [{kinds.get(a.kind, a.kind)}] {_clip(a.text, MAX_ACTION_CHARS)}" for a in actions)
+
+
+def policy_prompt(topic: str, persona: str, language: str, method: str = "mf", context: str | None = None) -> Prompt:
+    """Prompt for agent i's action given (topic, s_i, context). Shared part first: topic, context."""
+    t = TEMPLATES[language]
+    shared = "\n".join(part for part in (t.platform_intro, t.topic.format(topic=_clip(topic, MAX_TOPIC_CHARS)),
+                                         render_context(method, language, context)) if part)
+    personal = t.persona.format(persona=persona)
+    completion = f"{shared}\n{personal}\n{t.policy_cue}"
+    user = f"{shared}\n{personal}\n\n{t.policy_instruction}"
+    return Prompt((Message("system", t.policy_system), Message("user", user)), completion, shared_prefix_chars=len(shared) + 1)
+
+
+def mean_field_prompt(topic: str, previous: str | None, actions: Sequence[AgentAction], language: str, max_chars: int) -> Prompt:
+    """Prompt for the mean-field update m_t = μ(m_{t-1}, latest batch of (persona, action))."""
+    t = TEMPLATES[language]
+    items = "\n".join(
+        t.mean_field_item.format(index=i + 1, kind=t.kinds.get(a.kind, a.kind), persona=a.persona, text=_clip(a.text, MAX_ACTION_CHARS))
+        for i, a in enumerate(actions)
+    )
+    body = "\n".join((
+        t.topic.format(topic=_clip(topic, MAX_TOPIC_CHARS)),
+        t.mean_field_previous.format(previous=previous or t.mean_field_none),
+        t.mean_field_batch,
+        items,
+        t.mean_field_instruction.format(max_chars=max_chars),
+    ))
+    return Prompt((Message("system", t.mean_field_system), Message("user", body)), f"{body}\n{t.mean_field_cue}")
+
+
+def mean_field_prior_prompt(topic: str, language: str, max_chars: int) -> Prompt:
+    """p0: the mean-field instruction with no history, the KL anchor of IB-Tune."""
+    return mean_field_prompt(topic, None, (), language, max_chars)

@@ -1,0 +1,63 @@
+"""Simulation configuration: one pydantic model, loadable from YAML with CLI overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Method = Literal["mf", "state", "recent", "popular", "sft"]
+METHODS: tuple[str, ...] = ("mf", "state", "recent", "popular", "sft")
+
+
+class SimulationConfig(BaseModel):
+    """Everything that determines a simulation run (and so goes into its manifest)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(description="Dataset directory or file (see `mfllm data list`).")
+    data_format: str | None = Field(default=None, description="Reader name; detected from the path when omitted.")
+    event_id: str | None = Field(default=None, description="Event to simulate; the first event when omitted.")
+    method: Method = Field(default="mf", description="mf = mean field; state = profile only; recent = last k actions; "
+                                                      "popular = top k by engagement; sft = tuned policy, no context.")
+    policy_model: str = Field(default="embedded:gemma-3-270m", description="Policy model spec (embedded:NAME, hf:PATH, openai:MODEL@URL, fake).")
+    mean_field_model: str | None = Field(default=None, description="Mean-field model spec; the policy model when omitted.")
+    policy_adapter: str | None = Field(default=None, description="LoRA adapter directory for the policy.")
+    mean_field_adapter: str | None = Field(default=None, description="LoRA adapter directory for the mean-field model.")
+    num_agents: int | None = Field(default=None, ge=1, description="Agents to simulate after warm-up; all remaining reactions when omitted.")
+    warmup: int = Field(default=32, ge=0, description="Real reactions fed to the context before simulation starts (cut-off per reaction).")
+    batch_size: int = Field(default=16, ge=1, description="Agents per step; they act together, then the context updates.")
+    context_k: int = Field(default=8, ge=1, description="Actions shown by the recent and popular baselines.")
+    popular_window: int = Field(default=64, ge=1, description="Recent actions the popular baseline ranks by engagement.")
+    seed: int = Field(default=0, description="Run seed; every model call derives its own seed from it.")
+    temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature (0 = greedy).")
+    top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
+    max_action_tokens: int = Field(default=48, ge=1, description="Upper bound on an action; generation stops at the end of the line first.")
+    max_mean_field_tokens: int = Field(default=128, ge=8, description="Upper bound on a mean-field update.")
+    mean_field_max_chars: int = Field(default=120, ge=20, description="Length the mean-field prompt asks for (characters in zh, words in en).")
+    device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
+    dtype: str = Field(default="auto", description="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16.")
+
+    @model_validator(mode="after")
+    def _check(self) -> SimulationConfig:
+        if self.method != "mf" and (self.mean_field_model or self.mean_field_adapter):
+            raise ValueError(f"method {self.method!r} has no mean field: drop mean_field_model / mean_field_adapter")
+        return self
+
+    @property
+    def resolved_mean_field_model(self) -> str:
+        return self.mean_field_model or self.policy_model
+
+    @classmethod
+    def from_sources(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SimulationConfig:
+        """Values from a YAML file, then non-None overrides (CLI flags) on top."""
+        values: dict[str, Any] = {}
+        if yaml_path:
+            loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{yaml_path}: expected a mapping of config fields")
+            values.update(loaded)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls(**values)
