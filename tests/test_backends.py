@@ -1,0 +1,173 @@
+"""Backends on a tiny random model with a real tokenizer; wrappers; the HTTP backend on a mock transport."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mfllm.backends import CachingModel, FakeModel, ModelPool, RetryingModel, TransientBackendError, parse_spec
+from mfllm.backends.hf import LoadedCausalLM, ModelSource, TransformersModel, shared_prefix_length, stop_position
+from mfllm.interfaces import ContinuationScore, Prompt, SamplingParams
+from mfllm.prompts import policy_prompt
+
+torch = pytest.importorskip("torch")
+
+
+def _prompts(n: int = 4, language: str = "en") -> list[Prompt]:
+    topic = "A hospital ship arrived in the harbour today with a thousand beds for patients."
+    return [policy_prompt(topic, f"gender: male; followers: {i}00", language, "mf", "Most people doubt it.") for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tiny_base_model_dir: Path) -> TransformersModel:
+    return TransformersModel(LoadedCausalLM(ModelSource(str(tiny_base_model_dir)), "cpu", "fp32"), "tiny")
+
+
+def test_generate_is_seeded_and_stops_at_end_of_line(tiny_base: TransformersModel) -> None:
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, seed=7)
+    first = tiny_base.generate(_prompts(), params)
+    assert first == tiny_base.generate(_prompts(), params)
+    assert first != tiny_base.generate(_prompts(), SamplingParams(max_new_tokens=12, temperature=1.0, seed=8))
+    assert all("\n" not in text for text in first)
+    assert tiny_base.usage.generated_tokens > 0 and tiny_base.usage.prompt_tokens > 0
+
+
+def test_prefix_cache_gives_the_same_greedy_output(tiny_base: TransformersModel) -> None:
+    prompts = _prompts(5)
+    ids = [tiny_base.loaded.tokenizer(tiny_base.loaded.render(p)).input_ids for p in prompts]
+    assert shared_prefix_length(ids) >= 16
+    params = SamplingParams(max_new_tokens=10, temperature=0.0, stop=())
+    tiny_base.prefix_cache = False
+    plain = tiny_base.generate(prompts, params)
+    tiny_base.prefix_cache = True
+    before = tiny_base.usage.prefix_cached_tokens
+    cached = tiny_base.generate(prompts, params)
+    assert cached == plain
+    assert tiny_base.usage.prefix_cached_tokens > before
+
+
+def test_stop_position_skips_leading_newlines() -> None:
+    assert stop_position("\n\nhello\nworld", ("\n",)) == 7
+    assert stop_position("  ", ("\n",)) is None
+    assert stop_position("abc", ("\n", "c")) == 2
+
+
+def test_score_masks_exactly_the_continuation(tiny_base: TransformersModel) -> None:
+    prompts = _prompts(3)
+    continuations = ["yes", "I do not believe this at all", ""]
+    scores = tiny_base.score(prompts, continuations)
+    tokenizer, model = tiny_base.loaded.tokenizer, tiny_base.loaded.model
+    for prompt, continuation, score in zip(prompts, continuations, scores):
+        prompt_ids = tokenizer(prompt.completion).input_ids
+        cont_ids = tokenizer(continuation, add_special_tokens=False).input_ids
+        assert score.num_tokens == len(cont_ids)
+        with torch.no_grad():  # reference: one unpadded sequence
+            logits = model(torch.tensor([prompt_ids + cont_ids])).logits[0]
+        logprobs = torch.log_softmax(logits, -1)
+        expected = [float(logprobs[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(cont_ids)]
+        assert score.token_logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def test_chat_models_get_chat_messages(tiny_model_dir: Path) -> None:
+    chat = LoadedCausalLM(ModelSource(str(tiny_model_dir)), "cpu", "fp32")
+    assert chat.is_chat
+    rendered = chat.render(_prompts(1)[0])
+    assert "<|im_start|>system" in rendered and "Output only the text itself" in rendered
+    assert rendered.rstrip().endswith("<|im_start|>assistant")
+
+
+def test_pool_shares_weights_between_roles(tiny_base_model_dir: Path) -> None:
+    pool = ModelPool(device="cpu")
+    a = pool.get(f"hf:{tiny_base_model_dir}", role="policy")
+    b = pool.get(f"hf:{tiny_base_model_dir}", role="mean_field")
+    assert a is not b and a.loaded is b.loaded
+
+
+def test_parse_spec() -> None:
+    assert parse_spec("embedded:gemma-3-270m").kind == "embedded"
+    assert parse_spec("hf:/m#w.gguf").gguf_file == "w.gguf"
+    spec = parse_spec("openai:qwen@http://localhost:8000/v1")
+    assert (spec.name, spec.base_url) == ("qwen", "http://localhost:8000/v1")
+    with pytest.raises(ValueError, match="bad model spec"):
+        parse_spec("gpt4")
+
+
+class _Flaky(FakeModel):
+    def __init__(self, failures: int):
+        super().__init__()
+        self.failures = failures
+
+    def generate(self, prompts, params):  # type: ignore[no-untyped-def]
+        if self.failures:
+            self.failures -= 1
+            raise TransientBackendError("overloaded")
+        return super().generate(prompts, params)
+
+
+def test_retry_then_give_up() -> None:
+    waits: list[float] = []
+    model = RetryingModel(_Flaky(2), attempts=3, backoff_s=0.5, sleep=waits.append)
+    assert model.generate(_prompts(1), SamplingParams(seed=1))
+    assert waits == [0.5, 1.0]
+    with pytest.raises(TransientBackendError):
+        RetryingModel(_Flaky(5), attempts=2, sleep=lambda _: None).generate(_prompts(1), SamplingParams(seed=1))
+
+
+def test_cache_sends_only_misses_and_persists(tmp_path: Path) -> None:
+    inner = FakeModel()
+    cached = CachingModel(inner, tmp_path / "cache.jsonl")
+    prompts = _prompts(3)
+    first = cached.score(prompts, ["a b", "c", "d e f"])
+    calls = inner.usage.score_calls
+    again = CachingModel(FakeModel(), tmp_path / "cache.jsonl").score(prompts, ["a b", "c", "d e f"])
+    assert [s.token_logprobs for s in again] == [s.token_logprobs for s in first]
+    cached.score(prompts, ["a b", "new", "d e f"])
+    assert inner.usage.score_calls == calls + 1
+
+
+def test_openai_backend_chat_retries_and_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    httpx = pytest.importorskip("httpx")
+    from mfllm.backends.openai_http import OpenAICompatibleModel
+
+    seen: list[dict] = []
+    failures = {"left": 1}
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        body = json.loads(request.content)
+        seen.append({"path": request.url.path, "auth": request.headers.get("authorization"), "body": body})
+        if request.url.path.endswith("/chat/completions"):
+            if failures["left"]:
+                failures["left"] -= 1
+                return httpx.Response(503, text="busy")
+            return httpx.Response(200, json={"choices": [{"message": {"content": "\nNot true at all\nextra"}}],
+                                             "usage": {"prompt_tokens": 10, "completion_tokens": 4}})
+        prompt = body["prompt"]
+        cut = len(prompt) - 3
+        return httpx.Response(200, json={"choices": [{"logprobs": {"text_offset": [0, cut, cut + 1, cut + 2],
+                                                                   "token_logprobs": [None, -1.0, -2.0, -0.5]}}]})
+
+    monkeypatch.setenv("MY_KEY", "secret")
+    model = OpenAICompatibleModel("m", "http://server/v1", api_key_env="MY_KEY", backoff_s=0.0, transport=httpx.MockTransport(handler))
+    assert model.generate(_prompts(1), SamplingParams(seed=3)) == ["Not true at all"]
+    assert [s["path"] for s in seen] == ["/v1/chat/completions"] * 2
+    assert seen[0]["auth"] == "Bearer secret" and seen[0]["body"]["messages"][0]["role"] == "system"
+    prompt = _prompts(1)[0]
+    [score] = model.score([prompt], ["abc"])
+    assert score.token_logprobs == (-1.0, -2.0, -0.5)
+    assert seen[-1]["body"]["echo"] is True and seen[-1]["body"]["prompt"] == prompt.completion + "abc"
+
+
+def test_openai_backend_fails_fast_on_client_errors() -> None:
+    httpx = pytest.importorskip("httpx")
+    from mfllm.backends.openai_http import OpenAICompatibleModel
+
+    model = OpenAICompatibleModel("m", "http://server/v1", transport=httpx.MockTransport(lambda r: httpx.Response(401, text="no key")))
+    with pytest.raises(RuntimeError, match="HTTP 401"):
+        model.generate(_prompts(1), SamplingParams())
+
+
+def test_continuation_score_properties() -> None:
+    score = ContinuationScore((-1.0, -3.0))
+    assert (score.logprob, score.num_tokens, score.mean_nll) == (-4.0, 2, 2.0)
