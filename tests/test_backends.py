@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mfllm.backends import CachingModel, FakeModel, ModelPool, RetryingModel, TransientBackendError, parse_spec
-from mfllm.backends.hf import LoadedCausalLM, ModelSource, TransformersModel, shared_prefix_length, stop_position
+from mfllm.backends.hf import LoadedCausalLM, ModelSource, TransformersModel, clean_output, shared_prefix_length, stop_position
 from mfllm.interfaces import ContinuationScore, Prompt, SamplingParams
 from mfllm.prompts import policy_prompt
 
@@ -48,10 +48,12 @@ def test_prefix_cache_gives_the_same_greedy_output(tiny_base: TransformersModel)
     assert tiny_base.usage.prefix_cached_tokens > before
 
 
-def test_stop_position_skips_leading_newlines() -> None:
+def test_stop_position_skips_leading_newlines_and_opening_quotes() -> None:
     assert stop_position("\n\nhello\nworld", ("\n",)) == 7
     assert stop_position("  ", ("\n",)) is None
     assert stop_position("abc", ("\n", "c")) == 2
+    assert clean_output('  "Not true" she said\nmore', ("\n", '"')) == "Not true"
+    assert clean_output("真的假的”后面", ("\n", "”")) == "真的假的"
 
 
 def test_score_masks_exactly_the_continuation(tiny_base: TransformersModel) -> None:

@@ -132,28 +132,124 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- evaluation
+
+
+def build_labeller(args: argparse.Namespace, pool: Any = None) -> Any:
+    """kind (behaviour) -> lexicon (sentiment, zh emotion) -> optional LLM judge for the rest."""
+    from mfllm.backends import ModelPool
+    from mfllm.evaluation import KindLabeller, LabellerChain, LexiconLabeller, LLMJudgeLabeller
+
+    chain = [] if args.judge_only else [KindLabeller(), LexiconLabeller()]
+    if args.judge_model:
+        pool = pool or ModelPool(args.device or "auto")
+        cache = Path(args.labeller_cache) / "judge.jsonl" if args.labeller_cache else None
+        chain.append(LLMJudgeLabeller(pool.get(args.judge_model), mode=args.judge_mode, cache_path=cache))
+    if not chain:
+        raise ValueError("--judge-only needs --judge-model")
+    return LabellerChain(chain)
+
+
+def _evaluations(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
+    from mfllm.backends import ModelPool
+    from mfllm.evaluation import evaluate_run, resolve_dimensions
+    from mfllm.simulation import RunStore
+
+    dimensions = resolve_dimensions(args.dimension, args.dimensions_file)
+    pool = ModelPool(args.device or "auto")
+    labeller = build_labeller(args, pool)
+    runs = [p.parent for run in args.runs for p in sorted(Path(run).rglob("manifest.json"))] or [Path(r) for r in args.runs]
+    evaluations = []
+    for run in runs:
+        policy = None
+        if args.nll:
+            config = RunStore(run).manifest()["config"]
+            policy = pool.get(config["policy_model"], adapter=config.get("policy_adapter"), role="policy")
+        evaluations.append(evaluate_run(run, labeller, dimensions, args.window, args.alpha, policy))
+        print(f"evaluated {run}", file=sys.stderr)
+    return evaluations, dimensions
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from mfllm.evaluation import write_metrics
+
+    evaluations, _ = _evaluations(args)
+    written = write_metrics(evaluations, args.output)
+    for e in evaluations:
+        summary = e.summary()
+        kls = ", ".join(f"{d} {summary[f'{d}.kl']:.3f}" for d in e.dimensions)
+        nll = f", NLL {e.nll:.3f}" if e.nll is not None else ""
+        print(f"{e.event_id} {e.method} seed{e.seed}: KL {kls}{nll}")
+    print(f"metrics written to {written['metrics.json'].parent}")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mfllm.evaluation import write_report
+
+    evaluations, dimensions = _evaluations(args)
+    index = write_report(evaluations, dimensions, args.output)
+    print(f"report written to {index}")
+    return 0
+
+
+def _cmd_evaluate_labeller(args: argparse.Namespace) -> int:
+    from mfllm.evaluation import resolve_dimensions
+    from mfllm.evaluation.validate import agreement, gold_items
+
+    items, gold = gold_items(args.data, args.format, args.limit)
+    labeller = build_labeller(args)
+    for dimension in resolve_dimensions(args.dimension or ["sdqc"], args.dimensions_file):
+        print(agreement(labeller, dimension, items, gold).render())
+    return 0
+
+
+def _add_evaluation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dimension", action="append", help="dimension name (repeatable; default: all built-in)")
+    p.add_argument("--dimensions-file", help="YAML list of extra dimensions (name, labels, definition, ordinal)")
+    p.add_argument("--judge-model", help="model spec of an LLM judge for dimensions the lexicons do not cover")
+    p.add_argument("--judge-mode", choices=["likelihood", "generate"], default="likelihood")
+    p.add_argument("--judge-only", action="store_true", help="label every dimension with the judge")
+    p.add_argument("--labeller-cache", help="directory for the judge's label cache")
+    p.add_argument("--device")
+
+
 # ---------------------------------------------------------------- demo
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    from mfllm.backends import ModelPool
+    from mfllm.evaluation import KindLabeller, LabellerChain, LexiconLabeller, evaluate_run, resolve_dimensions, write_report
     from mfllm.simulation import RunStore
 
     output = Path(args.output) if args.output else Path("runs") / "demo" / datetime.now().strftime("%Y%m%d-%H%M%S")
     base = {"data": str(demo_data_path()), "policy_model": args.model, "num_agents": args.agents, "warmup": args.warmup,
             "batch_size": args.batch, "device": args.device}
-    print(f"mfllm demo: a real Weibo event ({demo_data_path().name}), simulated with {args.model}")
-    runs = run_matrix(base, None, [None], ["mf"], [args.seed], output, resume=args.resume, dry_run=False)
+    print(f"mfllm demo: a real Weibo event ({demo_data_path().name}), simulated with {args.model} (mean field, and the state baseline)")
+    runs = run_matrix(base, None, [None], ["mf", "state"], [args.seed], output, resume=args.resume, dry_run=False)
     store = RunStore(runs[0])
     manifest = store.manifest()
-    rows = store.actions()
-    print(f"\nrun directory: {runs[0]}  (manifest.json, actions.jsonl, mean_field.jsonl)")
-    print(f"throughput: {manifest['throughput']['actions_per_second']} simulated actions/s")
+    print(f"\nrun directories: {', '.join(map(str, runs))}  (manifest.json, actions.jsonl, mean_field.jsonl)")
+    print(f"throughput (mf): {manifest['throughput']['actions_per_second']} simulated actions/s")
     history = store.mean_field_history()
     if history:
         print(f"\nlast mean field: {history[-1]['text']}\n")
-    print("real vs simulated (first rows):")
-    for row in rows[: args.show]:
+    print("real vs simulated (mf, first rows):")
+    for row in store.actions()[: args.show]:
         print(f"  real: {row['real_text'][:70]}\n  sim : {row['sim_text'][:70]}\n")
+    pool = ModelPool(args.device)
+    labeller = LabellerChain([KindLabeller(), LexiconLabeller()])
+    dimensions = resolve_dimensions(["sentiment", "emotion", "behaviour"])
+    evaluations = []
+    for run in runs:
+        policy = pool.get(RunStore(run).manifest()["config"]["policy_model"])
+        evaluations.append(evaluate_run(run, labeller, dimensions, policy=policy))
+    print("fidelity (lower is closer to the real population):")
+    for e in evaluations:
+        kls = ", ".join(f"{name} {m.kl:.3f}" for name, m in e.dimensions.items())
+        print(f"  {e.method:6s} KL per window: {kls}; NLL of real actions {e.nll:.3f} nats/token")
+    index = write_report(evaluations, dimensions, output / "report")
+    print(f"\nreport: {index}")
     return 0
 
 
@@ -209,6 +305,24 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("run")
     export.add_argument("output", help="file ending in .csv, .parquet or .jsonl")
     export.set_defaults(func=_cmd_export)
+
+    for name, help_text in (("evaluate", "label runs and compute fidelity metrics (JSON, CSV)"),
+                            ("report", "metrics plus an HTML report with figures")):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("runs", nargs="+", help="run directories, or roots holding them")
+        p.add_argument("--output", default="report" if name == "report" else "metrics")
+        p.add_argument("--window", default="step", help="step (simulation batch), count:N or time:SECONDS")
+        p.add_argument("--alpha", type=float, default=0.5, help="smoothing pseudo-count per label")
+        p.add_argument("--nll", action="store_true", help="also score real actions under the run's policy (loads the model)")
+        _add_evaluation_flags(p)
+        p.set_defaults(func=_cmd_evaluate if name == "evaluate" else _cmd_report)
+
+    validate = sub.add_parser("evaluate-labeller", help="agreement of a labeller with human stance labels")
+    validate.add_argument("--data", required=True, help="dataset with gold reply stance (RumourEval, PHEME)")
+    validate.add_argument("--format")
+    validate.add_argument("--limit", type=int, help="first N annotated replies")
+    _add_evaluation_flags(validate)
+    validate.set_defaults(func=_cmd_evaluate_labeller)
 
     demo = sub.add_parser("demo", help="simulate the bundled Weibo sample event with the embedded model")
     demo.add_argument("--model", default="embedded:gemma-3-270m")

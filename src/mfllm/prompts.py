@@ -19,13 +19,13 @@ MAX_ACTION_CHARS = 120
 
 @dataclass(frozen=True)
 class Templates:
-    platform_intro: str
     topic: str
     context_headers: dict[str, str]
     persona: str
     policy_system: str
     policy_instruction: str
     policy_cue: str
+    policy_stop: tuple[str, ...]
     mean_field_system: str
     mean_field_previous: str
     mean_field_none: str
@@ -38,13 +38,13 @@ class Templates:
 
 TEMPLATES: dict[str, Templates] = {
     "zh": Templates(
-        platform_intro="以下是微博上的一条帖子，以及用户对它的反应。",
-        topic="原帖：{topic}",
-        context_headers={"mf": "此刻大众反应的概括：", "recent": "最新的几条反应：", "popular": "最受关注的几条反应："},
-        persona="当前用户：{persona}",
-        policy_system="你是一名微博用户。根据原帖、大众的反应和你的个人资料，写出你会发的一条评论或转发语。",
-        policy_instruction="请以该用户的身份写一条评论或转发语，只写内容本身，一行，不加解释。",
-        policy_cue="该用户的评论：",
+        topic="微博原帖：{topic}",
+        context_headers={"mf": "评论区概况：", "recent": "评论区最新的几条评论：", "popular": "评论区最热的几条评论："},
+        persona="你的资料：{persona}",
+        policy_system="你是一名微博用户。根据原帖、评论区的情况和你的个人资料，写出你会发的一条评论或转发语。",
+        policy_instruction="请以你的身份写一条评论或转发语，只写内容本身，一行，不加解释。",
+        policy_cue="一位网友（{persona}）在评论区写道：“",
+        policy_stop=("\n", "”"),
         mean_field_system="你负责概括微博上大众对一条帖子的集体反应。",
         mean_field_previous="此前的概括：{previous}",
         mean_field_none="（尚无）",
@@ -54,18 +54,17 @@ TEMPLATES: dict[str, Templates] = {
             "请更新概括，用一段话（不超过{max_chars}字）写出：支持、反对和中立的大致比例，主要观点，主要情绪，"
             "转发与评论的比例，对原帖的相信或怀疑程度，以及主要意图（提问、表态或扩散信息）。只写一段。"
         ),
-        mean_field_cue="更新后的概括：",
+        mean_field_cue="更新后的评论区概况：",
         kinds={"comment": "评论", "repost": "转发", "reply": "回复"},
     ),
     "en": Templates(
-        platform_intro="Below is a social-media post and how users reacted to it.",
         topic="Post: {topic}",
-        context_headers={"mf": "Summary of the crowd's reaction so far:", "recent": "Most recent reactions:",
-                         "popular": "Most engaged-with reactions:"},
-        persona="Current user: {persona}",
-        policy_system="You are a social-media user. Given the post, the crowd's reaction and your profile, write the one reply or share comment you would post.",
-        policy_instruction="Write this user's reply or share comment. Output only the text itself, on one line, with no explanation.",
-        policy_cue="The user's reply:",
+        context_headers={"mf": "What the replies say so far:", "recent": "The latest replies:", "popular": "The most engaged-with replies:"},
+        persona="Your profile: {persona}",
+        policy_system="You are a social-media user. Given the post, the replies so far and your profile, write the one reply or share comment you would post.",
+        policy_instruction="Write your reply or share comment. Output only the text itself, on one line, with no explanation.",
+        policy_cue='A user ({persona}) replied: "',
+        policy_stop=("\n", '"'),
         mean_field_system="You summarise how a crowd collectively reacts to a social-media post.",
         mean_field_previous="Previous summary: {previous}",
         mean_field_none="(none yet)",
@@ -76,7 +75,7 @@ TEMPLATES: dict[str, Templates] = {
             "neutrality, the main opinions, the dominant emotions, sharing versus commenting, how far people believe or doubt "
             "the post, and their main intent (asking, stating an opinion, spreading information). One paragraph only."
         ),
-        mean_field_cue="Updated summary:",
+        mean_field_cue="Updated summary of the replies:",
         kinds={"comment": "comment", "repost": "share", "reply": "reply"},
     ),
 }
@@ -101,14 +100,22 @@ def render_actions(actions: Sequence[AgentAction], language: str) -> str:
 
 
 def policy_prompt(topic: str, persona: str, language: str, method: str = "mf", context: str | None = None) -> Prompt:
-    """Prompt for agent i's action given (topic, s_i, context). Shared part first: topic, context."""
+    """Prompt for agent i's action given (topic, s_i, context). Shared part first: topic, context.
+
+    The completion layout ends inside an opening quote after the persona, so a base model's next
+    words are the comment itself; generation stops at the closing quote or the end of the line.
+    """
     t = TEMPLATES[language]
-    shared = "\n".join(part for part in (t.platform_intro, t.topic.format(topic=_clip(topic, MAX_TOPIC_CHARS)),
+    shared = "\n".join(part for part in (t.topic.format(topic=_clip(topic, MAX_TOPIC_CHARS)),
                                          render_context(method, language, context)) if part)
-    personal = t.persona.format(persona=persona)
-    completion = f"{shared}\n{personal}\n{t.policy_cue}"
-    user = f"{shared}\n{personal}\n\n{t.policy_instruction}"
-    return Prompt((Message("system", t.policy_system), Message("user", user)), completion, shared_prefix_chars=len(shared) + 1)
+    completion = f"{shared}\n\n{t.policy_cue.format(persona=persona)}"
+    user = f"{shared}\n{t.persona.format(persona=persona)}\n\n{t.policy_instruction}"
+    return Prompt((Message("system", t.policy_system), Message("user", user)), completion, shared_prefix_chars=len(shared) + 2)
+
+
+def policy_stop(language: str) -> tuple[str, ...]:
+    """Where an action ends: the end of the line or the closing quote of the completion layout."""
+    return TEMPLATES[language].policy_stop
 
 
 def mean_field_prompt(topic: str, previous: str | None, actions: Sequence[AgentAction], language: str, max_chars: int) -> Prompt:
@@ -131,3 +138,31 @@ def mean_field_prompt(topic: str, previous: str | None, actions: Sequence[AgentA
 def mean_field_prior_prompt(topic: str, language: str, max_chars: int) -> Prompt:
     """p0: the mean-field instruction with no history, the KL anchor of IB-Tune."""
     return mean_field_prompt(topic, None, (), language, max_chars)
+
+
+LABEL_TEMPLATES = {
+    "zh": dict(
+        system="你是严谨的社会媒体内容标注员。",
+        task="原帖：{topic}\n待标注的反应：{text}\n\n维度：{dimension}（{definition}）\n可选标签：{labels}\n"
+             '只输出一个JSON对象，格式为 {{"label": "<标签>"}}，标签必须是可选标签之一。',
+        cue='{{"label": "',
+    ),
+    "en": dict(
+        system="You are a careful annotator of social-media content.",
+        task="Source post: {topic}\nReaction to label: {text}\n\nDimension: {dimension} ({definition})\nAllowed labels: {labels}\n"
+             'Answer with one JSON object only, {{"label": "<label>"}}, using one of the allowed labels.',
+        cue='{{"label": "',
+    ),
+}
+
+
+def label_prompt(topic: str, text: str, dimension_name: str, definition: str, labels: Sequence[str],
+                 descriptions: Sequence[str], language: str, open_json: bool = False) -> Prompt:
+    """Prompt for an LLM judge. ``open_json`` ends the completion inside the JSON value, for
+    likelihood scoring of each label word."""
+    t = LABEL_TEMPLATES[language]
+    shown = ", ".join(f"{label} ({desc})" if desc else label for label, desc in zip(labels, descriptions or [""] * len(labels)))
+    task = t["task"].format(topic=_clip(topic, MAX_TOPIC_CHARS), text=_clip(text, 2 * MAX_ACTION_CHARS), dimension=dimension_name,
+                            definition=definition, labels=shown)
+    completion = f"{task}\n" + (t["cue"].format() if open_json else "")
+    return Prompt((Message("system", t["system"]), Message("user", task)), completion)

@@ -107,10 +107,17 @@ class LoadedCausalLM:
 
 
 def stop_position(text: str, stops: Sequence[str]) -> int | None:
-    """Index of the first stop string after the first non-whitespace character, else None."""
-    start = len(text) - len(text.lstrip())
+    """Index of the first stop string after the first non-whitespace character, else None
+    (leading blank lines and an opening quote do not end the text)."""
+    start = len(text) - len(text.lstrip()) + 1
     hits = [i for i in (text.find(s, start) for s in stops if s) if i >= 0]
     return min(hits) if hits else None
+
+
+def clean_output(text: str, stops: Sequence[str]) -> str:
+    """Generated text up to its first stop string, without surrounding blanks and quotes."""
+    cut = stop_position(text, stops)
+    return (text if cut is None else text[:cut]).strip().strip('"“”').strip()
 
 
 def _stop_criteria(tokenizer: Any, stops: Sequence[str], prompt_length: int) -> Any:
@@ -238,10 +245,9 @@ class TransformersModel(LanguageModel):
         generated = output[:, prompt_length:]
         results, kept = [], 0
         for row in tokenizer.batch_decode(generated, skip_special_tokens=True):
-            cut = stop_position(row, params.stop)
-            text = (row if cut is None else row[:cut]).strip()
+            text = clean_output(row, params.stop)
             results.append(text)
-            kept += len(tokenizer(text, add_special_tokens=False).input_ids) + (cut is not None)
+            kept += len(tokenizer(text, add_special_tokens=False).input_ids) + (stop_position(row, params.stop) is not None)
         self.usage.generate_calls += 1
         self.usage.prompt_tokens += sum(len(t) for t in token_ids)
         self.usage.prefix_cached_tokens += shared * (len(prompts) - 1)

@@ -10,7 +10,7 @@ import asyncio
 import os
 from typing import Any, Sequence
 
-from mfllm.backends.hf import require, stop_position
+from mfllm.backends.hf import clean_output, require
 from mfllm.backends.wrappers import TransientBackendError
 from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams, UsageStats
 
@@ -80,8 +80,7 @@ class OpenAICompatibleModel(LanguageModel):
         for answer in self._run(bodies):
             choice = answer["choices"][0]
             raw = choice["message"]["content"] if self.chat else choice["text"]
-            cut = stop_position(raw or "", params.stop)
-            texts.append(((raw or "") if cut is None else raw[:cut]).strip())
+            texts.append(clean_output(raw or "", params.stop))
             usage = answer.get("usage") or {}
             self.usage.prompt_tokens += int(usage.get("prompt_tokens", 0))
             self.usage.generated_tokens += int(usage.get("completion_tokens", 0))

@@ -74,6 +74,22 @@ def read_json_objects(path: Path) -> list[Any]:
     return values
 
 
+def read_json_objects_lenient(path: Path) -> list[dict[str, Any]]:
+    """Every top-level JSON object in a file, whatever separates them (PHEME's annotation files
+    hold comment lines and objects separated by commas or nothing)."""
+    raw = path.read_text(encoding="utf-8")
+    decoder, records, pos = json.JSONDecoder(), [], raw.find("{")
+    while pos >= 0:
+        try:
+            value, end = decoder.raw_decode(raw, pos)
+        except json.JSONDecodeError as exc:
+            raise DataFormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        if isinstance(value, dict):
+            records.append(value)
+        pos = raw.find("{", end)
+    return records
+
+
 class RecordContext:
     """Converts one raw record's fields, reporting problems against (file, record, field)."""
 
@@ -443,6 +459,29 @@ class PhemeReader(DatasetReader):
     def _threads(self, path: Path) -> dict[str, Path]:
         return {p.parent.name: p.parent for p in sorted(self._threads_root(path).glob("*/*/*/source-tweets"))}
 
+    # reply annotation "responsetype-vs-source" onto RumourEval's SDQC stance
+    RESPONSE_TO_STANCE = {"agreed": "support", "disagreed": "deny", "appeal-for-more-information": "query", "comment": "comment"}
+
+    def _annotations(self, path: Path) -> dict[str, dict[str, str]]:
+        """Tweet-level annotations (``annotations/en-scheme-annotations.json``), keyed by tweet id."""
+        file = self._threads_root(path).parent / "annotations" / "en-scheme-annotations.json"
+        if not file.is_file():
+            return {}
+        cache = self.__dict__.setdefault("_annotation_cache", {})
+        if file in cache:
+            return cache[file]
+        labels = cache[file] = {}
+        for record in read_json_objects_lenient(file):
+            tweet = str(record.get("tweetid"))
+            entry = {}
+            if record.get("responsetype-vs-source") in self.RESPONSE_TO_STANCE:
+                entry["stance"] = self.RESPONSE_TO_STANCE[record["responsetype-vs-source"]]
+            for key in ("support", "certainty", "evidentiality"):
+                if isinstance(record.get(key), str):
+                    entry[key] = record[key]
+            labels[tweet] = entry
+        return labels
+
     def list_events(self, path: Path) -> list[str]:
         return list(self._threads(path))
 
@@ -473,6 +512,7 @@ class PhemeReader(DatasetReader):
         if source is None:
             raise DataFormatError(f"{source_file}: invalid source tweet: {report.rejected[-1]}")
         reactions = []
+        annotations = self._annotations(path)
         for file in sorted((folder / "reactions").glob("*.json")):
             for k, raw in enumerate(read_json_objects(file)):
                 ctx = RecordContext(report, file, str(k))
@@ -481,7 +521,8 @@ class PhemeReader(DatasetReader):
                     continue
                 parent = ctx.optional_str(raw.get("in_reply_to_status_id_str", raw.get("in_reply_to_status_id")), "in_reply_to_status_id")
                 kind = "comment" if parent in (None, source.post_id) else "reply"
-                reaction = self._tweet(raw, ctx, Reaction, kind=kind, parent_id=parent or source.post_id)
+                annotation = annotations.get(str(raw.get("id_str", raw.get("id"))), {})
+                reaction = self._tweet(raw, ctx, Reaction, kind=kind, parent_id=parent or source.post_id, labels=annotation)
                 if reaction is not None:
                     reactions.append(reaction)
         labels = {}

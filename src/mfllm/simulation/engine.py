@@ -17,7 +17,7 @@ from mfllm.data.personas import persona_text
 from mfllm.data.schema import Event, LoadReport, Reaction
 from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel, SamplingParams
 from mfllm.manifest import base_manifest, derive_seed
-from mfllm.prompts import policy_prompt
+from mfllm.prompts import policy_prompt, policy_stop
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.context import MeanField, NoContext, PopularK, RecentK
 from mfllm.simulation.store import RunStore
@@ -46,6 +46,18 @@ def schedule(num_reactions: int, warmup: int, batch_size: int, num_agents: int |
     return steps
 
 
+def make_context(config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> ContextProvider:
+    """The context provider of ``config.method`` (a mean field without a model can only be restored and read)."""
+    if config.method == "mf":
+        params = SamplingParams(config.max_mean_field_tokens, config.temperature, config.top_p, ("\n",))
+        return MeanField(mean_field_model, event.source.text, event.language, params, config.mean_field_max_chars)  # type: ignore[arg-type]
+    if config.method == "recent":
+        return RecentK(event.language, config.context_k)
+    if config.method == "popular":
+        return PopularK(event.language, config.context_k, config.popular_window)
+    return NoContext()
+
+
 def infer_kind(text: str) -> str:
     """A simulated action's kind: a bare repost (empty or the platform's default text) or a comment."""
     stripped = text.strip().lower()
@@ -61,18 +73,7 @@ class Simulator:
         self.config, self.event, self.policy, self.mean_field_model = config, event, policy, mean_field_model
         self.language = event.language
         self.steps = schedule(len(event.reactions), config.warmup, config.batch_size, config.num_agents)
-        self.context = self._make_context()
-
-    def _make_context(self) -> ContextProvider:
-        c = self.config
-        if c.method == "mf":
-            params = SamplingParams(c.max_mean_field_tokens, c.temperature, c.top_p, ("\n",))
-            return MeanField(self.mean_field_model, self.event.source.text, self.language, params, c.mean_field_max_chars)  # type: ignore[arg-type]
-        if c.method == "recent":
-            return RecentK(self.language, c.context_k)
-        if c.method == "popular":
-            return PopularK(self.language, c.context_k, c.popular_window)
-        return NoContext()
+        self.context = make_context(config, event, mean_field_model)
 
     def persona(self, reaction: Reaction, short: bool = False) -> str:
         return persona_text(reaction.user, self.language, short=short)
@@ -90,7 +91,7 @@ class Simulator:
             return [], actions
         context = self.context.context()
         prompts = [policy_prompt(self.event.source.text, self.persona(r), self.language, self.config.method, context) for r in reactions]
-        params = SamplingParams(self.config.max_action_tokens, self.config.temperature, self.config.top_p, ("\n",),
+        params = SamplingParams(self.config.max_action_tokens, self.config.temperature, self.config.top_p, policy_stop(self.language),
                                 derive_seed(self.config.seed, step.index, "policy"))
         texts = self.policy.generate(prompts, params)
         rows = []

@@ -1,0 +1,100 @@
+"""Aggregate run evaluations over seeds and events: means with bootstrap confidence intervals,
+the method comparison table and the headline KL reduction of ``mf`` against the best baseline."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from mfllm.evaluation.evaluate import RunEvaluation
+
+METRICS = ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1")
+BASELINES = ("state", "recent", "popular", "sft")
+
+
+def _event_values(evaluations: Sequence[RunEvaluation], value) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
+    by_event: dict[str, list[float]] = {}
+    for evaluation in evaluations:
+        v = value(evaluation)
+        if v is not None and not math.isnan(v):
+            by_event.setdefault(evaluation.event_id, []).append(float(v))
+    return by_event
+
+
+def bootstrap_mean(by_event: dict[str, list[float]], resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
+    """Mean over events of the per-event mean over seeds, with a two-level percentile bootstrap CI:
+    events are resampled with replacement, then seeds within each drawn event."""
+    events = list(by_event.values())
+    if not events:
+        return (math.nan, math.nan, math.nan)
+    point = float(np.mean([np.mean(v) for v in events]))
+    rng = np.random.default_rng(seed)
+    stats = np.empty(resamples)
+    for b in range(resamples):
+        drawn = [events[i] for i in rng.integers(0, len(events), len(events))]
+        stats[b] = np.mean([np.mean(rng.choice(v, len(v))) for v in drawn])
+    tail = (1 - level) / 2
+    return point, float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
+
+
+def mean_kl(evaluation: RunEvaluation) -> float | None:
+    """KL averaged over the run's evaluated dimensions."""
+    values = [m.kl for m in evaluation.dimensions.values() if not math.isnan(m.kl)]
+    return float(np.mean(values)) if values else None
+
+
+def method_table(evaluations: Sequence[RunEvaluation], resamples: int = 2000) -> list[dict[str, Any]]:
+    """One row per (method, dimension, metric): mean, 95% CI, events and runs behind it."""
+    rows = []
+    methods = sorted({e.method for e in evaluations}, key=lambda m: (m != "mf", m))
+    dimensions = sorted({d for e in evaluations for d in e.dimensions})
+    for method in methods:
+        runs = [e for e in evaluations if e.method == method]
+        for dimension in dimensions + ["(mean)"]:
+            for metric in METRICS if dimension != "(mean)" else ("kl",):
+                if dimension == "(mean)":
+                    by_event = _event_values(runs, mean_kl)
+                else:
+                    by_event = _event_values(runs, lambda e: getattr(e.dimensions[dimension], metric) if dimension in e.dimensions else None)
+                mean, low, high = bootstrap_mean(by_event, resamples)
+                rows.append({"method": method, "dimension": dimension, "metric": metric, "mean": mean, "ci_low": low, "ci_high": high,
+                             "events": len(by_event), "runs": sum(len(v) for v in by_event.values())})
+        nll = _event_values(runs, lambda e: e.nll)
+        if nll:
+            mean, low, high = bootstrap_mean(nll, resamples)
+            rows.append({"method": method, "dimension": "(policy)", "metric": "nll", "mean": mean, "ci_low": low, "ci_high": high,
+                         "events": len(nll), "runs": sum(len(v) for v in nll.values())})
+    return rows
+
+
+def headline(evaluations: Sequence[RunEvaluation], resamples: int = 2000, seed: int = 0) -> dict[str, Any] | None:
+    """Relative KL reduction of ``mf`` against the best non-mean-field baseline (the paper reports 47%).
+
+    KL is averaged over dimensions, then over seeds per event. The best baseline is the one with the
+    lowest mean KL over the events it shares with ``mf``; the CI resamples those events (paired).
+    """
+    mf = {k: float(np.mean(v)) for k, v in _event_values([e for e in evaluations if e.method == "mf"], mean_kl).items()}
+    candidates = {}
+    for method in BASELINES:
+        values = {k: float(np.mean(v)) for k, v in _event_values([e for e in evaluations if e.method == method], mean_kl).items()}
+        shared = sorted(set(values) & set(mf))
+        if shared:
+            candidates[method] = (np.mean([values[k] for k in shared]), values, shared)
+    if not mf or not candidates:
+        return None
+    best = min(candidates, key=lambda m: candidates[m][0])
+    _, baseline, shared = candidates[best]
+    mf_values, base_values = np.array([mf[k] for k in shared]), np.array([baseline[k] for k in shared])
+    reduction = 1 - mf_values.mean() / base_values.mean()
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(resamples):
+        idx = rng.integers(0, len(shared), len(shared))
+        if base_values[idx].mean() > 0:
+            draws.append(1 - mf_values[idx].mean() / base_values[idx].mean())
+    low, high = (float(np.quantile(draws, 0.025)), float(np.quantile(draws, 0.975))) if draws else (math.nan, math.nan)
+    return {"best_baseline": best, "mf_kl": float(mf_values.mean()), "baseline_kl": float(base_values.mean()),
+            "relative_kl_reduction": float(reduction), "ci_low": low, "ci_high": high, "events": len(shared),
+            "all_baselines": {m: float(c[0]) for m, c in candidates.items()}}

@@ -1,0 +1,168 @@
+"""Distances between the real and simulated label streams of one event, per dimension.
+
+Notation: for a window w and a dimension with labels 1..K, c_r(k) and c_s(k) count real and
+simulated actions labelled k (unlabelled items are left out and reported). Distributions are
+smoothed with an explicit pseudo-count alpha (default 0.5, Jeffreys):
+
+    p(k) = (c_r(k) + alpha) / (n_r + K * alpha),   q(k) = (c_s(k) + alpha) / (n_s + K * alpha)
+
+- KL(real||sim) = sum_k p(k) * ln(p(k) / q(k))                          (nats)
+- JS(p, q)      = 1/2 KL(p||m) + 1/2 KL(q||m),  m = (p + q) / 2          (nats; at most ln 2)
+- W1            = sum_k |P(k) - Q(k)| over cumulative distributions P, Q, in label steps, for ordinal
+                  dimensions (labels listed in order); total variation 1/2 sum_k |p(k) - q(k)| for
+                  nominal ones
+- DTW           = dynamic time warping between the per-window proportion series of real and
+                  simulated actions, with local cost TV(p_i, q_j), divided by the length of the
+                  optimal warping path (so it is a mean per-window distance, comparable across events)
+- pooled KL     = KL(real||sim) of the distributions pooled over the whole rollout
+- micro-F1      = share of agents whose simulated label equals their real label (both labelled)
+- macro-F1      = mean over labels present in either stream of 2 TP / (2 TP + FP + FN), real as truth
+Window values are averaged over windows holding at least one labelled real and simulated action.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import entropy, wasserstein_distance
+
+from mfllm.evaluation.dimensions import Dimension
+
+DEFAULT_ALPHA = 0.5
+
+
+def counts(labels: Sequence[str | None], dimension: Dimension) -> np.ndarray:
+    vector = np.zeros(len(dimension.labels))
+    for label in labels:
+        if label is not None:
+            vector[dimension.index(label)] += 1
+    return vector
+
+
+def smoothed(count: np.ndarray, alpha: float) -> np.ndarray:
+    if alpha < 0:
+        raise ValueError("smoothing alpha must be >= 0")
+    total = count.sum() + alpha * len(count)
+    if total == 0:
+        raise ValueError("cannot form a distribution from no labels without smoothing")
+    return (count + alpha) / total
+
+
+def kl_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """KL(p||q) in nats (scipy.stats.entropy)."""
+    return float(entropy(p, q))
+
+
+def js_divergence(p: np.ndarray, q: np.ndarray) -> float:
+    """Jensen–Shannon divergence in nats (the square of scipy's JS distance)."""
+    return float(jensenshannon(p, q) ** 2)
+
+
+def total_variation(p: np.ndarray, q: np.ndarray) -> float:
+    return float(0.5 * np.abs(p - q).sum())
+
+
+def wasserstein_or_tv(p: np.ndarray, q: np.ndarray, ordinal: bool) -> float:
+    if not ordinal:
+        return total_variation(p, q)
+    positions = np.arange(len(p))
+    return float(wasserstein_distance(positions, positions, p, q))
+
+
+def dtw_distance(real: np.ndarray, sim: np.ndarray) -> float:
+    """DTW between two series of distributions (rows), TV local cost, normalised by path length."""
+    n, m = len(real), len(sim)
+    cost = 0.5 * np.abs(real[:, None, :] - sim[None, :, :]).sum(-1)
+    total = np.full((n + 1, m + 1), np.inf)
+    steps = np.zeros((n + 1, m + 1), dtype=int)
+    total[0, 0] = 0.0
+    for i in range(1, n + 1):
+        for j in range(1, m + 1):
+            moves = ((i - 1, j - 1), (i - 1, j), (i, j - 1))
+            best = min(moves, key=lambda ij: (total[ij], steps[ij]))
+            total[i, j] = cost[i - 1, j - 1] + total[best]
+            steps[i, j] = steps[best] + 1
+    return float(total[n, m] / steps[n, m])
+
+
+def f1_scores(real: Sequence[str | None], sim: Sequence[str | None], dimension: Dimension) -> tuple[float, float]:
+    """(micro-F1, macro-F1) of simulated labels against real labels of the same agents."""
+    pairs = [(r, s) for r, s in zip(real, sim) if r is not None and s is not None]
+    if not pairs:
+        return float("nan"), float("nan")
+    micro = sum(r == s for r, s in pairs) / len(pairs)
+    per_label = []
+    for label in dimension.labels:
+        tp = sum(r == label and s == label for r, s in pairs)
+        fp = sum(r != label and s == label for r, s in pairs)
+        fn = sum(r == label and s != label for r, s in pairs)
+        if tp + fp + fn:
+            per_label.append(2 * tp / (2 * tp + fp + fn))
+    return micro, float(np.mean(per_label))
+
+
+@dataclass(frozen=True)
+class DimensionMetrics:
+    dimension: str
+    kl: float
+    js: float
+    wasserstein: float
+    dtw: float
+    pooled_kl: float
+    micro_f1: float
+    macro_f1: float
+    windows: int
+    real_proportions: list[list[float]]
+    sim_proportions: list[list[float]]
+    labelled_real: int
+    labelled_sim: int
+
+
+def compare_streams(real: Sequence[str | None], sim: Sequence[str | None], windows: Sequence[int], dimension: Dimension,
+                    alpha: float = DEFAULT_ALPHA) -> DimensionMetrics:
+    """All metrics for one dimension. ``windows[i]`` is the window of agent i (aligned real/sim)."""
+    if not (len(real) == len(sim) == len(windows)):
+        raise ValueError(f"misaligned streams: {len(real)} real, {len(sim)} simulated, {len(windows)} window ids")
+    kls, jss, w1s, real_series, sim_series = [], [], [], [], []
+    for window in sorted(set(windows)):
+        members = [i for i, w in enumerate(windows) if w == window]
+        c_real, c_sim = counts([real[i] for i in members], dimension), counts([sim[i] for i in members], dimension)
+        if c_real.sum() == 0 or c_sim.sum() == 0:
+            continue
+        p, q = smoothed(c_real, alpha), smoothed(c_sim, alpha)
+        kls.append(kl_divergence(p, q))
+        jss.append(js_divergence(p, q))
+        w1s.append(wasserstein_or_tv(p, q, dimension.ordinal))
+        real_series.append(c_real / c_real.sum())
+        sim_series.append(c_sim / c_sim.sum())
+    nan = float("nan")
+    pooled_real, pooled_sim = counts(real, dimension), counts(sim, dimension)
+    pooled = kl_divergence(smoothed(pooled_real, alpha), smoothed(pooled_sim, alpha)) if pooled_real.sum() and pooled_sim.sum() else nan
+    micro, macro = f1_scores(real, sim, dimension)
+    return DimensionMetrics(
+        dimension=dimension.name,
+        kl=float(np.mean(kls)) if kls else nan, js=float(np.mean(jss)) if jss else nan, wasserstein=float(np.mean(w1s)) if w1s else nan,
+        dtw=dtw_distance(np.array(real_series), np.array(sim_series)) if real_series else nan,
+        pooled_kl=pooled, micro_f1=micro, macro_f1=macro, windows=len(kls),
+        real_proportions=[list(map(float, r)) for r in real_series], sim_proportions=[list(map(float, s)) for s in sim_series],
+        labelled_real=int(pooled_real.sum()), labelled_sim=int(pooled_sim.sum()),
+    )
+
+
+def window_ids(rows: Sequence[dict], scheme: str) -> list[int]:
+    """Window of each row: ``step`` (the simulation batch), ``count:N`` (N agents each, in time order)
+    or ``time:SECONDS`` (wall-clock windows from the first agent's real timestamp)."""
+    if scheme == "step":
+        return [int(r["step"]) for r in rows]
+    kind, _, value = scheme.partition(":")
+    if kind == "count" and value.isdigit() and int(value) > 0:
+        return [i // int(value) for i in range(len(rows))]
+    if kind == "time" and value.replace(".", "", 1).isdigit() and float(value) > 0:
+        if any(r.get("timestamp") is None for r in rows):
+            raise ValueError("wall-clock windows need a timestamp on every action")
+        start = min(float(r["timestamp"]) for r in rows)
+        return [int((float(r["timestamp"]) - start) // float(value)) for r in rows]
+    raise ValueError(f"unknown window scheme {scheme!r}: use step, count:N or time:SECONDS")

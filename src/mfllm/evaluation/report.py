@@ -1,0 +1,195 @@
+"""Metrics files and a self-contained HTML report with PNG figures."""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from mfllm.evaluation.aggregate import headline, method_table
+from mfllm.evaluation.dimensions import Dimension
+from mfllm.evaluation.evaluate import RunEvaluation
+from mfllm.simulation.store import RunStore
+
+COLOURS = {"real": "black", "mf": "tab:red", "state": "tab:blue", "recent": "tab:green", "popular": "tab:orange", "sft": "tab:purple"}
+
+
+def write_metrics(evaluations: Sequence[RunEvaluation], output: str | Path) -> dict[str, Path]:
+    """``metrics.json`` (everything, per-window series and labels included), ``metrics.csv`` (one row per
+    run), ``summary.csv`` (the method table with CIs) and ``labels.csv`` (every label of every run)."""
+    out = Path(output)
+    out.mkdir(parents=True, exist_ok=True)
+    table = method_table(evaluations)
+    data = {"runs": [e.to_json() for e in evaluations], "methods": table, "headline": headline(evaluations)}
+    (out / "metrics.json").write_text(json.dumps(data, indent=1, ensure_ascii=False, default=_json_number), encoding="utf-8")
+    _write_csv(out / "metrics.csv", [e.summary() for e in evaluations])
+    _write_csv(out / "summary.csv", table)
+    _write_csv(out / "labels.csv", [{"run": e.run, "event_id": e.event_id, "method": e.method, "seed": e.seed, **row}
+                                    for e in evaluations for row in e.labels])
+    return {name: out / name for name in ("metrics.json", "metrics.csv", "summary.csv", "labels.csv")}
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as exc:
+        raise ImportError("reports need matplotlib: pip install 'mfllm[report]'") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _mean_band(series: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean over seeds and the half-width of a normal 95% interval (0 for a single seed)."""
+    stacked = np.stack(series)
+    mean = stacked.mean(0)
+    half = 1.96 * stacked.std(0, ddof=1) / math.sqrt(len(series)) if len(series) > 1 else np.zeros_like(mean)
+    return mean, half
+
+
+def trajectory_figure(evaluations: Sequence[RunEvaluation], event_id: str, dimension: Dimension, path: Path) -> Path | None:
+    """Real vs simulated proportion of each label per window, one panel per label, one line per method."""
+    plt = _pyplot()
+    runs = [e for e in evaluations if e.event_id == event_id and dimension.name in e.dimensions]
+    if not runs:
+        return None
+    fig, axes = plt.subplots(1, len(dimension.labels), figsize=(3.2 * len(dimension.labels), 3.0), sharey=True, squeeze=False)
+    reference = runs[0].dimensions[dimension.name].real_proportions
+    for k, label in enumerate(dimension.labels):
+        ax = axes[0][k]
+        ax.plot(range(len(reference)), [p[k] for p in reference], color=COLOURS["real"], linewidth=2, label="real")
+        for method in sorted({e.method for e in runs}):
+            series = [np.array(e.dimensions[dimension.name].sim_proportions)[:, k] for e in runs
+                      if e.method == method and len(e.dimensions[dimension.name].sim_proportions) == len(reference)]
+            if not series:
+                continue
+            mean, half = _mean_band(series)
+            x = np.arange(len(mean))
+            ax.plot(x, mean, color=COLOURS.get(method, None), label=f"{method} (n={len(series)} seeds)")
+            ax.fill_between(x, mean - half, mean + half, color=COLOURS.get(method, None), alpha=0.2)
+        ax.set_title(label)
+        ax.set_xlabel(f"window ({runs[0].window_scheme})")
+        ax.set_ylim(-0.02, 1.02)
+        ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("share of actions")
+    axes[0][-1].legend(fontsize=7, loc="upper right")
+    fig.suptitle(f"{dimension.name}: real vs simulated label shares over time, event {event_id} (bands: 95% CI over seeds)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def metric_figure(table: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
+    """Bar chart of ``metric`` per dimension and method, with 95% bootstrap CIs."""
+    plt = _pyplot()
+    rows = [r for r in table if r["metric"] == metric and r["dimension"] not in ("(policy)",) and not math.isnan(r["mean"])]
+    if not rows:
+        return None
+    dimensions = list(dict.fromkeys(r["dimension"] for r in rows))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    width = 0.8 / len(methods)
+    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(dimensions)), 3.4))
+    for j, method in enumerate(methods):
+        for i, dimension in enumerate(dimensions):
+            match = [r for r in rows if r["method"] == method and r["dimension"] == dimension]
+            if match:
+                r = match[0]
+                err = [[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]]
+                ax.bar(i + j * width, r["mean"], width, yerr=err, color=COLOURS.get(method), capsize=2, label=method if i == 0 else None)
+    ax.set_xticks(np.arange(len(dimensions)) + width * (len(methods) - 1) / 2, dimensions)
+    ax.set_ylabel(f"{metric} (nats)" if metric in ("kl", "js", "pooled_kl") else metric)
+    ax.set_title(f"{metric} between real and simulated label distributions (lower is closer; 95% bootstrap CI)", fontsize=9)
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _img(path: Path) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
+
+
+def _fmt(value: float) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dimension], output: str | Path,
+                 max_events: int = 4, samples: int = 8) -> Path:
+    """Write metrics files, PNG figures and ``index.html`` (figures embedded, so the page stands alone)."""
+    out = Path(output)
+    figures_dir = out / "figures"
+    figures_dir.mkdir(parents=True, exist_ok=True)
+    write_metrics(evaluations, out)
+    table = method_table(evaluations)
+    top = headline(evaluations)
+    figures = [f for f in (metric_figure(table, m, figures_dir / f"{m}_by_method.png") for m in ("kl", "js", "wasserstein", "dtw")) if f]
+    events = list(dict.fromkeys(e.event_id for e in evaluations))
+    for event_id in events[:max_events]:
+        for dimension in dimensions:
+            figure = trajectory_figure(evaluations, event_id, dimension, figures_dir / f"trajectory_{event_id}_{dimension.name}.png")
+            if figure:
+                figures.append(figure)
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'><title>mfllm fidelity report</title>",
+        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.t{text-align:left}img{max-width:100%}"
+        ".headline{background:#f4f4f4;padding:.8em;border-left:4px solid #c33}</style></head><body>",
+        "<h1>Fidelity of the simulated population</h1>",
+        f"<p>{len(evaluations)} runs, {len(events)} events, methods: {', '.join(sorted({e.method for e in evaluations}))}. "
+        f"Labeller: {html.escape(evaluations[0].labeller)}; windows: {evaluations[0].window_scheme}; smoothing alpha {evaluations[0].alpha}. "
+        "Distances compare real and simulated label distributions per window over the rollout (after warm-up); lower is closer. "
+        "Intervals are 95% bootstrap CIs over events and seeds.</p>",
+    ]
+    if top:
+        parts.append(f"<p class='headline'><b>Headline:</b> mean KL of <b>mf</b> {top['mf_kl']:.3f} vs best baseline "
+                     f"<b>{top['best_baseline']}</b> {top['baseline_kl']:.3f}: relative KL reduction "
+                     f"<b>{top['relative_kl_reduction']:.0%}</b> (95% CI {top['ci_low']:.0%} to {top['ci_high']:.0%}, "
+                     f"{top['events']} events; the MF-LLM paper reports 47%).</p>")
+    parts.append("<h2>Metrics by method</h2><table><tr><th>method</th><th>dimension</th><th>metric</th><th>mean</th>"
+                 "<th>95% CI</th><th>events</th><th>runs</th></tr>")
+    for r in table:
+        parts.append(f"<tr><td class=t>{r['method']}</td><td class=t>{r['dimension']}</td><td class=t>{r['metric']}</td>"
+                     f"<td>{_fmt(r['mean'])}</td><td>{_fmt(r['ci_low'])} – {_fmt(r['ci_high'])}</td><td>{r['events']}</td><td>{r['runs']}</td></tr>")
+    parts.append("</table><h2>Figures</h2>")
+    parts.extend(_img(f) for f in figures)
+    parts.append("<h2>Unlabelled items</h2><ul>")
+    for e in evaluations[:20]:
+        gaps = {d: sum(v["reasons"].values()) for d, v in e.unlabelled.items() if v["reasons"]}
+        if gaps:
+            parts.append(f"<li>{html.escape(e.run)}: {html.escape(json.dumps(gaps))}</li>")
+    parts.append("</ul><h2>Sample comments, real vs simulated</h2>")
+    for e in [e for e in evaluations if e.event_id == events[0]][:5]:
+        rows = RunStore(e.run).actions()[:samples]
+        parts.append(f"<h3>{html.escape(e.event_id)} · {e.method} · seed {e.seed}</h3><table><tr><th>agent</th><th>real</th><th>simulated</th></tr>")
+        parts.extend(f"<tr><td>{r['position']}</td><td class=t>{html.escape(r['real_text'])}</td><td class=t>{html.escape(r['sim_text'])}</td></tr>"
+                     for r in rows)
+        parts.append("</table>")
+    parts.append("</body></html>")
+    index = out / "index.html"
+    index.write_text("\n".join(parts), encoding="utf-8")
+    return index
