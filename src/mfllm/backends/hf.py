@@ -7,6 +7,7 @@ stays cheap and a missing extra gives an actionable error.
 from __future__ import annotations
 
 import importlib
+import json
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ def resolve_dtype(dtype: str, device: str) -> Any:
         return torch.bfloat16 if device.startswith("cuda") else torch.float32
     return {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
             "fp16": torch.float16, "float16": torch.float16}[dtype]
+
+
+ADAPTER_META = "mfllm_adapter.json"
 
 
 @dataclass(frozen=True)
@@ -81,18 +85,34 @@ class LoadedCausalLM:
             self._model = model.to(self.device).eval()
         return self._model
 
+    def replace_model(self, model: Any) -> None:
+        """Swap in a wrapped model (e.g. a new trainable PeftModel) that every view then uses."""
+        self._model = model
+
     @property
     def is_chat(self) -> bool:
         return bool(getattr(self.tokenizer, "chat_template", None))
 
+    def fingerprint(self) -> dict[str, Any]:
+        """What identifies the base architecture an adapter must match."""
+        config = self.model.config
+        text_config = getattr(config, "text_config", None) or config
+        return {key: getattr(text_config, key, None) for key in ("model_type", "hidden_size", "num_hidden_layers", "vocab_size")}
+
     def add_adapter(self, path: str | Path, name: str) -> None:
-        """Attach a LoRA adapter saved by mfllm training (checked against this base model)."""
+        """Attach a LoRA adapter, refusing one trained on a different base model."""
         peft = require("peft", "train")
-        config = peft.PeftConfig.from_pretrained(str(path))
-        expected = Path(self.source.path).name if Path(self.source.path).exists() else self.source.path
-        base = Path(config.base_model_name_or_path or "").name or config.base_model_name_or_path
-        if base and base != expected:
-            raise ValueError(f"adapter {path} was trained on base model {config.base_model_name_or_path!r}, not {self.source.path!r}")
+        meta_file = Path(path) / ADAPTER_META
+        if meta_file.is_file():
+            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+            if meta["fingerprint"] != self.fingerprint():
+                raise ValueError(f"adapter {path} was trained on base model {meta['base_model']} ({meta['fingerprint']}), "
+                                 f"which does not match {self.source.path} ({self.fingerprint()})")
+        else:
+            config = peft.PeftConfig.from_pretrained(str(path))
+            base = Path(config.base_model_name_or_path or "").name
+            if base and base != Path(self.source.path).name:
+                raise ValueError(f"adapter {path} was trained on base model {config.base_model_name_or_path!r}, not {self.source.path!r}")
         if isinstance(self.model, peft.PeftModel):
             self._model.load_adapter(str(path), adapter_name=name)
         else:

@@ -1,0 +1,88 @@
+"""Training configuration (IB-Tune mean field, policy, SFT): one pydantic model, YAML plus overrides."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Task = Literal["mean-field", "policy", "sft"]
+
+
+class TrainConfig(BaseModel):
+    """Every setting of a training run; it is saved with the adapter and checked when resuming."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    task: Task = Field(description="mean-field: IB-Tune of the mean-field model (score-function estimator); policy: NLL of real "
+                                   "actions given mean fields the mean-field model produced; sft: policy with no mean field.")
+    data: str = Field(description="Dataset directory or file.")
+    data_format: str | None = Field(default=None, description="Reader name; detected when omitted.")
+    events: list[str] | None = Field(default=None, description="Event ids to use; all events of the dataset when omitted.")
+    max_events: int | None = Field(default=None, ge=3, description="Use at most this many events (in dataset order), before splitting.")
+    min_reactions: int = Field(default=32, ge=2, description="Skip events with fewer reactions.")
+    split: tuple[float, float, float] = Field(default=(0.6, 0.2, 0.2), description="Train/validation/test shares, by event (never by reaction).")
+    split_seed: int = Field(default=0, description="Seed of the event split.")
+    base_model: str = Field(default="embedded:gemma-3-270m", description="Base model spec (embedded:NAME or hf:PATH).")
+    mean_field_adapter: str | None = Field(default=None, description="policy task: mean fields come from the base model with this adapter.")
+    policy_adapter: str | None = Field(default=None, description="mean-field task: the policy that scores next actions (frozen base when omitted).")
+    output_dir: str = Field(description="Where checkpoints, logs and the final adapter go.")
+    batch_size: int = Field(default=16, ge=1, description="Agents per simulation step: the batch the mean field summarises and predicts.")
+    max_steps_per_event: int | None = Field(default=None, ge=1, description="Use at most this many batches of each event.")
+    lora_r: int = Field(default=8, ge=1, description="LoRA rank.")
+    lora_alpha: int = Field(default=16, ge=1, description="LoRA scaling numerator.")
+    lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
+    target_modules: list[str] | str = Field(default="all-linear", description="Modules that get LoRA weights.")
+    learning_rate: float = Field(default=2e-4, gt=0, description="Optimizer learning rate.")
+    max_steps: int = Field(default=20, ge=1, description="Optimizer steps.")
+    train_batch_size: int = Field(default=8, ge=1, description="policy/sft: sequences per optimizer step.")
+    num_samples: int = Field(default=4, ge=2, description="mean-field: K summaries sampled per context (leave-one-out baseline).")
+    beta: float = Field(default=0.05, ge=0.0, description="mean-field: weight of KL(q || p0), p0 = base model prompted without history.")
+    sample_temperature: float = Field(default=1.0, gt=0, description="mean-field: temperature of the sampled summaries.")
+    max_action_tokens: int = Field(default=48, ge=1, description="Longest action kept in training examples (tokens).")
+    max_mean_field_tokens: int = Field(default=96, ge=8, description="Longest mean-field summary (tokens).")
+    mean_field_max_chars: int = Field(default=120, ge=20, description="Length the mean-field prompt asks for.")
+    max_length: int = Field(default=768, ge=64, description="Longest training sequence (tokens); longer prompts are cut from the left.")
+    dtype: str = Field(default="auto", description="auto (bf16 on GPU, fp32 on CPU), fp32, bf16.")
+    gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
+    device: str = Field(default="auto", description="auto, cpu, cuda, ...")
+    seed: int = Field(default=0, description="Seed of sampling and initialisation.")
+    log_every: int = Field(default=1, ge=1, description="Log every N optimizer steps.")
+    save_every: int = Field(default=10, ge=1, description="Checkpoint every N optimizer steps.")
+    eval_events: int = Field(default=4, ge=1, description="Held-out events scored before/after training.")
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0 or self.split[0] == 0:
+            raise ValueError(f"split must be three non-negative shares summing to 1 with a training share, got {self.split}")
+        if self.task != "policy" and self.mean_field_adapter:
+            raise ValueError("mean_field_adapter is only used by the policy task")
+        if self.task != "mean-field" and self.policy_adapter:
+            raise ValueError("policy_adapter is only used by the mean-field task")
+        if self.base_model.startswith(("openai:", "fake")):
+            raise ValueError(f"training needs local weights: base_model must be embedded:NAME or hf:PATH, got {self.base_model!r}")
+        return self
+
+    @classmethod
+    def from_sources(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+        values: dict[str, Any] = {}
+        if yaml_path:
+            loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{yaml_path}: expected a mapping of config fields")
+            values.update(loaded)
+        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+        return cls(**values)
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """``key=value`` pairs from the command line, values parsed as YAML (numbers, lists, booleans)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects key=value, got {pair!r}")
+        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+    return overrides

@@ -1,0 +1,207 @@
+"""IB-Tune of the mean-field model with a score-function (RLOO) estimator.
+
+For an event at step t, with m_{t-1} the previous summary, batch_t the latest real (persona, action)
+pairs and Y the next batch of real actions a*_i of users s_i, the mean-field model q_phi maximises
+
+    J(phi) = E_{m ~ q_phi(. | m_{t-1}, batch_t)} [ sum_{i in Y} log pi(a*_i | s_i, m) ] - beta * KL(q_phi(. | .) || p0)
+
+p0 is the frozen base model prompted with the mean-field instruction alone (no history). m is
+sampled text, so the gradient uses K samples m_1..m_K and the per-sample reward
+
+    R_k = sum_i log pi(a*_i | s_i, m_k) - beta * (log q_phi(m_k | .) - log p0(m_k))
+
+with the leave-one-out baseline b_k = mean_{j != k} R_j (RLOO):
+
+    grad J ~= 1/K sum_k (R_k - b_k) * grad log q_phi(m_k | .)
+
+Rewards are constants to the gradient (the KL term's own derivative has zero expectation under q).
+The original MF-LLM code computed the predictive term with a frozen model and no score-function
+term, so no useful gradient reached the mean-field model; here every step logs the gradient norm
+that reaches the mean-field LoRA weights.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from typing import Any, Callable, Sequence
+
+from mfllm.backends.hf import LoadedCausalLM, TransformersModel, continuation_logprobs, require
+from mfllm.data.personas import persona_text
+from mfllm.data.schema import Event, Reaction
+from mfllm.manifest import derive_seed
+from mfllm.prompts import mean_field_prior_prompt, mean_field_prompt, policy_prompt
+from mfllm.training.config import TrainConfig
+from mfllm.training.data import actions_of, batches, mean_field_params
+
+MEAN_FIELD_ADAPTER = "mean_field"
+POLICY_ADAPTER = "policy"
+
+
+def rloo_advantages(rewards: Any) -> Any:
+    """R_k minus the mean of the other K-1 rewards."""
+    k = rewards.numel()
+    if k < 2:
+        raise ValueError("the leave-one-out baseline needs at least two samples")
+    return rewards - (rewards.sum() - rewards) / (k - 1)
+
+
+def score_function_loss(sample_logprobs: Any, rewards: Any) -> Any:
+    """Loss whose gradient is the RLOO estimate of -grad J: -(1/K) sum_k A_k log q(m_k)."""
+    return -(rloo_advantages(rewards.detach()) * sample_logprobs).mean()
+
+
+def lora_config(config: TrainConfig) -> Any:
+    peft = require("peft", "train")
+    return peft.LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                           target_modules=config.target_modules, task_type="CAUSAL_LM")
+
+
+class MeanFieldTrainer:
+    """Trains a LoRA adapter on the mean-field model; the policy scoring next actions stays frozen."""
+
+    def __init__(self, config: TrainConfig, loaded: LoadedCausalLM, train_events: Sequence[Event]):
+        peft = require("peft", "train")
+        torch = require("torch", "hf")
+        self.config, self.loaded, self.events = config, loaded, list(train_events)
+        torch.manual_seed(config.seed)
+        model = peft.get_peft_model(loaded.model, lora_config(config), adapter_name=MEAN_FIELD_ADAPTER)
+        loaded.replace_model(model)
+        if config.policy_adapter:
+            loaded.add_adapter(config.policy_adapter, POLICY_ADAPTER)
+        if config.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+            model.enable_input_require_grads()
+        self.sampler = TransformersModel(loaded, config.base_model, adapter=MEAN_FIELD_ADAPTER)
+        self.optimizer = torch.optim.AdamW(self._trainable(), lr=config.learning_rate)
+        self.step_count = 0
+        self.chains: dict[str, tuple[int, str | None]] = {}  # event id -> (next step t, m_{t-1})
+
+    # -------------------------------------------------------------- model views
+
+    def _trainable(self) -> list[Any]:
+        """Only the mean-field LoRA weights train (switching adapters must not unfreeze others)."""
+        params = []
+        for name, param in self.loaded.model.named_parameters():
+            param.requires_grad = "lora_" in name and f".{MEAN_FIELD_ADAPTER}." in name
+            if param.requires_grad:
+                params.append(param)
+        if not params:
+            raise RuntimeError("no trainable mean-field LoRA weights found")
+        return params
+
+    def _use(self, adapter: str | None) -> Any:
+        """Activate ``adapter`` (None: the frozen base model) and return the context to run in."""
+        model = self.loaded.model
+        if adapter is None:
+            return model.disable_adapter()
+        model.set_adapter(adapter)
+        self._trainable()
+        return nullcontext()
+
+    def _ids(self, prompt: Any) -> list[int]:
+        return self.loaded.tokenizer(self.loaded.render(prompt), add_special_tokens=not self.loaded.is_chat).input_ids[-self.config.max_length:]
+
+    def _text_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return [self.loaded.tokenizer(t, add_special_tokens=False).input_ids[: self.config.max_mean_field_tokens] for t in texts]
+
+    def _sum_logprobs(self, prompt_ids: Sequence[list[int]], continuation_ids: Sequence[list[int]], adapter: str | None, grad: bool) -> Any:
+        torch = require("torch", "hf")
+        with self._use(adapter), (nullcontext() if grad else torch.no_grad()):
+            per_token = continuation_logprobs(self.loaded.model, self.loaded.tokenizer, prompt_ids, continuation_ids, self.loaded.device)
+        return torch.stack([t.sum() for t in per_token])
+
+    def predictive(self, event: Event, next_batch: Sequence[Reaction], summaries: Sequence[str]) -> tuple[Any, int]:
+        """sum_i log pi(a*_i | s_i, m) for each summary m, and the number of action tokens per summary."""
+        torch = require("torch", "hf")
+        policy = POLICY_ADAPTER if self.config.policy_adapter else None
+        totals, tokens = [], 0
+        actions = [self.loaded.tokenizer(r.text, add_special_tokens=False).input_ids[: self.config.max_action_tokens] for r in next_batch]
+        for summary in summaries:
+            prompts = [self._ids(policy_prompt(event.source.text, persona_text(r.user, event.language), event.language, "mf", summary))
+                       for r in next_batch]
+            totals.append(self._sum_logprobs(prompts, actions, policy, grad=False).sum())
+            tokens = sum(len(a) for a in actions)
+        return torch.stack(totals), tokens
+
+    # -------------------------------------------------------------- one step
+
+    def context_prompt(self, event: Event, previous: str | None, batch: Sequence[Reaction]) -> Any:
+        return mean_field_prompt(event.source.text, previous, actions_of(batch, event.language), event.language, self.config.mean_field_max_chars)
+
+    def step(self, event: Event, t: int, previous: str | None) -> tuple[dict[str, Any], str]:
+        """One RLOO update on (event, step t); returns the logged stats and the next m (sample 1)."""
+        torch = require("torch", "hf")
+        config = self.config
+        chunks = batches(event, config.batch_size, config.max_steps_per_event)
+        prompt = self.context_prompt(event, previous, chunks[t])
+        params = mean_field_params(config, derive_seed(config.seed, "ib", self.step_count), config.sample_temperature)
+        self.loaded.model.eval()
+        summaries = [s or "…" for s in self.sampler.generate([prompt] * config.num_samples, params)]
+        self.loaded.model.train()
+        sample_ids = self._text_ids(summaries)
+        context_ids = [self._ids(prompt)] * len(summaries)
+        prior_ids = [self._ids(mean_field_prior_prompt(event.source.text, event.language, config.mean_field_max_chars))] * len(summaries)
+        log_q = self._sum_logprobs(context_ids, sample_ids, MEAN_FIELD_ADAPTER, grad=True)
+        log_p0 = self._sum_logprobs(prior_ids, sample_ids, None, grad=False)
+        predictive, action_tokens = self.predictive(event, chunks[t + 1], summaries)
+        kl = log_q.detach() - log_p0
+        rewards = predictive - config.beta * kl
+        loss = score_function_loss(log_q, rewards)
+        self.optimizer.zero_grad()
+        loss.backward()
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(self._trainable(), 1.0))
+        self.optimizer.step()
+        self.step_count += 1
+        stats = {"step": self.step_count, "event": event.event_id, "t": t, "loss": float(loss), "reward_mean": float(rewards.mean()),
+                 "reward_std": float(rewards.std()), "predictive_nll_per_token": float(-predictive.mean()) / max(action_tokens, 1),
+                 "kl_estimate": float(kl.mean()), "grad_norm": grad_norm, "beta": config.beta, "lr": config.learning_rate,
+                 "summary_tokens": sum(len(s) for s in sample_ids) / len(sample_ids)}
+        return stats, summaries[0]
+
+    def next_context(self) -> tuple[Event, int, str | None]:
+        """Walk each training event's real history in order; the chain carries the model's own m."""
+        event = self.events[self.step_count % len(self.events)]
+        t, previous = self.chains.get(event.event_id, (0, None))
+        if t + 1 >= len(batches(event, self.config.batch_size, self.config.max_steps_per_event)):
+            t, previous = 0, None
+        return event, t, previous
+
+    def train(self, log: Callable[[dict[str, Any]], None], save: Callable[[], None], progress: Any = None) -> None:
+        while self.step_count < self.config.max_steps:
+            event, t, previous = self.next_context()
+            stats, sample = self.step(event, t, previous)
+            self.chains[event.event_id] = (t + 1, sample)
+            if self.step_count % self.config.log_every == 0:
+                log(stats)
+            if self.step_count % self.config.save_every == 0 or self.step_count == self.config.max_steps:
+                save()
+            if progress is not None:
+                progress.update(1)
+                progress.set_postfix(reward=f"{stats['reward_mean']:.1f}", grad=f"{stats['grad_norm']:.2g}")
+
+    # -------------------------------------------------------------- evaluation and state
+
+    def heldout_nll(self, events: Sequence[Event], adapter: str | None, max_steps: int = 3) -> float:
+        """Token-weighted NLL of each next batch's real actions under the policy, given greedy mean
+        fields from the mean-field model (``adapter``; None = the untuned base) over the real history."""
+        self.loaded.model.eval()
+        view = TransformersModel(self.loaded, self.config.base_model, adapter=adapter)
+        total, tokens = 0.0, 0
+        for event in events:
+            chunks = batches(event, self.config.batch_size, self.config.max_steps_per_event)
+            previous = None
+            for t in range(min(max_steps, len(chunks) - 1)):
+                params = mean_field_params(self.config, derive_seed(self.config.seed, "eval", event.event_id, t))
+                previous = view.generate([self.context_prompt(event, previous, chunks[t])], params)[0] or previous or "…"
+                predictive, n = self.predictive(event, chunks[t + 1], [previous])
+                total, tokens = total - float(predictive[0]), tokens + n
+        self._use(MEAN_FIELD_ADAPTER)
+        return total / max(tokens, 1)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step_count, "optimizer": self.optimizer.state_dict(), "chains": self.chains}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.step_count = state["step"]
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.chains = {k: tuple(v) for k, v in state["chains"].items()}  # type: ignore[misc]
