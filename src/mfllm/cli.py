@@ -214,6 +214,66 @@ def _add_evaluation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device")
 
 
+# ---------------------------------------------------------------- training
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from mfllm.training import TrainConfig, parse_overrides, train
+
+    overrides = {"task": args.task, "data": args.data, "data_format": args.format, "events": args.event, "max_events": args.max_events,
+                 "base_model": args.base_model, "output_dir": args.output, "max_steps": args.max_steps, "learning_rate": args.lr,
+                 "beta": args.beta, "num_samples": args.samples, "lora_r": args.lora_r, "batch_size": args.batch,
+                 "mean_field_adapter": args.mean_field_adapter, "policy_adapter": args.policy_adapter, "device": args.device,
+                 "dtype": args.dtype, "gradient_checkpointing": True if args.gradient_checkpointing else None,
+                 **parse_overrides(args.set)}
+    config = TrainConfig.from_sources(args.config, overrides)
+    adapter = train(config, resume=args.resume)
+    metrics = json.loads((adapter.parent / "metrics.json").read_text())
+    print(json.dumps(metrics, indent=1))
+    print(f"adapter written to {adapter}")
+    return 0
+
+
+def _cmd_ablate(args: argparse.Namespace) -> int:
+    """Simulate held-out events under every combination of tuned/untuned policy and mean field, then
+    evaluate them in one table (the variant is the table's method column)."""
+    from mfllm.evaluation import KindLabeller, LabellerChain, LexiconLabeller, evaluate_run, resolve_dimensions, write_report
+    from mfllm.backends import ModelPool
+
+    variants = {"mf (untuned)": {}}
+    if args.policy_adapter:
+        variants["mf + tuned policy"] = {"policy_adapter": args.policy_adapter}
+    if args.mean_field_adapter:
+        variants["mf + tuned mean field"] = {"mean_field_adapter": args.mean_field_adapter}
+    if args.policy_adapter and args.mean_field_adapter:
+        variants["mf + both tuned"] = {"policy_adapter": args.policy_adapter, "mean_field_adapter": args.mean_field_adapter}
+    if args.sft_adapter:
+        variants["sft"] = {"method": "sft", "policy_adapter": args.sft_adapter}
+    variants["state"] = {"method": "state"}
+    pool = ModelPool(args.device or "auto")
+    labeller = LabellerChain([KindLabeller(), LexiconLabeller()])
+    dimensions = resolve_dimensions(args.dimension or ["sentiment", "emotion", "behaviour"])
+    evaluations = []
+    for name, extra in variants.items():
+        slug = name.replace(" ", "_").replace("(", "").replace(")", "").replace("+", "plus")
+        base = {"data": args.data, "data_format": args.format, "policy_model": args.base_model, "num_agents": args.agents,
+                "warmup": args.warmup, "batch_size": args.batch, "device": args.device, "method": "mf", **extra}
+        for event_id in args.event:
+            for seed in args.seeds:
+                from mfllm.simulation import SimulationConfig, simulate
+
+                config = SimulationConfig.from_sources(None, {**base, "event_id": event_id, "seed": seed})
+                run = simulate(config, Path(args.output) / slug / event_id / f"seed{seed}", pool=pool, resume=args.resume,
+                               progress=_progress)
+                policy = pool.get(config.policy_model, adapter=config.policy_adapter, role="policy")
+                evaluation = evaluate_run(run, labeller, dimensions, policy=policy)
+                evaluation.method = name
+                evaluations.append(evaluation)
+    index = write_report(evaluations, dimensions, Path(args.output) / "report")
+    print(f"ablation report written to {index}")
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -323,6 +383,48 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--limit", type=int, help="first N annotated replies")
     _add_evaluation_flags(validate)
     validate.set_defaults(func=_cmd_evaluate_labeller)
+
+    training = sub.add_parser("train", help="fine-tune the mean-field model (IB-Tune), the policy, or an SFT baseline (LoRA)")
+    training.add_argument("task", choices=["mean-field", "policy", "sft"])
+    training.add_argument("--config", help="YAML file of TrainConfig fields; flags override it")
+    training.add_argument("--data")
+    training.add_argument("--format")
+    training.add_argument("--event", action="append", help="event id (repeatable; default: all)")
+    training.add_argument("--max-events", type=int)
+    training.add_argument("--base-model")
+    training.add_argument("--output", help="output directory")
+    training.add_argument("--max-steps", type=int)
+    training.add_argument("--lr", type=float)
+    training.add_argument("--beta", type=float, help="mean-field: KL weight")
+    training.add_argument("--samples", type=int, help="mean-field: K summaries per context")
+    training.add_argument("--lora-r", type=int)
+    training.add_argument("--batch", type=int, help="agents per simulation step")
+    training.add_argument("--mean-field-adapter", help="policy: mean fields from this adapter")
+    training.add_argument("--policy-adapter", help="mean-field: policy that scores next actions")
+    training.add_argument("--device")
+    training.add_argument("--dtype")
+    training.add_argument("--gradient-checkpointing", action="store_true")
+    training.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field (repeatable)")
+    training.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+    training.set_defaults(func=_cmd_train)
+
+    ablate = sub.add_parser("ablate", help="simulate and evaluate held-out events with tuned/untuned policy and mean field")
+    ablate.add_argument("--data", required=True)
+    ablate.add_argument("--format")
+    ablate.add_argument("--event", action="append", required=True, help="held-out event id (repeatable)")
+    ablate.add_argument("--base-model", default="embedded:gemma-3-270m")
+    ablate.add_argument("--policy-adapter")
+    ablate.add_argument("--mean-field-adapter")
+    ablate.add_argument("--sft-adapter")
+    ablate.add_argument("--agents", type=int, default=32)
+    ablate.add_argument("--warmup", type=int, default=16)
+    ablate.add_argument("--batch", type=int, default=16)
+    ablate.add_argument("--seeds", type=int, nargs="+", default=[0])
+    ablate.add_argument("--dimension", action="append")
+    ablate.add_argument("--device", default="auto")
+    ablate.add_argument("--output", default="runs/ablation")
+    ablate.add_argument("--resume", action="store_true")
+    ablate.set_defaults(func=_cmd_ablate)
 
     demo = sub.add_parser("demo", help="simulate the bundled Weibo sample event with the embedded model")
     demo.add_argument("--model", default="embedded:gemma-3-270m")

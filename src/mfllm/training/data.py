@@ -77,6 +77,7 @@ class PolicyExample:
     position: int
     prompt: Any  # mfllm.interfaces.Prompt
     action: str
+    language: str
 
 
 def policy_examples(events: Sequence[Event], config: TrainConfig, mean_field_model: LanguageModel | None) -> list[PolicyExample]:
@@ -93,7 +94,7 @@ def policy_examples(events: Sequence[Event], config: TrainConfig, mean_field_mod
                 if mean_field_model is None or t > 0:
                     method = "mf" if mean_field_model is not None else "sft"
                     prompt = policy_prompt(event.source.text, persona_text(reaction.user, event.language), event.language, method, chain[t])
-                    examples.append(PolicyExample(event.event_id, position, prompt, reaction.text))
+                    examples.append(PolicyExample(event.event_id, position, prompt, reaction.text, event.language))
                 position += 1
     return examples
 

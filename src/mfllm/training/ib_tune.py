@@ -152,7 +152,7 @@ class MeanFieldTrainer:
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self._trainable(), 1.0))
         self.optimizer.step()
         self.step_count += 1
-        stats = {"step": self.step_count, "event": event.event_id, "t": t, "loss": float(loss), "reward_mean": float(rewards.mean()),
+        stats = {"step": self.step_count, "event": event.event_id, "t": t, "loss": float(loss.detach()), "reward_mean": float(rewards.mean()),
                  "reward_std": float(rewards.std()), "predictive_nll_per_token": float(-predictive.mean()) / max(action_tokens, 1),
                  "kl_estimate": float(kl.mean()), "grad_norm": grad_norm, "beta": config.beta, "lr": config.learning_rate,
                  "summary_tokens": sum(len(s) for s in sample_ids) / len(sample_ids)}

@@ -1,0 +1,142 @@
+"""IB-Tune estimator, training runs on a tiny model, adapters in the simulator, config checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from mfllm.backends.hf import LoadedCausalLM, ModelSource, continuation_logprobs
+from mfllm.simulation import RunStore, SimulationConfig, simulate
+from mfllm.training import TrainConfig, parse_overrides, train
+from mfllm.training.data import split_events
+from mfllm.training.ib_tune import rloo_advantages, score_function_loss
+
+torch = pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+
+def test_rloo_advantages() -> None:
+    rewards = torch.tensor([1.0, 2.0, 6.0])
+    assert rloo_advantages(rewards).tolist() == pytest.approx([1 - 4, 2 - 3.5, 6 - 1.5])
+    with pytest.raises(ValueError):
+        rloo_advantages(torch.tensor([1.0]))
+
+
+def test_estimator_moves_probability_toward_the_higher_reward_summary(tiny_base_model_dir: Path) -> None:
+    loaded = LoadedCausalLM(ModelSource(str(tiny_base_model_dir)), "cpu", "fp32")
+    model = peft.get_peft_model(loaded.model, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    tokenizer = loaded.tokenizer
+    prompt = tokenizer("Summarise the replies so far:").input_ids
+    good, bad = (tokenizer(t, add_special_tokens=False).input_ids for t in ("most people doubt it", "everyone is happy today"))
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+
+    def log_q() -> torch.Tensor:
+        return torch.stack([t.sum() for t in continuation_logprobs(model, tokenizer, [prompt, prompt], [good, bad], "cpu")])
+
+    before = log_q().detach()
+    for _ in range(3):
+        loss = score_function_loss(log_q(), torch.tensor([-10.0, -50.0]))  # the first summary predicts the next actions better
+        optimizer.zero_grad()
+        loss.backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
+        optimizer.step()
+    after = log_q().detach()
+    assert (after[0] - after[1]) > (before[0] - before[1]) + 0.1
+    assert after[0] > before[0]
+
+
+def test_split_is_by_event_and_deterministic() -> None:
+    ids = [f"e{i}" for i in range(10)]
+    split = split_events(ids, (0.6, 0.2, 0.2), seed=3)
+    assert sorted(split["train"] + split["validation"] + split["test"]) == sorted(ids)
+    assert (len(split["train"]), len(split["validation"]), len(split["test"])) == (6, 2, 2)
+    assert split == split_events(list(reversed(ids)), (0.6, 0.2, 0.2), seed=3)
+
+
+def _config(shared_data: Path, model_dir: Path, out: Path, task: str, **extra: object) -> TrainConfig:
+    values = dict(task=task, data=str(shared_data / "weibo_covid19_rumor"), max_events=4, base_model=f"hf:{model_dir}", output_dir=str(out),
+                  batch_size=4, max_steps_per_event=3, max_mean_field_tokens=10, max_action_tokens=16, num_samples=2, max_steps=4,
+                  save_every=2, eval_events=1, device="cpu", dtype="fp32", max_length=384)
+    return TrainConfig(**{**values, **extra})
+
+
+@pytest.fixture(scope="module")
+def trained(shared_data: Path, tiny_base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("training")
+    mean_field = train(_config(shared_data, tiny_base_model_dir, root / "mf", "mean-field"), progress=False)
+    policy = train(_config(shared_data, tiny_base_model_dir, root / "policy", "policy", mean_field_adapter=str(mean_field), max_steps=2))
+    sft = train(_config(shared_data, tiny_base_model_dir, root / "sft", "sft", max_steps=2))
+    return {"root": root, "mean_field": mean_field, "policy": policy, "sft": sft}
+
+
+def test_mean_field_training_logs_gradients_and_saves_an_adapter(trained: dict[str, Path]) -> None:
+    out = trained["mean_field"].parent
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [entry["step"] for entry in log] == [1, 2, 3, 4]
+    assert all(entry["grad_norm"] > 0 for entry in log)
+    assert all(entry["reward_std"] > 0 for entry in log)  # K samples differ, so the estimator has signal
+    meta = json.loads((trained["mean_field"] / "mfllm_adapter.json").read_text())
+    assert meta["task"] == "mean-field" and meta["fingerprint"]["hidden_size"] == 32
+    assert set(meta["split"]) == {"train", "validation", "test"} and not set(meta["split"]["train"]) & set(meta["split"]["test"])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert {"heldout_nll_before", "heldout_nll_after", "train_nll_before", "train_nll_after"} <= set(metrics)
+
+
+def test_mean_field_resume_equals_an_uninterrupted_run(shared_data: Path, tiny_base_model_dir: Path, trained: dict[str, Path]) -> None:
+    out = trained["root"] / "mf-resumed"
+    config = _config(shared_data, tiny_base_model_dir, out, "mean-field")
+    train(config.model_copy(update={"max_steps": 2}), progress=False)
+    (out / "config.yaml").write_text((out / "config.yaml").read_text().replace("max_steps: 2", "max_steps: 4"))
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(config, progress=False)
+    train(config, resume=True, progress=False)
+    reference = [json.loads(x) for x in (trained["mean_field"].parent / "train_log.jsonl").read_text().splitlines()]
+    resumed = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4]
+    assert [r["reward_mean"] for r in resumed] == pytest.approx([r["reward_mean"] for r in reference], rel=1e-4)
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(trained["mean_field"] / "adapter_model.safetensors")), load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    assert all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
+def test_policy_and_sft_adapters_record_heldout_nll(trained: dict[str, Path]) -> None:
+    for name in ("policy", "sft"):
+        metrics = json.loads((trained[name].parent / "metrics.json").read_text())
+        assert metrics["train_examples"] > 0 and metrics["heldout_examples"] > 0
+        assert metrics["heldout_nll_after"] != metrics["heldout_nll_before"]
+        assert (trained[name] / "adapter_model.safetensors").is_file()
+    meta = json.loads((trained["policy"] / "mfllm_adapter.json").read_text())
+    assert meta["config"]["mean_field_adapter"] == str(trained["mean_field"])
+
+
+def test_simulator_runs_mf_with_both_adapters_on_one_base(trained: dict[str, Path], tiny_base_model_dir: Path, demo_event_path: Path,
+                                                          tmp_path: Path) -> None:
+    base = dict(data=str(demo_event_path), policy_model=f"hf:{tiny_base_model_dir}", warmup=4, batch_size=4, num_agents=4,
+                max_action_tokens=6, max_mean_field_tokens=8, device="cpu")
+    plain = simulate(SimulationConfig(**base), tmp_path / "plain")
+    tuned = simulate(SimulationConfig(**base, policy_adapter=str(trained["policy"]), mean_field_adapter=str(trained["mean_field"])),
+                     tmp_path / "tuned")
+    models = RunStore(tuned).manifest()["models"]
+    assert models["policy"]["adapter"] == str(trained["policy"]) and models["mean_field"]["adapter"] == str(trained["mean_field"])
+    assert len(RunStore(tuned).actions()) == len(RunStore(plain).actions()) == 4
+
+
+def test_inconsistent_configs_are_refused(trained: dict[str, Path], tiny_model_dir: Path, shared_data: Path, tmp_path: Path) -> None:
+    from transformers import LlamaConfig, LlamaForCausalLM, AutoTokenizer
+
+    other = tmp_path / "other-base"
+    LlamaForCausalLM(LlamaConfig(vocab_size=49152, hidden_size=48, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+                                 num_key_value_heads=1)).save_pretrained(other)
+    AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(other)
+    with pytest.raises(ValueError, match="does not match"):
+        train(_config(shared_data, other, tmp_path / "p", "policy", mean_field_adapter=str(trained["mean_field"])))
+    with pytest.raises(ValueError, match="only used by the policy task"):
+        _config(shared_data, other, tmp_path / "x", "sft", mean_field_adapter="a")
+    with pytest.raises(ValueError, match="needs local weights"):
+        TrainConfig(task="sft", data="d", base_model="fake", output_dir="o")
+    with pytest.raises(ValueError, match="split"):
+        TrainConfig(task="sft", data="d", output_dir="o", split=(0.5, 0.5, 0.5))
+    assert parse_overrides(["beta=0.1", "target_modules=[q_proj, v_proj]"]) == {"beta": 0.1, "target_modules": ["q_proj", "v_proj"]}
