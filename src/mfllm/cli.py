@@ -274,6 +274,18 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_fields(args: argparse.Namespace) -> int:
+    """Print every field of a config with its default and help text (for YAML files and --set)."""
+    from mfllm.simulation import SimulationConfig
+    from mfllm.training import TrainConfig
+
+    model = SimulationConfig if args.which == "simulate" else TrainConfig
+    for name, field in model.model_fields.items():
+        default = "(required)" if field.is_required() else repr(field.default)
+        print(f"{name} = {default}\n    {field.description}")
+    return 0
+
+
 # ---------------------------------------------------------------- demo
 
 
@@ -407,6 +419,10 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field (repeatable)")
     training.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
     training.set_defaults(func=_cmd_train)
+
+    fields = sub.add_parser("fields", help="list config fields with defaults and help text")
+    fields.add_argument("which", choices=["simulate", "train"])
+    fields.set_defaults(func=_cmd_fields)
 
     ablate = sub.add_parser("ablate", help="simulate and evaluate held-out events with tuned/untuned policy and mean field")
     ablate.add_argument("--data", required=True)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
+from mfllm.cache import JsonlCache, digest
 from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams
 
 T = TypeVar("T")
@@ -94,31 +93,17 @@ class CachingModel(_Wrapper):
 
     def __init__(self, inner: LanguageModel, path: str | Path | None = None):
         super().__init__(inner)
-        self.path = Path(path) if path else None
-        self._memory: dict[str, Any] = {}
-        if self.path and self.path.exists():
-            for line in self.path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self._memory[entry["key"]] = entry["value"]
+        self.cache = JsonlCache(path)
 
     def _key(self, *parts: Any) -> str:
-        raw = json.dumps([self.inner.describe(), *parts], sort_keys=True, ensure_ascii=False, default=repr)
-        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
-
-    def _store(self, key: str, value: Any) -> None:
-        self._memory[key] = value
-        if self.path:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            with self.path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"key": key, "value": value}, ensure_ascii=False) + "\n")
+        return digest(self.inner.describe(), *parts)
 
     def _cached(self, keys: list[str], compute: Callable[[list[int]], list[Any]]) -> list[Any]:
-        missing = [i for i, key in enumerate(keys) if key not in self._memory]
+        missing = [i for i, key in enumerate(keys) if key not in self.cache]
         if missing:
             for i, value in zip(missing, compute(missing)):
-                self._store(keys[i], value)
-        return [self._memory[key] for key in keys]
+                self.cache.put(keys[i], value)
+        return [self.cache[key] for key in keys]
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         if params.seed is None:

@@ -6,7 +6,6 @@ unlabelled (with a reason) and every other item's label in place.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from abc import ABC, abstractmethod
@@ -14,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from mfllm.cache import JsonlCache, digest
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.interfaces import LanguageModel, SamplingParams
 from mfllm.prompts import label_prompt
@@ -177,27 +177,13 @@ class LLMJudgeLabeller(Labeller):
             raise ValueError(f"judge mode must be 'generate' or 'likelihood', got {mode!r}")
         self.model, self.mode, self.retries, self.batch_size = model, mode, retries, batch_size
         self.name = f"judge:{mode}:{model.name}"
-        self.cache_path = Path(cache_path) if cache_path else None
-        self._cache: dict[str, str] = {}
-        if self.cache_path and self.cache_path.exists():
-            for line in self.cache_path.read_text(encoding="utf-8").splitlines():
-                if line.strip():
-                    entry = json.loads(line)
-                    self._cache[entry["key"]] = entry["label"]
+        self.cache = JsonlCache(cache_path)
 
     def covers(self, dimension: Dimension, language: str) -> bool:
         return language in ("zh", "en")
 
     def _key(self, item: LabelItem, dimension: Dimension) -> str:
-        raw = json.dumps([item.text, item.topic, dimension.name, dimension.labels, dimension.definition, self.name], ensure_ascii=False)
-        return hashlib.sha256(raw.encode("utf-8")).hexdigest()
-
-    def _remember(self, key: str, label: str) -> None:
-        self._cache[key] = label
-        if self.cache_path:
-            self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-            with self.cache_path.open("a", encoding="utf-8") as handle:
-                handle.write(json.dumps({"key": key, "label": label}) + "\n")
+        return digest(item.text, item.topic, dimension.name, dimension.labels, dimension.definition, self.name)
 
     def _prompt(self, item: LabelItem, dimension: Dimension, open_json: bool) -> Any:
         return label_prompt(item.topic, item.text, dimension.name, dimension.definition, dimension.labels,
@@ -239,8 +225,8 @@ class LLMJudgeLabeller(Labeller):
         keys = [self._key(item, dimension) for item in items]
         todo = []
         for i, key in enumerate(keys):
-            if key in self._cache:
-                result.labels[i] = self._cache[key]
+            if key in self.cache:
+                result.labels[i] = self.cache[key]
             elif not items[i].text.strip():
                 result.failures[i] = "empty text"
             else:
@@ -253,7 +239,7 @@ class LLMJudgeLabeller(Labeller):
                 found = self._by_generation(items, dimension, result, chunk)
             for i, label in found.items():
                 result.labels[i] = label
-                self._remember(keys[i], label)
+                self.cache.put(keys[i], label)
         return result
 
 

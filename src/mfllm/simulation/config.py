@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from mfllm.configuration import YamlConfig
 
 Method = Literal["mf", "state", "recent", "popular", "sft"]
 METHODS: tuple[str, ...] = ("mf", "state", "recent", "popular", "sft")
 
 
-class SimulationConfig(BaseModel):
+class SimulationConfig(YamlConfig):
     """Everything that determines a simulation run (and so goes into its manifest)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     data: str = Field(description="Dataset directory or file (see `mfllm data list`).")
     data_format: str | None = Field(default=None, description="Reader name; detected from the path when omitted.")
@@ -49,15 +47,3 @@ class SimulationConfig(BaseModel):
     @property
     def resolved_mean_field_model(self) -> str:
         return self.mean_field_model or self.policy_model
-
-    @classmethod
-    def from_sources(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> SimulationConfig:
-        """Values from a YAML file, then non-None overrides (CLI flags) on top."""
-        values: dict[str, Any] = {}
-        if yaml_path:
-            loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{yaml_path}: expected a mapping of config fields")
-            values.update(loaded)
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return cls(**values)

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
+
+from mfllm.configuration import YamlConfig
 
 Task = Literal["mean-field", "policy", "sft"]
 
 
-class TrainConfig(BaseModel):
+class TrainConfig(YamlConfig):
     """Every setting of a training run; it is saved with the adapter and checked when resuming."""
-
-    model_config = ConfigDict(extra="forbid")
 
     task: Task = Field(description="mean-field: IB-Tune of the mean-field model (score-function estimator); policy: NLL of real "
                                    "actions given mean fields the mean-field model produced; sft: policy with no mean field.")
@@ -64,17 +63,6 @@ class TrainConfig(BaseModel):
         if self.base_model.startswith(("openai:", "fake")):
             raise ValueError(f"training needs local weights: base_model must be embedded:NAME or hf:PATH, got {self.base_model!r}")
         return self
-
-    @classmethod
-    def from_sources(cls, yaml_path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-        values: dict[str, Any] = {}
-        if yaml_path:
-            loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
-            if not isinstance(loaded, dict):
-                raise ValueError(f"{yaml_path}: expected a mapping of config fields")
-            values.update(loaded)
-        values.update({k: v for k, v in (overrides or {}).items() if v is not None})
-        return cls(**values)
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
