@@ -24,7 +24,7 @@ from mfllm.data import load_event, persona_text
 from mfllm.interfaces import AgentAction
 from mfllm.manifest import derive_seed
 from mfllm.prompts import mean_field_prompt, policy_prompt
-from mfllm.simulation import SimulationConfig, simulate
+from mfllm.simulation import RunStore, SimulationConfig, simulate
 from mfllm.simulation.engine import schedule
 
 
@@ -83,18 +83,11 @@ def main() -> None:
         waste_theirs.append(waste)
         config = SimulationConfig(data=str(demo_data_path()), policy_model=args.model, warmup=args.warmup, batch_size=args.batch,
                                   num_agents=args.agents, seed=seed, device="cpu", dtype="fp32")
-        with tempfile.TemporaryDirectory() as tmp:
-            before = backend.usage.as_dict()
-            run_pool = ModelPool(device="cpu", dtype="fp32")
-            run_pool._loaded = pool._loaded  # same weights, fresh usage counters
-            run = simulate(config, Path(tmp) / "run", pool=run_pool)
-            import json
-
-            manifest = json.loads((run / "manifest.json").read_text())
+        with tempfile.TemporaryDirectory() as tmp:  # same pool: same weights, fresh usage counters per run
+            manifest = RunStore(simulate(config, Path(tmp) / "run", pool=pool)).manifest()
         ours.append(manifest["throughput"]["actions_per_second"])
         usage = manifest["usage"]["policy"]
         waste_ours.append(usage["discarded_tokens"] / max(usage["discarded_tokens"] + usage["generated_tokens"], 1))
-        del before
         print(f"repeat {repeat}: original-style {theirs[-1]:.3f} actions/s, mfllm {ours[-1]:.3f} actions/s")
     print(f"model {args.model}, {args.agents} agents, batch {args.batch}, warm-up {args.warmup}, {args.repeats} repeats (medians)")
     print(f"original-style loop : {statistics.median(theirs):.3f} actions/s, {statistics.median(waste_theirs):.0%} of generated token slots discarded")

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from mfllm.backends import ModelPool
 from mfllm.backends.hf import LoadedCausalLM, ModelSource, continuation_logprobs
 from mfllm.simulation import RunStore, SimulationConfig, simulate
 from mfllm.training import TrainConfig, parse_overrides, train
@@ -81,7 +82,7 @@ def test_mean_field_training_logs_gradients_and_saves_an_adapter(trained: dict[s
     assert meta["task"] == "mean-field" and meta["fingerprint"]["hidden_size"] == 32
     assert set(meta["split"]) == {"train", "validation", "test"} and not set(meta["split"]["train"]) & set(meta["split"]["test"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"heldout_nll_before", "heldout_nll_after", "train_nll_before", "train_nll_after"} <= set(metrics)
+    assert {"test_nll_before", "test_nll_after", "train_nll_before", "train_nll_after"} <= set(metrics)
 
 
 def test_mean_field_resume_equals_an_uninterrupted_run(shared_data: Path, tiny_base_model_dir: Path, trained: dict[str, Path]) -> None:
@@ -105,8 +106,9 @@ def test_mean_field_resume_equals_an_uninterrupted_run(shared_data: Path, tiny_b
 def test_policy_and_sft_adapters_record_heldout_nll(trained: dict[str, Path]) -> None:
     for name in ("policy", "sft"):
         metrics = json.loads((trained[name].parent / "metrics.json").read_text())
-        assert metrics["train_examples"] > 0 and metrics["heldout_examples"] > 0
-        assert metrics["heldout_nll_after"] != metrics["heldout_nll_before"]
+        assert metrics["train_examples"] > 0 and metrics["test_scored_examples"] > 0
+        assert metrics["test_nll_after"] != metrics["test_nll_before"]
+        assert metrics["train_nll_after"] < metrics["train_nll_before"]  # the tuned policy fits its training events better
         assert (trained[name] / "adapter_model.safetensors").is_file()
     meta = json.loads((trained["policy"] / "mfllm_adapter.json").read_text())
     assert meta["config"]["mean_field_adapter"] == str(trained["mean_field"])
@@ -122,6 +124,13 @@ def test_simulator_runs_mf_with_both_adapters_on_one_base(trained: dict[str, Pat
     models = RunStore(tuned).manifest()["models"]
     assert models["policy"]["adapter"] == str(trained["policy"]) and models["mean_field"]["adapter"] == str(trained["mean_field"])
     assert len(RunStore(tuned).actions()) == len(RunStore(plain).actions()) == 4
+    pool = ModelPool(device="cpu")  # the same adapters again on a shared pool: attached once, reused
+    config = SimulationConfig(**base, policy_adapter=str(trained["policy"]), mean_field_adapter=str(trained["mean_field"]))
+    first = simulate(config, tmp_path / "again1", pool=pool)
+    second = simulate(config, tmp_path / "again2", pool=pool)
+    assert RunStore(first).actions() == RunStore(second).actions() == RunStore(tuned).actions()
+    [loaded] = pool.loaded
+    assert len(loaded.adapters) == 2
 
 
 def test_inconsistent_configs_are_refused(trained: dict[str, Path], tiny_model_dir: Path, shared_data: Path, tmp_path: Path) -> None:
@@ -140,3 +149,17 @@ def test_inconsistent_configs_are_refused(trained: dict[str, Path], tiny_model_d
     with pytest.raises(ValueError, match="split"):
         TrainConfig(task="sft", data="d", output_dir="o", split=(0.5, 0.5, 0.5))
     assert parse_overrides(["beta=0.1", "target_modules=[q_proj, v_proj]"]) == {"beta": 0.1, "target_modules": ["q_proj", "v_proj"]}
+
+
+def test_ablate_reports_every_variant_in_one_table(trained: dict[str, Path], tiny_base_model_dir: Path, demo_event_path: Path,
+                                                   tmp_path: Path) -> None:
+    from mfllm.cli import main
+
+    assert main(["ablate", "--data", str(demo_event_path), "--event", "4484800548711562", "--base-model", f"hf:{tiny_base_model_dir}",
+                 "--policy-adapter", str(trained["policy"]), "--mean-field-adapter", str(trained["mean_field"]),
+                 "--sft-adapter", str(trained["sft"]), "--agents", "4", "--warmup", "4", "--batch", "4", "--device", "cpu",
+                 "--dimension", "sentiment", "--output", str(tmp_path)]) == 0
+    summary = (tmp_path / "report" / "summary.csv").read_text()
+    for variant in ("mf (untuned)", "mf + tuned policy", "mf + tuned mean field", "mf + both tuned", "sft", "state"):
+        assert f"{variant},sentiment,kl" in summary
+    assert "(policy),nll" in summary

@@ -11,9 +11,11 @@ Spec strings (CLI and configs):
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from mfllm.backends.fake import FakeModel
+from mfllm.cache import digest
 from mfllm.backends.wrappers import CachingModel, RateLimitedModel, RetryingModel, TransientBackendError
 from mfllm.interfaces import LanguageModel
 
@@ -64,6 +66,11 @@ class ModelPool:
         self.api_key_env, self.max_concurrency, self.timeout_s = api_key_env, max_concurrency, timeout_s
         self._loaded: dict[tuple[str, str | None], object] = {}
 
+    @property
+    def loaded(self) -> list[object]:
+        """The local models loaded so far (each shared by all its backend views)."""
+        return list(self._loaded.values())
+
     def get(self, spec: str | BackendSpec, adapter: str | None = None, role: str = "model") -> LanguageModel:
         """A backend for ``spec``; ``adapter`` is a LoRA directory attached under the name ``role``."""
         spec = parse_spec(spec) if isinstance(spec, str) else spec
@@ -90,6 +97,9 @@ class ModelPool:
                 source = ModelSource(spec.name, spec.gguf_file)
             self._loaded[key] = LoadedCausalLM(source, self.device, self.dtype)
         loaded = self._loaded[key]
-        if adapter:
-            loaded.add_adapter(adapter, role)  # type: ignore[attr-defined]
-        return TransformersModel(loaded, str(spec), adapter=role if adapter else None)  # type: ignore[arg-type]
+        name = None
+        if adapter:  # one name per adapter directory, so repeated runs reuse an attached adapter
+            name = f"{role}-{digest(str(Path(adapter).resolve()))[:8]}"
+            if name not in loaded.adapters:  # type: ignore[attr-defined]
+                loaded.add_adapter(adapter, name)  # type: ignore[attr-defined]
+        return TransformersModel(loaded, str(spec), adapter=name)  # type: ignore[arg-type]

@@ -181,7 +181,7 @@ class MeanFieldTrainer:
 
     # -------------------------------------------------------------- evaluation and state
 
-    def heldout_nll(self, events: Sequence[Event], adapter: str | None, max_steps: int = 3) -> float:
+    def next_batch_nll(self, events: Sequence[Event], adapter: str | None, max_steps: int = 3) -> float:
         """Token-weighted NLL of each next batch's real actions under the policy, given greedy mean
         fields from the mean-field model (``adapter``; None = the untuned base) over the real history."""
         self.loaded.model.eval()

@@ -5,7 +5,7 @@ Output directory:
   train_log.jsonl                     one line per logged step (losses, rewards, gradient norms)
   checkpoints/                        resumable checkpoints
   adapter/                            the final LoRA adapter + mfllm_adapter.json (base fingerprint, task, metrics)
-  metrics.json                        held-out NLL of real actions before and after training
+  metrics.json                        NLL of real actions per split (train, validation, test) before and after training
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ def _adapter_meta(config: TrainConfig, loaded: LoadedCausalLM, split: dict[str, 
     return meta
 
 
-def heldout_policy_nll(view: TransformersModel, examples: list[Any]) -> float:
+def examples_nll(view: TransformersModel, examples: list[Any]) -> float:
     """Token-weighted NLL of real actions (action tokens only) under ``view``."""
     scores = view.score([e.prompt for e in examples], [e.action for e in examples])
     tokens = sum(s.num_tokens for s in scores)
@@ -84,7 +84,7 @@ def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any
     torch = require("torch", "hf")
     loaded = LoadedCausalLM(model_source(config.base_model), config.device, config.dtype)
     trainer = MeanFieldTrainer(config, loaded, events["train"])
-    heldout = (events["test"] or events["validation"] or events["train"])[: config.eval_events]
+    scored = _scored_splits(events, config.eval_events)
     checkpoints = out / "checkpoints"
     latest = checkpoints / "latest"
     metrics: dict[str, Any] = {}
@@ -95,8 +95,7 @@ def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any
         metrics = json.loads((latest / "metrics.json").read_text())
     else:
         (out / "train_log.jsonl").unlink(missing_ok=True)
-        metrics["heldout_nll_before"] = trainer.heldout_nll(heldout, adapter=None)
-        metrics["train_nll_before"] = trainer.heldout_nll(events["train"][: config.eval_events], adapter=None)
+        metrics.update({f"{name}_nll_before": trainer.next_batch_nll(group, adapter=None) for name, group in scored.items()})
 
     def log(stats: dict[str, Any]) -> None:
         with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
@@ -115,8 +114,7 @@ def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any
     trainer.train(log, save, bar)
     if bar is not None:
         bar.close()
-    metrics["heldout_nll_after"] = trainer.heldout_nll(heldout, adapter=MEAN_FIELD_ADAPTER)
-    metrics["train_nll_after"] = trainer.heldout_nll(events["train"][: config.eval_events], adapter=MEAN_FIELD_ADAPTER)
+    metrics.update({f"{name}_nll_after": trainer.next_batch_nll(group, adapter=MEAN_FIELD_ADAPTER) for name, group in scored.items()})
     adapter_dir = out / "adapter"
     shutil.rmtree(adapter_dir, ignore_errors=True)
     loaded.model.save_pretrained(out / "adapter_tmp", selected_adapters=[MEAN_FIELD_ADAPTER])
@@ -124,6 +122,12 @@ def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any
     shutil.rmtree(out / "adapter_tmp")
     _finish(config, loaded, split, metrics, out, adapter_dir)
     return adapter_dir
+
+
+def _scored_splits(events: dict[str, list[Any]], per_split: int) -> dict[str, list[Any]]:
+    """The events whose NLL is measured before and after training: up to ``per_split`` of each split
+    (train shows fit, validation and test show generalisation to unseen events)."""
+    return {name: group[:per_split] for name, group in events.items() if group}
 
 
 def _load_adapter_weights(path: Path) -> dict[str, Any]:
@@ -148,14 +152,13 @@ def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], 
     if config.task == "policy":
         mean_field_model = pool.get(config.base_model, adapter=config.mean_field_adapter, role="mean_field")
     train_examples = policy_examples(events["train"], config, mean_field_model)
-    heldout_events = (events["test"] or events["validation"])[: config.eval_events]
-    heldout_examples = policy_examples(heldout_events, config, mean_field_model) if heldout_events else []
     eval_examples = policy_examples(events["validation"], config, mean_field_model) if events["validation"] else []
+    scored = {name: policy_examples(group, config, mean_field_model) for name, group in _scored_splits(events, config.eval_events).items()}
     loaded = LoadedCausalLM(model_source(config.base_model), config.device, config.dtype)
     base_view = TransformersModel(loaded, config.base_model)
-    metrics: dict[str, Any] = {"train_examples": len(train_examples), "heldout_examples": len(heldout_examples)}
-    if heldout_examples and not (resume and (out / "checkpoints").is_dir()):
-        metrics["heldout_nll_before"] = heldout_policy_nll(base_view, heldout_examples)
+    metrics: dict[str, Any] = {"train_examples": len(train_examples), **{f"{name}_scored_examples": len(e) for name, e in scored.items()}}
+    if not (resume and (out / "checkpoints").is_dir()):
+        metrics.update({f"{name}_nll_before": examples_nll(base_view, e) for name, e in scored.items() if e})
     tokenizer = loaded.tokenizer
 
     def rows(examples: list[Any]) -> Any:
@@ -168,7 +171,7 @@ def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], 
         learning_rate=config.learning_rate, logging_steps=config.log_every, save_steps=config.save_every, save_total_limit=2,
         max_length=config.max_length, seed=config.seed, report_to=[], use_cpu=loaded.device == "cpu",
         bf16=config.dtype in ("bf16", "bfloat16") or (config.dtype == "auto" and loaded.device.startswith("cuda")),
-        gradient_checkpointing=config.gradient_checkpointing, completion_only_loss=True, dataset_kwargs={"add_special_tokens": False},
+        gradient_checkpointing=config.gradient_checkpointing, completion_only_loss=True,
         eval_strategy="steps" if eval_examples else "no", eval_steps=config.save_every, disable_tqdm=False,
     )
     trainer = trl.SFTTrainer(model=loaded.model, args=args, train_dataset=rows(train_examples),
@@ -182,7 +185,6 @@ def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], 
     trainer.model.save_pretrained(adapter_dir)
     loaded.replace_model(trainer.model)
     tuned_view = TransformersModel(loaded, config.base_model, adapter="default")
-    if heldout_examples:
-        metrics["heldout_nll_after"] = heldout_policy_nll(tuned_view, heldout_examples)
+    metrics.update({f"{name}_nll_after": examples_nll(tuned_view, e) for name, e in scored.items() if e})
     _finish(config, loaded, split, metrics, out, adapter_dir)
     return adapter_dir
