@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from mfllm.backends import CachingModel, FakeModel, ModelPool, RetryingModel, TransientBackendError, parse_spec
+from mfllm.backends import CachingModel, FakeModel, ModelPool, RateLimitedModel, RetryingModel, TransientBackendError, parse_spec
 from mfllm.backends.hf import LoadedCausalLM, ModelSource, TransformersModel, clean_output, shared_prefix_length, stop_position
 from mfllm.interfaces import ContinuationScore, Prompt, SamplingParams
 from mfllm.prompts import policy_prompt
@@ -115,6 +115,14 @@ def test_retry_then_give_up() -> None:
     assert waits == [0.5, 1.0]
     with pytest.raises(TransientBackendError):
         RetryingModel(_Flaky(5), attempts=2, sleep=lambda _: None).generate(_prompts(1), SamplingParams(seed=1))
+
+
+def test_rate_limit_spaces_calls() -> None:
+    waits: list[float] = []
+    model = RateLimitedModel(FakeModel(), calls_per_second=4, clock=lambda: 10.0, sleep=waits.append)
+    for _ in range(3):
+        model.generate(_prompts(1), SamplingParams(seed=1))
+    assert waits == [0.25, 0.5]
 
 
 def test_cache_sends_only_misses_and_persists(tmp_path: Path) -> None:

@@ -20,15 +20,10 @@ class Message:
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt in both layouts; the backend uses ``messages`` for chat models, ``completion`` otherwise.
-
-    ``shared_prefix_chars`` marks how much of ``completion`` is shared by every agent of a step (topic
-    and context come first), for backends with prefix caching.
-    """
+    """One prompt in both layouts; the backend uses ``messages`` for chat models, ``completion`` otherwise."""
 
     messages: tuple[Message, ...]
     completion: str
-    shared_prefix_chars: int = 0
 
 
 @dataclass(frozen=True)

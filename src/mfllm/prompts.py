@@ -110,7 +110,7 @@ def policy_prompt(topic: str, persona: str, language: str, method: str = "mf", c
                                          render_context(method, language, context)) if part)
     completion = f"{shared}\n\n{t.policy_cue.format(persona=persona)}"
     user = f"{shared}\n{t.persona.format(persona=persona)}\n\n{t.policy_instruction}"
-    return Prompt((Message("system", t.policy_system), Message("user", user)), completion, shared_prefix_chars=len(shared) + 2)
+    return Prompt((Message("system", t.policy_system), Message("user", user)), completion)
 
 
 def policy_stop(language: str) -> tuple[str, ...]:

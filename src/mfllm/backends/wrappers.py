@@ -60,19 +60,21 @@ class RetryingModel(_Wrapper):
 class RateLimitedModel(_Wrapper):
     """At most ``calls_per_second`` calls to the inner backend (thread-safe)."""
 
-    def __init__(self, inner: LanguageModel, calls_per_second: float):
+    def __init__(self, inner: LanguageModel, calls_per_second: float, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         super().__init__(inner)
         self.interval = 1.0 / calls_per_second
+        self.clock, self.sleep = clock, sleep
         self._next = 0.0
         self._lock = threading.Lock()
 
     def _wait(self) -> None:
         with self._lock:
-            now = time.monotonic()
+            now = self.clock()
             delay = self._next - now
             self._next = max(now, self._next) + self.interval
         if delay > 0:
-            time.sleep(delay)
+            self.sleep(delay)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         self._wait()

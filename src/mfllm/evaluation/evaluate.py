@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -117,7 +116,3 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
     if policy is not None:
         evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy)
     return evaluation
-
-
-def finite(value: float | None) -> bool:
-    return value is not None and not math.isnan(value)
