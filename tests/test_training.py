@@ -26,26 +26,27 @@ def test_rloo_advantages() -> None:
 
 
 def test_estimator_moves_probability_toward_the_higher_reward_summary(tiny_base_model_dir: Path) -> None:
+    torch.manual_seed(0)
     loaded = LoadedCausalLM(ModelSource(str(tiny_base_model_dir)), "cpu", "fp32")
     model = peft.get_peft_model(loaded.model, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
     tokenizer = loaded.tokenizer
     prompt = tokenizer("Summarise the replies so far:").input_ids
     good, bad = (tokenizer(t, add_special_tokens=False).input_ids for t in ("most people doubt it", "everyone is happy today"))
-    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-3)  # small steps (advantages are ±40): first order holds
 
     def log_q() -> torch.Tensor:
         return torch.stack([t.sum() for t in continuation_logprobs(model, tokenizer, [prompt, prompt], [good, bad], "cpu")])
 
-    before = log_q().detach()
-    for _ in range(3):
-        loss = score_function_loss(log_q(), torch.tensor([-10.0, -50.0]))  # the first summary predicts the next actions better
+    gaps = []
+    for _ in range(5):
+        current = log_q()
+        gaps.append(float(current[0] - current[1]))
+        loss = score_function_loss(current, torch.tensor([-10.0, -50.0]))  # the first summary predicts the next actions better
         optimizer.zero_grad()
         loss.backward()
         assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters() if p.requires_grad)
         optimizer.step()
-    after = log_q().detach()
-    assert (after[0] - after[1]) > (before[0] - before[1]) + 0.1
-    assert after[0] > before[0]
+    assert all(later > earlier for earlier, later in zip(gaps, gaps[1:]))  # log q(good) - log q(bad) rises at every step
 
 
 def test_split_is_by_event_and_deterministic() -> None:
