@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,5 +72,6 @@ def agreement(labeller: Labeller, dimension: Dimension, items: list[LabelItem], 
     majority = max(gold.count(label) for label in dimension.labels) / len(gold)
     failures: dict[str, Any] = {}
     for reason in result.failures.values():
-        failures[reason] = failures.get(reason, 0) + 1
+        kind = re.sub(r"(['\"]).*\1", "…", reason)  # group by kind of failure, not by each answer's text
+        failures[kind] = failures.get(kind, 0) + 1
     return Agreement(dimension.name, labeller.name, len(items), len(pairs), accuracy, macro, majority, confusion, failures)
