@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mfllm.data.loaders import load_event
+from mfllm.data.schema import Event
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import DEFAULT_ALPHA, DimensionMetrics, compare_streams, window_ids
@@ -76,13 +77,14 @@ def contexts_by_step(store: RunStore, config: SimulationConfig, event: Any) -> d
     return contexts
 
 
-def policy_nll(store: RunStore, policy: LanguageModel) -> tuple[float, float]:
+def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = None) -> tuple[float, float]:
     """(token-weighted mean NLL per token, mean over actions of per-token NLL) of the real actions,
     teacher-forced under ``policy`` with the same prompt (topic, persona, simulated context) the
     simulated agent had. Only the action's tokens count."""
     manifest = store.manifest()
     config = SimulationConfig(**manifest["config"])
-    event, _ = load_event(config.data, config.event_id, config.data_format)
+    if event is None:
+        event, _ = load_event(config.data, config.event_id, config.data_format)
     contexts = contexts_by_step(store, config, event)
     rows = store.actions()
     prompts = [policy_prompt(event.source.text, r["persona"], event.language, config.method, contexts[r["step"]]) for r in rows]
@@ -114,5 +116,5 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
             evaluation.dimensions[dimension.name] = compare_streams(real, sim, windows, dimension, alpha)
     evaluation.labels = per_row
     if policy is not None:
-        evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy)
+        evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy, event)
     return evaluation
