@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from mfllm.backends import CachingModel, FakeModel, ModelPool, RateLimitedModel, RetryingModel, TransientBackendError, parse_spec
-from mfllm.backends.hf import LoadedCausalLM, ModelSource, TransformersModel, clean_output, shared_prefix_length, stop_position
+from mfllm.backends.hf import (LoadedCausalLM, ModelSource, TransformersModel, clean_output, continuation_logprobs, padding_fits_window,
+                               prefix_to_share, shared_prefix_length, stop_position)
 from mfllm.interfaces import ContinuationScore, Prompt, SamplingParams
 from mfllm.prompts import policy_prompt
 
@@ -70,6 +71,54 @@ def test_score_masks_exactly_the_continuation(tiny_base: TransformersModel) -> N
         logprobs = torch.log_softmax(logits, -1)
         expected = [float(logprobs[len(prompt_ids) - 1 + j, t]) for j, t in enumerate(cont_ids)]
         assert score.token_logprobs == pytest.approx(expected, abs=1e-4)
+
+
+def _scored_ids(tokenizer: object, n: int) -> tuple[list[list[int]], list[list[int]]]:
+    topic = "A hospital ship arrived in the harbour today with a thousand beds for patients."
+    personas = ["gender: female", "gender: male; followers: 120; location: Boston", "verified news account"][:n]
+    prompts = [tokenizer(policy_prompt(topic, s, "en", "mf", "Most doubt it.").completion).input_ids for s in personas]  # type: ignore[operator]
+    continuations = [tokenizer(c, add_special_tokens=False).input_ids for c in ["no", "it is a rumour", "well said"][:n]]  # type: ignore[operator]
+    return prompts, continuations
+
+
+def test_shared_prefix_scoring_matches_separate_scoring_with_gradients(tiny_base: TransformersModel) -> None:
+    model, tokenizer = tiny_base.loaded.model, tiny_base.loaded.tokenizer
+    prompts, continuations = _scored_ids(tokenizer, 3)
+    assert prefix_to_share(prompts) >= 16 and len({len(p) for p in prompts}) > 1
+    results = []
+    for share in (False, True):
+        model.zero_grad()
+        logprobs = continuation_logprobs(model, tokenizer, prompts, continuations, "cpu", share_prefix=share)
+        torch.stack([t.sum() for t in logprobs]).sum().backward()
+        results.append(([t.detach() for t in logprobs], [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    model.zero_grad()
+    (plain, plain_grads), (shared, shared_grads) = results
+    for a, b in zip(plain, shared):
+        assert torch.allclose(a, b, atol=1e-5)
+    assert len(plain_grads) == len(shared_grads) > 0
+    for a, b in zip(plain_grads, shared_grads):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+def test_shared_prefix_scoring_is_exact_on_sliding_window_models(tiny_base_model_dir: Path) -> None:
+    transformers = pytest.importorskip("transformers")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(tiny_base_model_dir)
+    config = transformers.Gemma3TextConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=24,
+                                           layer_types=["sliding_attention", "full_attention"], pad_token_id=tokenizer.pad_token_id)
+    torch.manual_seed(0)
+    model = transformers.Gemma3ForCausalLM(config).eval()
+    prompts, continuations = _scored_ids(tokenizer, 3)
+    longest = max(len(p) + len(c) for p, c in zip(prompts, continuations))
+    assert longest > 24 and len({len(p) for p in prompts}) > 1
+    assert not padding_fits_window(model, prompts, longest)  # generation would not share this prefix
+    assert padding_fits_window(model, [prompts[0]] * 3, longest)
+    for batch in (prompts, [prompts[0]] * 3):  # different prompts; K samples scored on one context
+        with torch.no_grad():
+            separate = continuation_logprobs(model, tokenizer, batch, continuations, "cpu", share_prefix=False)
+            shared = continuation_logprobs(model, tokenizer, batch, continuations, "cpu")
+        for a, b in zip(separate, shared):
+            assert torch.allclose(a, b, atol=1e-5)
 
 
 def test_chat_models_get_chat_messages(tiny_model_dir: Path) -> None:

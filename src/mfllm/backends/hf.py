@@ -187,6 +187,23 @@ def shared_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
     return length
 
 
+def prefix_to_share(prompt_ids: Sequence[Sequence[int]]) -> int:
+    """How many leading prompt tokens a batch can compute once (0: none worth sharing)."""
+    if len(prompt_ids) < 2:
+        return 0
+    shared = shared_prefix_length(prompt_ids)
+    return shared if shared >= MIN_SHARED_PREFIX_TOKENS else 0
+
+
+def padding_fits_window(model: Any, prompt_ids: Sequence[Sequence[int]], longest: int) -> bool:
+    """Whether padding placed between a shared prefix and each prompt's own tokens leaves attention
+    unchanged. It does for full attention, but it widens the distance a sliding-window layer sees,
+    so with a window it is exact only when the longest sequence fits in it or no row needs padding."""
+    config = getattr(model.config, "text_config", None) or model.config
+    window = getattr(config, "sliding_window", None)
+    return not window or longest <= window or len({len(ids) for ids in prompt_ids}) == 1
+
+
 def _pad_after_prefix(token_ids: Sequence[Sequence[int]], shared: int, pad_id: int) -> tuple[Any, Any]:
     """Batch tensors laid out as [shared prefix][padding][own suffix]: suffixes end together (left
     padding for generation) while the prefix stays aligned for a shared KV cache. Positions follow the
@@ -242,9 +259,8 @@ class TransformersModel(LanguageModel):
         tokenizer = self.loaded.tokenizer
         model, adapter_context = self._activate()
         token_ids = [tokenizer(self.loaded.render(p), add_special_tokens=not self.loaded.is_chat).input_ids for p in prompts]
-        shared = shared_prefix_length(token_ids) if self.prefix_cache and len(prompts) > 1 else 0
-        if shared < MIN_SHARED_PREFIX_TOKENS:
-            shared = 0
+        longest = max(len(t) for t in token_ids) + params.max_new_tokens
+        shared = prefix_to_share(token_ids) if self.prefix_cache and padding_fits_window(model, token_ids, longest) else 0
         input_ids, attention = _pad_after_prefix(token_ids, shared, tokenizer.pad_token_id)
         input_ids, attention = input_ids.to(self.loaded.device), attention.to(self.loaded.device)
         prompt_length = input_ids.shape[1]
@@ -285,30 +301,47 @@ class TransformersModel(LanguageModel):
         with torch.inference_mode(), adapter_context:
             for start in range(0, len(prompts), self.score_batch_size):
                 chunk = slice(start, start + self.score_batch_size)
-                for logprobs in continuation_logprobs(model, tokenizer, prompt_ids[chunk], continuation_ids[chunk], self.loaded.device):
+                for logprobs in continuation_logprobs(model, tokenizer, prompt_ids[chunk], continuation_ids[chunk], self.loaded.device,
+                                                      self.prefix_cache):
                     scores.append(ContinuationScore(tuple(float(x) for x in logprobs)))
         self.usage.score_calls += 1
         self.usage.prompt_tokens += sum(len(p) for p in prompt_ids)
         return scores
 
 
-def continuation_logprobs(model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], continuation_ids: Sequence[list[int]], device: str) -> list[Any]:
+def continuation_logprobs(model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], continuation_ids: Sequence[list[int]], device: str,
+                          share_prefix: bool = True) -> list[Any]:
     """Per-token log-probs of each continuation given its prompt, as tensors (differentiable).
 
-    Sequences are left-padded so every continuation ends at the last position; only the last
-    ``max continuation length`` positions go through the LM head, which keeps memory small for
-    large vocabularies. Position ids follow the attention mask, so padding does not shift them.
+    When the prompts share a prefix (the topic and mean field of one simulation step, or K samples
+    scored on one context), its keys and values are computed once for the whole batch (gradients flow
+    through them as through any activation) and each row's own tokens follow it directly, padded on
+    the right, so attention is exact even for sliding-window layers. Without a shared prefix, rows are
+    left-padded. Only the positions that predict continuation tokens go through the LM head, which
+    keeps memory small for large vocabularies; position ids follow the attention mask.
     """
     torch = require("torch", "hf")
-    sequences = [list(p) + list(c) for p, c in zip(prompt_ids, continuation_ids)]
-    width = max(len(s) for s in sequences)
+    shared = prefix_to_share(prompt_ids) if share_prefix else 0
+    own = [list(p[shared:]) + list(c) for p, c in zip(prompt_ids, continuation_ids)]
+    width = max(len(o) for o in own)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.tensor([[pad] * (width - len(s)) + s for s in sequences], device=device)
-    attention = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in sequences], device=device)
-    positions = (attention.cumsum(-1) - 1).clamp(min=0)
-    keep = max(max(len(c) for c in continuation_ids), 1) + 1
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=keep).logits
-    logprobs = torch.log_softmax(logits[:, :-1].float(), dim=-1)
-    targets = input_ids[:, -(keep - 1):]
-    token_logprobs = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1)
-    return [token_logprobs[i, token_logprobs.shape[1] - len(c):] for i, c in enumerate(continuation_ids)]
+    if shared:
+        rows = [o + [pad] * (width - len(o)) for o in own]
+        masks = [[1] * (shared + len(o)) + [0] * (width - len(o)) for o in own]
+        ends = [len(o) for o in own]
+    else:
+        rows = [[pad] * (width - len(o)) + o for o in own]
+        masks = [[0] * (width - len(o)) + [1] * len(o) for o in own]
+        ends = [width] * len(own)
+    input_ids, attention = torch.tensor(rows, device=device), torch.tensor(masks, device=device)
+    positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
+    first = min(end - len(c) - 1 for end, c in zip(ends, continuation_ids))  # first position whose logits are needed
+    cache = _prefix_cache(model, torch.tensor([list(prompt_ids[0][:shared])], device=device), len(own)) if shared else None
+    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+                   use_cache=cache is not None, logits_to_keep=width - first).logits.float()
+    results = []
+    for i, (end, continuation) in enumerate(zip(ends, continuation_ids)):
+        row = logits[i, end - len(continuation) - 1 - first:end - 1 - first]
+        targets = torch.tensor(continuation, device=device, dtype=torch.long).unsqueeze(-1)
+        results.append(row.gather(-1, targets).squeeze(-1) - row.logsumexp(-1))
+    return results
