@@ -111,8 +111,8 @@ def test_shared_prefix_scoring_is_exact_on_sliding_window_models(tiny_base_model
     prompts, continuations = _scored_ids(tokenizer, 3)
     longest = max(len(p) + len(c) for p, c in zip(prompts, continuations))
     assert longest > 24 and len({len(p) for p in prompts}) > 1
-    assert not padding_fits_window(model, prompts, longest)  # generation would not share this prefix
-    assert padding_fits_window(model, [prompts[0]] * 3, longest)
+    assert not padding_fits_window(model, [len(p) + len(c) for p, c in zip(prompts, continuations)])  # right padding is used
+    assert padding_fits_window(model, [longest] * 3) and padding_fits_window(model, [20, 24])
     for batch in (prompts, [prompts[0]] * 3):  # different prompts; K samples scored on one context
         with torch.no_grad():
             separate = continuation_logprobs(model, tokenizer, batch, continuations, "cpu", share_prefix=False)

@@ -83,7 +83,8 @@ def test_mean_field_training_logs_gradients_and_saves_an_adapter(trained: dict[s
     assert meta["task"] == "mean-field" and meta["fingerprint"]["hidden_size"] == 32
     assert set(meta["split"]) == {"train", "validation", "test"} and not set(meta["split"]["train"]) & set(meta["split"]["test"])
     metrics = json.loads((out / "metrics.json").read_text())
-    assert {"test_nll_before", "test_nll_after", "train_nll_before", "train_nll_after"} <= set(metrics)
+    assert {"test_nll_before", "test_nll_after", "train_nll_before", "train_nll_after", "train_reward_before", "train_reward_after"} <= set(metrics)
+    assert "test_reward_before" not in metrics  # the expected reward is measured on the training events only
 
 
 def test_mean_field_resume_equals_an_uninterrupted_run(shared_data: Path, tiny_base_model_dir: Path, trained: dict[str, Path]) -> None:
@@ -164,3 +165,21 @@ def test_ablate_reports_every_variant_in_one_table(trained: dict[str, Path], tin
     for variant in ("mf (untuned)", "mf + tuned policy", "mf + tuned mean field", "mf + both tuned", "sft", "state"):
         assert f"{variant},sentiment,kl" in summary
     assert "(policy),nll" in summary
+
+
+def test_mean_field_training_raises_the_expected_reward_on_its_context(tiny_base_model_dir: Path, demo_event_path: Path,
+                                                                        tmp_path: Path) -> None:
+    from mfllm.data.loaders import get_reader
+    from mfllm.training.ib_tune import MEAN_FIELD_ADAPTER, MeanFieldTrainer
+
+    reader = get_reader(str(demo_event_path))
+    event, _ = reader.load_event(demo_event_path, reader.list_events(demo_event_path)[0])
+    config = TrainConfig(task="mean-field", data=str(demo_event_path), base_model=f"hf:{tiny_base_model_dir}", output_dir=str(tmp_path),
+                         batch_size=4, max_steps_per_event=2, max_mean_field_tokens=8, max_action_tokens=16, num_samples=4,
+                         learning_rate=1e-2, beta=0.0, device="cpu", dtype="fp32", max_length=384)
+    trainer = MeanFieldTrainer(config, LoadedCausalLM(ModelSource(str(tiny_base_model_dir)), "cpu", "fp32"), [event])
+    before = trainer.evaluate([event], MEAN_FIELD_ADAPTER, samples=16, max_steps=1)
+    assert trainer.evaluate([event], None, samples=16, max_steps=1) == before  # a fresh LoRA is the base model; seeds are fixed
+    trainer.train(log=lambda stats: None, save=lambda: None)
+    after = trainer.evaluate([event], MEAN_FIELD_ADAPTER, samples=16, max_steps=1)
+    assert after["reward"] > before["reward"]

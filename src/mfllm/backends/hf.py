@@ -195,13 +195,13 @@ def prefix_to_share(prompt_ids: Sequence[Sequence[int]]) -> int:
     return shared if shared >= MIN_SHARED_PREFIX_TOKENS else 0
 
 
-def padding_fits_window(model: Any, prompt_ids: Sequence[Sequence[int]], longest: int) -> bool:
-    """Whether padding placed between a shared prefix and each prompt's own tokens leaves attention
+def padding_fits_window(model: Any, row_lengths: Sequence[int]) -> bool:
+    """Whether padding placed between a shared prefix and each row's own tokens leaves attention
     unchanged. It does for full attention, but it widens the distance a sliding-window layer sees,
-    so with a window it is exact only when the longest sequence fits in it or no row needs padding."""
+    so with a window it is exact only when the longest row fits in it or no row needs padding."""
     config = getattr(model.config, "text_config", None) or model.config
     window = getattr(config, "sliding_window", None)
-    return not window or longest <= window or len({len(ids) for ids in prompt_ids}) == 1
+    return not window or max(row_lengths) <= window or len(set(row_lengths)) == 1
 
 
 def _pad_after_prefix(token_ids: Sequence[Sequence[int]], shared: int, pad_id: int) -> tuple[Any, Any]:
@@ -259,8 +259,8 @@ class TransformersModel(LanguageModel):
         tokenizer = self.loaded.tokenizer
         model, adapter_context = self._activate()
         token_ids = [tokenizer(self.loaded.render(p), add_special_tokens=not self.loaded.is_chat).input_ids for p in prompts]
-        longest = max(len(t) for t in token_ids) + params.max_new_tokens
-        shared = prefix_to_share(token_ids) if self.prefix_cache and padding_fits_window(model, token_ids, longest) else 0
+        exact = padding_fits_window(model, [len(t) + params.max_new_tokens for t in token_ids])
+        shared = prefix_to_share(token_ids) if self.prefix_cache and exact else 0
         input_ids, attention = _pad_after_prefix(token_ids, shared, tokenizer.pad_token_id)
         input_ids, attention = input_ids.to(self.loaded.device), attention.to(self.loaded.device)
         prompt_length = input_ids.shape[1]
@@ -314,25 +314,27 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompt_ids: Sequence[list[
     """Per-token log-probs of each continuation given its prompt, as tensors (differentiable).
 
     When the prompts share a prefix (the topic and mean field of one simulation step, or K samples
-    scored on one context), its keys and values are computed once for the whole batch (gradients flow
-    through them as through any activation) and each row's own tokens follow it directly, padded on
-    the right, so attention is exact even for sliding-window layers. Without a shared prefix, rows are
-    left-padded. Only the positions that predict continuation tokens go through the LM head, which
-    keeps memory small for large vocabularies; position ids follow the attention mask.
+    scored on one context), its keys and values are computed once for the whole batch; gradients flow
+    through them as through any activation. Rows are padded so that every continuation ends at the
+    last position, and only the positions that predict continuation tokens go through the LM head,
+    which keeps time and memory small for large vocabularies. Where padding between the prefix and a
+    row's own tokens would change what a sliding-window layer sees, rows are padded on the right
+    instead, which is exact but sends more positions through the LM head. Position ids follow the
+    attention mask.
     """
     torch = require("torch", "hf")
     shared = prefix_to_share(prompt_ids) if share_prefix else 0
     own = [list(p[shared:]) + list(c) for p, c in zip(prompt_ids, continuation_ids)]
     width = max(len(o) for o in own)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if shared:
+    if not shared or padding_fits_window(model, [shared + len(o) for o in own]):
+        rows = [[pad] * (width - len(o)) + o for o in own]
+        masks = [[1] * shared + [0] * (width - len(o)) + [1] * len(o) for o in own]
+        ends = [width] * len(own)
+    else:
         rows = [o + [pad] * (width - len(o)) for o in own]
         masks = [[1] * (shared + len(o)) + [0] * (width - len(o)) for o in own]
         ends = [len(o) for o in own]
-    else:
-        rows = [[pad] * (width - len(o)) + o for o in own]
-        masks = [[0] * (width - len(o)) + [1] * len(o) for o in own]
-        ends = [width] * len(own)
     input_ids, attention = torch.tensor(rows, device=device), torch.tensor(masks, device=device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     first = min(end - len(c) - 1 for end, c in zip(ends, continuation_ids))  # first position whose logits are needed

@@ -50,7 +50,9 @@ class TrainConfig(YamlConfig):
     seed: int = Field(default=0, description="Seed of sampling and initialisation.")
     log_every: int = Field(default=1, ge=1, description="Log every N optimizer steps.")
     save_every: int = Field(default=10, ge=1, description="Checkpoint every N optimizer steps.")
-    eval_events: int = Field(default=4, ge=1, description="Held-out events scored before/after training.")
+    eval_events: int = Field(default=4, ge=1, description="Events of each split scored before/after training.")
+    eval_samples: int = Field(default=4, ge=0, description="mean-field: summaries sampled per training context to measure the expected "
+                                                           "reward before/after training (same seeds both times); 0 skips it.")
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:

@@ -128,6 +128,19 @@ class MeanFieldTrainer:
     def context_prompt(self, event: Event, previous: str | None, batch: Sequence[Reaction]) -> Any:
         return mean_field_prompt(event.source.text, previous, actions_of(batch, event.language), event.language, self.config.mean_field_max_chars)
 
+    def rewards(self, event: Event, prompt: Any, summaries: Sequence[str], next_batch: Sequence[Reaction], adapter: str | None,
+                grad: bool) -> dict[str, Any]:
+        """log q(m_k | context) under ``adapter`` (None: the base model), the predictive term, the KL
+        estimate log q - log p0 and the reward R_k of each summary; ``action_tokens`` per summary."""
+        sample_ids = self._text_ids(summaries)
+        prior = mean_field_prior_prompt(event.source.text, event.language, self.config.mean_field_max_chars)
+        log_q = self._sum_logprobs([self._ids(prompt)] * len(summaries), sample_ids, adapter, grad=grad)
+        log_p0 = self._sum_logprobs([self._ids(prior)] * len(summaries), sample_ids, None, grad=False)
+        predictive, action_tokens = self.predictive(event, next_batch, summaries)
+        kl = log_q.detach() - log_p0
+        return {"log_q": log_q, "predictive": predictive, "kl": kl, "reward": predictive - self.config.beta * kl,
+                "action_tokens": action_tokens, "summary_tokens": sum(len(s) for s in sample_ids) / len(sample_ids)}
+
     def step(self, event: Event, t: int, previous: str | None) -> tuple[dict[str, Any], str]:
         """One RLOO update on (event, step t); returns the logged stats and the next m (sample 1)."""
         torch = require("torch", "hf")
@@ -138,24 +151,19 @@ class MeanFieldTrainer:
         self.loaded.model.eval()
         summaries = [s or "…" for s in self.sampler.generate([prompt] * config.num_samples, params)]
         self.loaded.model.train()
-        sample_ids = self._text_ids(summaries)
-        context_ids = [self._ids(prompt)] * len(summaries)
-        prior_ids = [self._ids(mean_field_prior_prompt(event.source.text, event.language, config.mean_field_max_chars))] * len(summaries)
-        log_q = self._sum_logprobs(context_ids, sample_ids, MEAN_FIELD_ADAPTER, grad=True)
-        log_p0 = self._sum_logprobs(prior_ids, sample_ids, None, grad=False)
-        predictive, action_tokens = self.predictive(event, chunks[t + 1], summaries)
-        kl = log_q.detach() - log_p0
-        rewards = predictive - config.beta * kl
-        loss = score_function_loss(log_q, rewards)
+        scored = self.rewards(event, prompt, summaries, chunks[t + 1], MEAN_FIELD_ADAPTER, grad=True)
+        loss = score_function_loss(scored["log_q"], scored["reward"])
         self.optimizer.zero_grad()
         loss.backward()
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self._trainable(), 1.0))
         self.optimizer.step()
         self.step_count += 1
+        rewards = scored["reward"]
         stats = {"step": self.step_count, "event": event.event_id, "t": t, "loss": float(loss.detach()), "reward_mean": float(rewards.mean()),
-                 "reward_std": float(rewards.std()), "predictive_nll_per_token": float(-predictive.mean()) / max(action_tokens, 1),
-                 "kl_estimate": float(kl.mean()), "grad_norm": grad_norm, "beta": config.beta, "lr": config.learning_rate,
-                 "summary_tokens": sum(len(s) for s in sample_ids) / len(sample_ids)}
+                 "reward_std": float(rewards.std()),
+                 "predictive_nll_per_token": float(-scored["predictive"].mean()) / max(scored["action_tokens"], 1),
+                 "kl_estimate": float(scored["kl"].mean()), "grad_norm": grad_norm, "beta": config.beta, "lr": config.learning_rate,
+                 "summary_tokens": scored["summary_tokens"]}
         return stats, summaries[0]
 
     def next_context(self) -> tuple[Event, int, str | None]:
@@ -181,22 +189,42 @@ class MeanFieldTrainer:
 
     # -------------------------------------------------------------- evaluation and state
 
-    def next_batch_nll(self, events: Sequence[Event], adapter: str | None, max_steps: int = 3) -> float:
-        """Token-weighted NLL of each next batch's real actions under the policy, given greedy mean
-        fields from the mean-field model (``adapter``; None = the untuned base) over the real history."""
+    def evaluate(self, events: Sequence[Event], adapter: str | None, samples: int = 0, max_steps: int = 3,
+                 progress: str | None = None) -> dict[str, float]:
+        """Walk each event's first ``max_steps`` steps of real history with greedy mean fields from the
+        mean-field model (``adapter``; None = the untuned base). Returns ``nll``: the token-weighted NLL of
+        each next batch's real actions under the policy given the greedy summary, and, when ``samples`` >
+        0, ``reward``: the mean IB reward of that many summaries sampled at each context. Sampling seeds
+        depend only on (seed, event, step), so before/after comparisons use common random numbers.
+        ``progress``: the description of a progress bar (none when omitted)."""
+        torch = require("torch", "hf")
+        from tqdm.auto import tqdm
+
+        config = self.config
+        contexts = [(event, t) for event in events
+                    for t in range(min(max_steps, len(batches(event, config.batch_size, config.max_steps_per_event)) - 1))]
         self.loaded.model.eval()
-        view = TransformersModel(self.loaded, self.config.base_model, adapter=adapter)
-        total, tokens = 0.0, 0
-        for event in events:
-            chunks = batches(event, self.config.batch_size, self.config.max_steps_per_event)
-            previous = None
-            for t in range(min(max_steps, len(chunks) - 1)):
-                params = mean_field_params(self.config, derive_seed(self.config.seed, "eval", event.event_id, t))
-                previous = view.generate([self.context_prompt(event, previous, chunks[t])], params)[0] or previous or "…"
+        view = TransformersModel(self.loaded, config.base_model, adapter=adapter)
+        total, tokens, rewards = 0.0, 0, []
+        previous: str | None = None
+        with torch.no_grad():
+            for event, t in tqdm(contexts, desc=progress, unit="context", disable=progress is None):
+                chunks = batches(event, config.batch_size, config.max_steps_per_event)
+                previous = None if t == 0 else previous
+                prompt = self.context_prompt(event, previous, chunks[t])
+                if samples:
+                    params = mean_field_params(config, derive_seed(config.seed, "eval-sample", event.event_id, t), config.sample_temperature)
+                    summaries = [s or "…" for s in view.generate([prompt] * samples, params)]
+                    rewards.append(float(self.rewards(event, prompt, summaries, chunks[t + 1], adapter, grad=False)["reward"].mean()))
+                params = mean_field_params(config, derive_seed(config.seed, "eval", event.event_id, t))
+                previous = view.generate([prompt], params)[0] or previous or "…"
                 predictive, n = self.predictive(event, chunks[t + 1], [previous])
                 total, tokens = total - float(predictive[0]), tokens + n
         self._use(MEAN_FIELD_ADAPTER)
-        return total / max(tokens, 1)
+        result = {"nll": total / max(tokens, 1)}
+        if rewards:
+            result["reward"] = sum(rewards) / len(rewards)
+        return result
 
     def state_dict(self) -> dict[str, Any]:
         return {"step": self.step_count, "optimizer": self.optimizer.state_dict(), "chains": self.chains}

@@ -95,7 +95,7 @@ def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any
         metrics = json.loads((latest / "metrics.json").read_text())
     else:
         (out / "train_log.jsonl").unlink(missing_ok=True)
-        metrics.update({f"{name}_nll_before": trainer.next_batch_nll(group, adapter=None) for name, group in scored.items()})
+        metrics.update(_mean_field_metrics(trainer, scored, None, "before", progress))
 
     def log(stats: dict[str, Any]) -> None:
         with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
@@ -114,7 +114,7 @@ def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any
     trainer.train(log, save, bar)
     if bar is not None:
         bar.close()
-    metrics.update({f"{name}_nll_after": trainer.next_batch_nll(group, adapter=MEAN_FIELD_ADAPTER) for name, group in scored.items()})
+    metrics.update(_mean_field_metrics(trainer, scored, MEAN_FIELD_ADAPTER, "after", progress))
     adapter_dir = out / "adapter"
     shutil.rmtree(adapter_dir, ignore_errors=True)
     loaded.model.save_pretrained(out / "adapter_tmp", selected_adapters=[MEAN_FIELD_ADAPTER])
@@ -122,6 +122,17 @@ def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any
     shutil.rmtree(out / "adapter_tmp")
     _finish(config, loaded, split, metrics, out, adapter_dir)
     return adapter_dir
+
+
+def _mean_field_metrics(trainer: MeanFieldTrainer, scored: dict[str, list[Any]], adapter: str | None, when: str,
+                        progress: bool) -> dict[str, float]:
+    """Greedy next-batch NLL on every scored split; the expected reward on the training events."""
+    metrics = {}
+    for name, group in scored.items():
+        result = trainer.evaluate(group, adapter, samples=trainer.config.eval_samples if name == "train" else 0,
+                                  progress=f"evaluate {name} ({when})" if progress else None)
+        metrics.update({f"{name}_{key}_{when}": value for key, value in result.items()})
+    return metrics
 
 
 def _scored_splits(events: dict[str, list[Any]], per_split: int) -> dict[str, list[Any]]:
