@@ -29,6 +29,7 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/scoring.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

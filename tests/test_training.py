@@ -91,10 +91,11 @@ def test_mean_field_resume_equals_an_uninterrupted_run(shared_data: Path, tiny_b
     out = trained["root"] / "mf-resumed"
     config = _config(shared_data, tiny_base_model_dir, out, "mean-field")
     train(config.model_copy(update={"max_steps": 2}), progress=False)
-    (out / "config.yaml").write_text((out / "config.yaml").read_text().replace("max_steps: 2", "max_steps: 4"))
     with pytest.raises(FileExistsError, match="--resume"):
         train(config, progress=False)
-    train(config, resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"changed: .*beta"):
+        train(config.model_copy(update={"beta": 0.5}), resume=True, progress=False)
+    train(config, resume=True, progress=False)  # continuing to more steps is allowed
     reference = [json.loads(x) for x in (trained["mean_field"].parent / "train_log.jsonl").read_text().splitlines()]
     resumed = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in resumed] == [1, 2, 3, 4]

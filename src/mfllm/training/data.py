@@ -80,12 +80,15 @@ class PolicyExample:
     language: str
 
 
-def policy_examples(events: Sequence[Event], config: TrainConfig, mean_field_model: LanguageModel | None) -> list[PolicyExample]:
+def policy_examples(events: Sequence[Event], config: TrainConfig, mean_field_model: LanguageModel | None,
+                    progress: str | None = None) -> list[PolicyExample]:
     """(prompt, real action) pairs: with the mean field before each batch (policy) or no context (sft).
     The first batch of an event has no mean field yet and is left out of policy training, as in
-    simulation, where agents act only after warm-up."""
+    simulation, where agents act only after warm-up. ``progress``: a progress bar's description."""
+    from tqdm.auto import tqdm
+
     examples = []
-    for event in events:
+    for event in tqdm(events, desc=progress, unit="event", disable=progress is None or mean_field_model is None):
         chunks = batches(event, config.batch_size, config.max_steps_per_event)
         chain = mean_field_chain(mean_field_model, event, config) if mean_field_model is not None else [None] * len(chunks)
         position = 0

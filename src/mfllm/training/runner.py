@@ -34,6 +34,11 @@ def model_source(spec: str) -> ModelSource:
     return ModelSource(parsed.name, parsed.gguf_file)
 
 
+RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every"}
+"""Settings a resumed run may change: when to stop and how often to log and save, nothing that alters
+the steps already taken or what is measured before and after."""
+
+
 def _prepare_output(config: TrainConfig, resume: bool) -> Path:
     out = Path(config.output_dir)
     saved = out / "config.yaml"
@@ -41,9 +46,10 @@ def _prepare_output(config: TrainConfig, resume: bool) -> Path:
         if not resume:
             raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it")
         previous = TrainConfig(**yaml.safe_load(saved.read_text(encoding="utf-8")))
-        if previous != config:
-            changed = [k for k in config.model_dump() if getattr(previous, k) != getattr(config, k)]
-            raise ValueError(f"{out}: cannot resume with a different config (changed: {', '.join(changed)})")
+        changed = [k for k in config.model_dump() if getattr(previous, k) != getattr(config, k)]
+        if set(changed) - RESUMABLE_CHANGES:
+            raise ValueError(f"{out}: cannot resume with a different config (changed: {', '.join(changed)}; only "
+                             f"{', '.join(sorted(RESUMABLE_CHANGES))} may change)")
     out.mkdir(parents=True, exist_ok=True)
     saved.write_text(yaml.safe_dump(config.model_dump(mode="json"), allow_unicode=True, sort_keys=False), encoding="utf-8")
     return out
@@ -162,9 +168,11 @@ def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], 
     mean_field_model = None
     if config.task == "policy":
         mean_field_model = pool.get(config.base_model, adapter=config.mean_field_adapter, role="mean_field")
-    train_examples = policy_examples(events["train"], config, mean_field_model)
-    eval_examples = policy_examples(events["validation"], config, mean_field_model) if events["validation"] else []
-    scored = {name: policy_examples(group, config, mean_field_model) for name, group in _scored_splits(events, config.eval_events).items()}
+    examples = {name: policy_examples(group, config, mean_field_model, progress=f"mean fields over {name} events")
+                for name, group in events.items()}
+    train_examples, eval_examples = examples["train"], examples["validation"]
+    scored = {name: [e for e in examples[name] if e.event_id in {event.event_id for event in group}]
+              for name, group in _scored_splits(events, config.eval_events).items()}
     loaded = LoadedCausalLM(model_source(config.base_model), config.device, config.dtype)
     base_view = TransformersModel(loaded, config.base_model)
     metrics: dict[str, Any] = {"train_examples": len(train_examples), **{f"{name}_scored_examples": len(e) for name, e in scored.items()}}
