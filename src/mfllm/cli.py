@@ -237,8 +237,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_ablate(args: argparse.Namespace) -> int:
     """Simulate held-out events under every combination of tuned/untuned policy and mean field, then
     evaluate them in one table (the variant is the table's method column)."""
-    from mfllm.evaluation import KindLabeller, LabellerChain, LexiconLabeller, evaluate_run, resolve_dimensions, write_report
     from mfllm.backends import ModelPool
+    from mfllm.evaluation import KindLabeller, LabellerChain, LexiconLabeller, evaluate_run, resolve_dimensions, write_report
+    from mfllm.simulation import SimulationConfig, simulate
 
     variants = {"mf (untuned)": {}}
     if args.policy_adapter:
@@ -260,8 +261,6 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
                 "warmup": args.warmup, "batch_size": args.batch, "device": args.device, "method": "mf", **extra}
         for event_id in args.event:
             for seed in args.seeds:
-                from mfllm.simulation import SimulationConfig, simulate
-
                 config = SimulationConfig.from_sources(None, {**base, "event_id": event_id, "seed": seed})
                 run = simulate(config, Path(args.output) / slug / event_id / f"seed{seed}", pool=pool, resume=args.resume,
                                progress=_progress)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from mfllm.backends.fake import FakeModel
 from mfllm.cache import digest
@@ -56,6 +56,17 @@ def parse_spec(spec: str) -> BackendSpec:
     raise ValueError(f"bad model spec {spec!r}: use embedded:NAME, hf:PATH[#FILE.gguf], openai:MODEL@URL or fake")
 
 
+def local_source(spec: BackendSpec) -> Any:
+    """The :class:`~mfllm.backends.hf.ModelSource` of a local model spec (embedded:NAME or hf:PATH)."""
+    from mfllm.backends.hf import ModelSource
+
+    if spec.kind == "embedded":
+        from mfllm.backends.embedded import embedded_source
+
+        return embedded_source(spec.name)
+    return ModelSource(spec.name, spec.gguf_file)
+
+
 class ModelPool:
     """Builds backends and shares loaded weights: a policy and a mean-field model on the same base
     model (each with its own LoRA adapter) load the weights once."""
@@ -85,17 +96,11 @@ class ModelPool:
 
             return RetryingModel(OpenAICompatibleModel(spec.name, spec.base_url or "", api_key_env=self.api_key_env,
                                                        max_concurrency=self.max_concurrency, timeout_s=self.timeout_s))
-        from mfllm.backends.hf import LoadedCausalLM, ModelSource, TransformersModel
+        from mfllm.backends.hf import LoadedCausalLM, TransformersModel
 
         key = (str(spec), None)
         if key not in self._loaded:
-            if spec.kind == "embedded":
-                from mfllm.backends.embedded import embedded_source
-
-                source = embedded_source(spec.name)
-            else:
-                source = ModelSource(spec.name, spec.gguf_file)
-            self._loaded[key] = LoadedCausalLM(source, self.device, self.dtype)
+            self._loaded[key] = LoadedCausalLM(local_source(spec), self.device, self.dtype)
         loaded = self._loaded[key]
         name = None
         if adapter:  # one name per adapter directory, so repeated runs reuse an attached adapter

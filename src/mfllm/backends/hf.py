@@ -324,22 +324,21 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompt_ids: Sequence[list[
     """
     torch = require("torch", "hf")
     shared = prefix_to_share(prompt_ids) if share_prefix else 0
-    own = [list(p[shared:]) + list(c) for p, c in zip(prompt_ids, continuation_ids)]
-    width = max(len(o) for o in own)
+    sequences = [list(p) + list(c) for p, c in zip(prompt_ids, continuation_ids)]
+    width = max(len(s) for s in sequences) - shared
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    if not shared or padding_fits_window(model, [shared + len(o) for o in own]):
-        rows = [[pad] * (width - len(o)) + o for o in own]
-        masks = [[1] * shared + [0] * (width - len(o)) + [1] * len(o) for o in own]
-        ends = [width] * len(own)
+    if not shared or padding_fits_window(model, [len(s) for s in sequences]):
+        input_ids, attention = _pad_after_prefix(sequences, shared, pad)
+        ends = [width] * len(sequences)
     else:
-        rows = [o + [pad] * (width - len(o)) for o in own]
-        masks = [[1] * (shared + len(o)) + [0] * (width - len(o)) for o in own]
-        ends = [len(o) for o in own]
-    input_ids, attention = torch.tensor(rows, device=device), torch.tensor(masks, device=device)
+        input_ids = torch.tensor([s + [pad] * (shared + width - len(s)) for s in sequences])
+        attention = torch.tensor([[1] * len(s) + [0] * (shared + width - len(s)) for s in sequences])
+        ends = [len(s) - shared for s in sequences]
+    input_ids, attention = input_ids.to(device), attention.to(device)
     positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     first = min(end - len(c) - 1 for end, c in zip(ends, continuation_ids))  # first position whose logits are needed
-    cache = _prefix_cache(model, torch.tensor([list(prompt_ids[0][:shared])], device=device), len(own)) if shared else None
-    logits = model(input_ids=input_ids, attention_mask=attention, position_ids=positions, past_key_values=cache,
+    cache = _prefix_cache(model, input_ids[:1, :shared], len(sequences)) if shared else None
+    logits = model(input_ids=input_ids[:, shared:], attention_mask=attention, position_ids=positions, past_key_values=cache,
                    use_cache=cache is not None, logits_to_keep=width - first).logits.float()
     results = []
     for i, (end, continuation) in enumerate(zip(ends, continuation_ids)):

@@ -114,14 +114,13 @@ class MeanFieldTrainer:
         """sum_i log pi(a*_i | s_i, m) for each summary m, and the number of action tokens per summary."""
         torch = require("torch", "hf")
         policy = POLICY_ADAPTER if self.config.policy_adapter else None
-        totals, tokens = [], 0
         actions = [self.loaded.tokenizer(r.text, add_special_tokens=False).input_ids[: self.config.max_action_tokens] for r in next_batch]
+        totals = []
         for summary in summaries:
             prompts = [self._ids(policy_prompt(event.source.text, persona_text(r.user, event.language), event.language, "mf", summary))
                        for r in next_batch]
             totals.append(self._sum_logprobs(prompts, actions, policy, grad=False).sum())
-            tokens = sum(len(a) for a in actions)
-        return torch.stack(totals), tokens
+        return torch.stack(totals), sum(len(a) for a in actions)
 
     # -------------------------------------------------------------- one step
 
@@ -201,15 +200,15 @@ class MeanFieldTrainer:
         from tqdm.auto import tqdm
 
         config = self.config
-        contexts = [(event, t) for event in events
-                    for t in range(min(max_steps, len(batches(event, config.batch_size, config.max_steps_per_event)) - 1))]
+        chunks_of = {event.event_id: batches(event, config.batch_size, config.max_steps_per_event) for event in events}
+        contexts = [(event, t) for event in events for t in range(min(max_steps, len(chunks_of[event.event_id]) - 1))]
         self.loaded.model.eval()
         view = TransformersModel(self.loaded, config.base_model, adapter=adapter)
         total, tokens, rewards = 0.0, 0, []
         previous: str | None = None
         with torch.no_grad():
             for event, t in tqdm(contexts, desc=progress, unit="context", disable=progress is None):
-                chunks = batches(event, config.batch_size, config.max_steps_per_event)
+                chunks = chunks_of[event.event_id]
                 previous = None if t == 0 else previous
                 prompt = self.context_prompt(event, previous, chunks[t])
                 if samples:

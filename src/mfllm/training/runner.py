@@ -17,21 +17,12 @@ from typing import Any
 
 import yaml
 
-from mfllm.backends import ModelPool, parse_spec
-from mfllm.backends.hf import ADAPTER_META, LoadedCausalLM, ModelSource, TransformersModel, require
+from mfllm.backends import ModelPool, local_source, parse_spec
+from mfllm.backends.hf import ADAPTER_META, LoadedCausalLM, TransformersModel, require
 from mfllm.manifest import base_manifest
 from mfllm.training.config import TrainConfig
 from mfllm.training.data import completion_target, load_training_events, policy_examples
 from mfllm.training.ib_tune import MEAN_FIELD_ADAPTER, MeanFieldTrainer, lora_config
-
-
-def model_source(spec: str) -> ModelSource:
-    parsed = parse_spec(spec)
-    if parsed.kind == "embedded":
-        from mfllm.backends.embedded import embedded_source
-
-        return embedded_source(parsed.name)
-    return ModelSource(parsed.name, parsed.gguf_file)
 
 
 RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every"}
@@ -88,7 +79,7 @@ def _progress_bar(total: int, initial: int, description: str) -> Any:
 def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any]], split: dict[str, list[str]], resume: bool,
                       progress: bool) -> Path:
     torch = require("torch", "hf")
-    loaded = LoadedCausalLM(model_source(config.base_model), config.device, config.dtype)
+    loaded = LoadedCausalLM(local_source(parse_spec(config.base_model)), config.device, config.dtype)
     trainer = MeanFieldTrainer(config, loaded, events["train"])
     scored = _scored_splits(events, config.eval_events)
     checkpoints = out / "checkpoints"
@@ -160,20 +151,28 @@ def _finish(config: TrainConfig, loaded: LoadedCausalLM, split: dict[str, list[s
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
 
+def _policy_examples_by_split(config: TrainConfig, events: dict[str, list[Any]]) -> dict[str, list[Any]]:
+    """Each split's (prompt, real action) examples; the mean-field model that writes their mean fields
+    is loaded here and released on return, before the model to train is loaded."""
+    mean_field_model = None
+    if config.task == "policy":
+        pool = ModelPool(config.device, config.dtype)
+        mean_field_model = pool.get(config.base_model, adapter=config.mean_field_adapter, role="mean_field")
+    return {name: policy_examples(group, config, mean_field_model, progress=f"mean fields over {name} events")
+            for name, group in events.items()}
+
+
 def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], split: dict[str, list[str]], resume: bool) -> Path:
     """Policy (given mean fields from the mean-field model) or SFT (no context), with TRL's SFTTrainer."""
     datasets = require("datasets", "train")
     trl = require("trl", "train")
-    pool = ModelPool(config.device, config.dtype)
-    mean_field_model = None
-    if config.task == "policy":
-        mean_field_model = pool.get(config.base_model, adapter=config.mean_field_adapter, role="mean_field")
-    examples = {name: policy_examples(group, config, mean_field_model, progress=f"mean fields over {name} events")
-                for name, group in events.items()}
+    examples = _policy_examples_by_split(config, events)
     train_examples, eval_examples = examples["train"], examples["validation"]
-    scored = {name: [e for e in examples[name] if e.event_id in {event.event_id for event in group}]
-              for name, group in _scored_splits(events, config.eval_events).items()}
-    loaded = LoadedCausalLM(model_source(config.base_model), config.device, config.dtype)
+    scored = {}
+    for name, group in _scored_splits(events, config.eval_events).items():
+        ids = {event.event_id for event in group}
+        scored[name] = [e for e in examples[name] if e.event_id in ids]
+    loaded = LoadedCausalLM(local_source(parse_spec(config.base_model)), config.device, config.dtype)
     base_view = TransformersModel(loaded, config.base_model)
     metrics: dict[str, Any] = {"train_examples": len(train_examples), **{f"{name}_scored_examples": len(e) for name, e in scored.items()}}
     if not (resume and (out / "checkpoints").is_dir()):
