@@ -9,9 +9,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from mfllm.evaluation.evaluate import RunEvaluation
+from mfllm.simulation.methods import baseline_names
 
 METRICS = ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1")
-BASELINES = ("state", "recent", "popular", "sft")
 
 
 def _event_values(evaluations: Sequence[RunEvaluation], value) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
@@ -77,7 +77,7 @@ def headline(evaluations: Sequence[RunEvaluation], resamples: int = 2000, seed: 
     """
     mf = {k: float(np.mean(v)) for k, v in _event_values([e for e in evaluations if e.method == "mf"], mean_kl).items()}
     candidates = {}
-    for method in BASELINES:
+    for method in baseline_names():
         values = {k: float(np.mean(v)) for k, v in _event_values([e for e in evaluations if e.method == method], mean_kl).items()}
         shared = sorted(set(values) & set(mf))
         if shared:

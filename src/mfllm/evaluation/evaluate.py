@@ -12,9 +12,9 @@ from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import DEFAULT_ALPHA, DimensionMetrics, compare_streams, window_ids
 from mfllm.interfaces import LanguageModel
-from mfllm.prompts import policy_prompt
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import make_context
+from mfllm.simulation.step import StepContext
 from mfllm.simulation.store import RunStore
 
 
@@ -64,15 +64,15 @@ def label_run(rows: Sequence[dict[str, Any]], topic: str, language: str, labelle
     return result.labels[:n], result.labels[n:], failed
 
 
-def contexts_by_step(store: RunStore, config: SimulationConfig, event: Any) -> dict[int, str | None]:
-    """The context each rollout step's agents saw, restored from the journal's saved states."""
-    provider = make_context(config, event, None)
-    contexts: dict[int, str | None] = {}
+def contexts_by_step(store: RunStore, config: SimulationConfig, event: Event) -> dict[int, StepContext]:
+    """The context each step's agents saw, restored from the journal's saved states (no model needed)."""
+    contexts: dict[int, StepContext] = {}
     previous: dict[str, Any] | None = None
     for step in store.committed_steps():
+        provider = make_context(config, event, None)
         if previous is not None:
             provider.load_state_dict(previous)
-        contexts[step["step"]] = provider.context() if previous is not None else None
+        contexts[step["step"]] = StepContext(event, provider)
         previous = step["context_state"]
     return contexts
 
@@ -80,14 +80,14 @@ def contexts_by_step(store: RunStore, config: SimulationConfig, event: Any) -> d
 def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = None) -> tuple[float, float]:
     """(token-weighted mean NLL per token, mean over actions of per-token NLL) of the real actions,
     teacher-forced under ``policy`` with the same prompt (topic, persona, simulated context) the
-    simulated agent had. Only the action's tokens count."""
+    simulated agent had. Only the action's tokens count; rows without a real reaction are skipped."""
     manifest = store.manifest()
     config = SimulationConfig(**manifest["config"])
     if event is None:
         event, _ = load_event(config.data, config.event_id, config.data_format)
     contexts = contexts_by_step(store, config, event)
-    rows = store.actions()
-    prompts = [policy_prompt(event.source.text, r["persona"], event.language, config.method, contexts[r["step"]]) for r in rows]
+    rows = [r for r in store.actions() if r.get("real_text") is not None]
+    prompts = [contexts[r["step"]].prompt(r["persona"]) for r in rows]
     scores = policy.score(prompts, [r["real_text"] for r in rows])
     tokens = sum(s.num_tokens for s in scores)
     per_action = [s.mean_nll for s in scores if s.num_tokens]
