@@ -130,11 +130,6 @@ def mean_field_prompt(topic: str, previous: str | None, actions: Sequence[AgentA
     return Prompt((Message("system", t.mean_field_system), Message("user", body)), f"{body}\n{t.mean_field_cue}")
 
 
-def mean_field_prior_prompt(topic: str, language: str, max_chars: int) -> Prompt:
-    """p0: the mean-field instruction with no history, the KL anchor of IB-Tune."""
-    return mean_field_prompt(topic, None, (), language, max_chars)
-
-
 LABEL_TEMPLATES = {
     "zh": dict(
         system="你是严谨的社会媒体内容标注员。",

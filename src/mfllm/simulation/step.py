@@ -7,7 +7,7 @@ feed their context providers through :class:`StepContext`, so the step is writte
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from mfllm.data.loaders import WEIBO_DEFAULT_REPOST_TEXT
 from mfllm.data.personas import persona_text
@@ -102,15 +102,13 @@ class StepContext:
         self.provider.observe(actions, seed)
 
 
-def replay_contexts(step: StepContext, batches: Sequence[Sequence[Agent]], seed_of: Callable[[int], int]) -> list[str | None]:
-    """Teacher forcing along the real history: the provider's context before each batch (``[t]``
-    summarises batches ``0..t-1``), feeding it each batch's real actions with seed ``seed_of(t)``."""
-    contexts: list[str | None] = []
+def replay(step: StepContext, batches: Sequence[Sequence[Agent]], seed_of: Callable[[int], int]) -> Iterator[tuple[int, Sequence[Agent]]]:
+    """Teacher forcing along the real history: yields ``(t, batch)`` while the provider holds the context
+    before batch ``t`` (it has taken in batches ``0..t-1``, each with seed ``seed_of(t)``)."""
     for t, batch in enumerate(batches):
-        contexts.append(step.provider.context())
+        yield t, batch
         if t + 1 < len(batches):
             step.observe(step.real_actions(batch), seed_of(t))
-    return contexts
 
 
 def action_row(step_index: int, agent: Agent, persona: str, prompt: Prompt, text: str, policy: LanguageModel) -> dict[str, Any]:
