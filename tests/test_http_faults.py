@@ -37,6 +37,15 @@ FIXED_NOW = 1_700_000_000.0
 TRANSIENT_FAULTS = ["500", "503-html", "429:1", "reset", "bad-json", "html", "empty-choices", "extra-choice"]
 
 
+class _ThreadedServer(ThreadingHTTPServer):
+    request_queue_size = 64  # the default backlog of 5 would stall concurrent connects
+    daemon_threads = True
+    block_on_close = False  # hanging handlers end with the test
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """Clients hang up on purpose here (timeouts, resets): nothing to report."""
+
+
 class FaultServer:
     """An OpenAI-compatible server in a thread; ``faults[token]`` is the queue of faults for that token's requests."""
 
@@ -47,10 +56,7 @@ class FaultServer:
         self.hang_s = hang_s
         self.stop = threading.Event()
         self.lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _handler(self))
-        self.httpd.daemon_threads = True
-        self.httpd.block_on_close = False
-        self.httpd.handle_error = lambda request, address: None  # type: ignore[method-assign]  # clients hang up on purpose
+        self.httpd = _ThreadedServer(("127.0.0.1", 0), _handler(self))
         self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
 
     @property
@@ -111,6 +117,17 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
             if fault == "hang":
                 server.stop.wait(server.hang_s)
                 self.close_connection = True
+                return None
+            if fault == "drip":  # a valid reply, one byte at a time: each read is quick, the whole is slow
+                data = json.dumps({"choices": [self._choice(body, texts[0], tokens[0], 0, None)]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                for start in range(0, len(data), len(data) // 20 + 1):
+                    self.wfile.write(data[start:start + len(data) // 20 + 1])
+                    self.wfile.flush()
+                    if server.stop.wait(0.1):
+                        break
                 return None
             if fault in ("401", "404", "500", "echo-auth"):
                 status = 500 if fault == "echo-auth" else int(fault)
@@ -175,7 +192,7 @@ class RecordedSleep:
 
 
 def _model(server: FaultServer, sleep: RecordedSleep, **options: Any) -> OpenAICompatibleModel:
-    settings: dict[str, Any] = {"api_key_env": KEY_ENV, "request_timeout_s": 0.5, "max_attempts": 4, "backoff_s": 0.25,
+    settings: dict[str, Any] = {"api_key_env": KEY_ENV, "request_timeout_s": 5.0, "max_attempts": 4, "backoff_s": 0.25,
                                 "max_concurrency": 6, "sleep": sleep, "clock": lambda: FIXED_NOW}
     return OpenAICompatibleModel("test-model", server.url, **(settings | options))
 
@@ -202,7 +219,7 @@ def test_every_reply_reaches_its_own_prompt_and_only_failed_requests_are_resent(
     server.faults["tok-3"] = ["hang", "reset", "500"]  # a timeout among them
     planned = {token: len(queue) for token, queue in server.faults.items()}
     sleep = RecordedSleep()
-    model = _model(server, sleep, chat=chat, request_timeout_s=0.3)
+    model = _model(server, sleep, chat=chat, request_timeout_s=1.0)
     texts = model.generate(_prompts(n), SamplingParams(seed=5))
     assert texts == [f"reply to tok-{i}" for i in range(n)]
     assert [server.sent(f"tok-{i}") for i in range(n)] == [planned.get(f"tok-{i}", 0) + 1 for i in range(n)]
@@ -255,6 +272,13 @@ def test_pool_builds_one_retry_layer_with_a_configurable_timeout(server: FaultSe
     with pytest.raises(BackendError, match=r"no reply within 0\.2 s"):
         model.generate(_prompts(1), SamplingParams())
     assert len(server.requests) == model.retry.max_attempts == 4
+
+
+def test_timeout_bounds_a_whole_attempt_even_when_bytes_keep_coming(server: FaultServer) -> None:
+    server.always = "drip"
+    with pytest.raises(BackendError, match=r"gave up after 2 attempts: .* no reply within 0\.3 s"):
+        _model(server, RecordedSleep(), request_timeout_s=0.3, max_attempts=2).generate(_prompts(1), SamplingParams())
+    assert len(server.requests) == 2
 
 
 @pytest.mark.parametrize(("status", "hint"), [("401", "check the API key in $MFLLM_TEST_API_KEY"),

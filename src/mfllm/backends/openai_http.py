@@ -95,7 +95,7 @@ class _Reply(Generic[T]):
 class OpenAICompatibleModel(LanguageModel):
     """Chat (``/chat/completions``) or completion (``/completions``) requests to one server.
 
-    ``request_timeout_s`` bounds each attempt; ``max_attempts`` counts all attempts of one request;
+    ``request_timeout_s`` bounds each attempt as a whole; ``max_attempts`` counts all attempts of one request;
     ``sleep`` and ``clock`` (wall time, for ``Retry-After`` dates) can be replaced in tests.
     """
 
@@ -132,9 +132,9 @@ class OpenAICompatibleModel(LanguageModel):
         """One POST and its checked reply. Raises TransientBackendError or BackendError."""
         httpx = require("httpx", "http")
         where = self._where(path)
-        try:
-            response = await client.post(path, json=body)
-        except httpx.TimeoutException:
+        try:  # the client's timeout bounds each read; wait_for bounds the whole attempt (a server may drip bytes)
+            response = await asyncio.wait_for(client.post(path, json=body), self.request_timeout_s)
+        except (httpx.TimeoutException, asyncio.TimeoutError):
             raise TransientBackendError(f"{where}: no reply within {self.request_timeout_s:g} s") from None
         except httpx.TransportError as exc:
             raise TransientBackendError(f"{where}: connection failed ({type(exc).__name__}: {self._safe(str(exc))})") from None
