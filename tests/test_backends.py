@@ -162,7 +162,7 @@ def test_retry_then_give_up() -> None:
     model = RetryingModel(_Flaky(2), attempts=3, backoff_s=0.5, sleep=waits.append)
     assert model.generate(_prompts(1), SamplingParams(seed=1))
     assert waits == [0.5, 1.0]
-    with pytest.raises(TransientBackendError):
+    with pytest.raises(RuntimeError, match="gave up after 2 attempts: overloaded"):
         RetryingModel(_Flaky(5), attempts=2, sleep=lambda _: None).generate(_prompts(1), SamplingParams(seed=1))
 
 

@@ -94,8 +94,8 @@ class ModelPool:
                 raise ValueError("adapters for an OpenAI-compatible server are configured on the server (e.g. vLLM --lora-modules)")
             from mfllm.backends.openai_http import OpenAICompatibleModel
 
-            return RetryingModel(OpenAICompatibleModel(spec.name, spec.base_url or "", api_key_env=self.api_key_env,
-                                                       max_concurrency=self.max_concurrency, timeout_s=self.timeout_s))
+            return OpenAICompatibleModel(spec.name, spec.base_url or "", api_key_env=self.api_key_env,
+                                         max_concurrency=self.max_concurrency, request_timeout_s=self.timeout_s)
         from mfllm.backends.hf import LoadedCausalLM, TransformersModel
 
         key = (str(spec), None)
