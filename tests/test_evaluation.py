@@ -172,13 +172,12 @@ def test_evaluate_run_aligns_labels_and_masks_nll(fake_runs: list[Path]) -> None
     # NLL scores exactly the real texts' tokens under the prompts the simulated agents had
     from mfllm.data import load_event
     from mfllm.evaluation.evaluate import contexts_by_step
-    from mfllm.prompts import policy_prompt
 
     store = RunStore(fake_runs[0])
     config = SimulationConfig(**store.manifest()["config"])
     event, _ = load_event(config.data)
     contexts = contexts_by_step(store, config, event)
-    prompts = [policy_prompt(event.source.text, r["persona"], "zh", "mf", contexts[r["step"]]) for r in rows]
+    prompts = [contexts[r["step"]].prompt(r["persona"]) for r in rows]
     scores = FakeModel().score(prompts, [r["real_text"] for r in rows])
     assert evaluation.nll == pytest.approx(-sum(s.logprob for s in scores) / sum(s.num_tokens for s in scores))
     wrong = FakeModel().score(prompts, [r["sim_text"] for r in rows])
@@ -195,7 +194,7 @@ def test_policy_nll_uses_the_context_the_agent_saw(fake_runs: list[Path]) -> Non
     contexts = contexts_by_step(store, config, event)
     history = {h["step"]: h["text"] for h in store.mean_field_history()}
     for row in store.actions():
-        assert contexts[row["step"]] == history[row["step"] - 1]
+        assert contexts[row["step"]].provider.context() == history[row["step"] - 1]
 
 
 def _synthetic(method: str, event: str, seed: int, kl: float) -> RunEvaluation:

@@ -33,11 +33,16 @@ class RunEvaluation:
     nll: float | None = None
     nll_per_action: float | None = None
     labels: list[dict[str, Any]] = field(default_factory=list)
+    failed_actions: int = 0
+    """Rows whose generation failed (no action): left out of every distribution."""
+    unpaired_actions: int = 0
+    """Rows with no real reaction beside them (e.g. agents drawn from a population): nothing to compare."""
 
     def summary(self) -> dict[str, Any]:
         """Flat metrics (no per-window series, no labels), for tables."""
         out: dict[str, Any] = {k: getattr(self, k) for k in ("run", "event_id", "method", "seed", "agents", "window_scheme",
-                                                              "alpha", "labeller", "nll", "nll_per_action")}
+                                                              "alpha", "labeller", "nll", "nll_per_action",
+                                                              "failed_actions", "unpaired_actions")}
         for name, metrics in self.dimensions.items():
             for key in ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1"):
                 out[f"{name}.{key}"] = getattr(metrics, key)
@@ -96,16 +101,24 @@ def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = Non
 
 def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[Dimension], window_scheme: str = "step",
                  alpha: float = DEFAULT_ALPHA, policy: LanguageModel | None = None) -> RunEvaluation:
+    """Compare the run's simulated actions with the real reactions beside them, dimension by dimension and
+    window by window; failed generations and rows without a real reaction are counted, not compared."""
     store = RunStore(run_dir)
     manifest = store.manifest()
-    rows = store.actions()
-    if not rows:
+    all_rows = store.actions()
+    if not all_rows:
         raise ValueError(f"{run_dir}: the run has no simulated actions yet")
+    failed = sum("failure" in r for r in all_rows)
+    unpaired = sum(r.get("real_text") is None for r in all_rows)
+    rows = [r for r in all_rows if "failure" not in r and r.get("real_text") is not None]
+    if not rows:
+        raise ValueError(f"{run_dir}: no simulated action has a real reaction beside it to compare with "
+                         f"({failed} failed generations, {unpaired} actions without a real reaction)")
     config = manifest["config"]
     event, _ = load_event(config["data"], config["event_id"], config["data_format"])
     windows = window_ids(rows, window_scheme)
     evaluation = RunEvaluation(str(run_dir), manifest["event"]["event_id"], config["method"], config["seed"], len(rows),
-                               window_scheme, alpha, labeller.name)
+                               window_scheme, alpha, labeller.name, failed_actions=failed, unpaired_actions=unpaired)
     per_row: list[dict[str, Any]] = [{"position": r["position"], "step": r["step"], "window": w} for r, w in zip(rows, windows)]
     for dimension in dimensions:
         real, sim, failed = label_run(rows, event.source.text, event.language, labeller, dimension)
