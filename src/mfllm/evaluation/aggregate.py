@@ -87,7 +87,7 @@ def headline(evaluations: Sequence[RunEvaluation], resamples: int = 2000, seed: 
     best = min(candidates, key=lambda m: candidates[m][0])
     _, baseline, shared = candidates[best]
     mf_values, base_values = np.array([mf[k] for k in shared]), np.array([baseline[k] for k in shared])
-    reduction = 1 - mf_values.mean() / base_values.mean()
+    reduction = 1 - mf_values.mean() / base_values.mean() if base_values.mean() > 0 else math.nan
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(resamples):

@@ -94,14 +94,14 @@ class Simulator:
 
     def run(self, store: RunStore, progress: ProgressFactory | None = None) -> dict[str, Any]:
         """Run (or continue) the schedule, committing each step; returns throughput figures."""
-        committed = store.rollback_to_committed(self.steps)
+        records_mean_field = get_method(self.config.method).needs_mean_field_model
+        committed = store.rollback_to_committed(self.steps, records_mean_field)
         if committed:
             self.context.load_state_dict(committed[-1]["context_state"])
         remaining = self.steps[len(committed):]
         rollout_agents = sum(len(s.positions) for s in remaining if s.phase == "rollout")
         bar = progress(rollout_agents, f"{self.event.event_id} {self.config.method}") if progress else None
         started, simulated = time.perf_counter(), 0
-        records_mean_field = get_method(self.config.method).needs_mean_field_model
         for step in remaining:
             rows = self.run_step(step)
             entry = {"step": step.index, "phase": step.phase, "after_position": step.positions[-1], "text": self.context.context()} \

@@ -182,35 +182,38 @@ class RunStore:
                 raise ValueError(f"{self.root / STEPS}: step {step['step']} found where step {expected} was expected")
         return steps
 
-    def rollback_to_committed(self, schedule: Sequence[Step] | None = None) -> list[dict[str, Any]]:
+    def rollback_to_committed(self, schedule: Sequence[Step] | None = None, records_mean_field: bool = False) -> list[dict[str, Any]]:
         """Drop rows of uncommitted steps and repair torn lines; return the committed steps.
 
         With the run's ``schedule``, each committed step must be the scheduled one (same positions) and
-        have all its rows; the journal is cut back before the first step whose rows are incomplete (a
-        cut ``actions.jsonl``), so that step runs again and nothing is lost.
+        have all its rows (and its mean-field entry when the run ``records_mean_field``); the journal is
+        cut back before the first step that lacks some (a cut file), so that step runs again and nothing
+        is lost.
         """
         steps = self.committed_steps()
         rows = _read_jsonl(self.root / ACTIONS)
+        mean_field = _read_jsonl(self.root / MEAN_FIELD)
         if schedule is not None:
             if len(steps) > len(schedule):
                 raise ValueError(f"{self.root / STEPS}: {len(steps)} steps committed but the run has {len(schedule)}")
             counts: dict[int, int] = {}
             for row in rows:
                 counts[row["step"]] = counts.get(row["step"], 0) + 1
+            entries = {entry["step"] for entry in mean_field}
             for committed, planned in zip(list(steps), schedule):
                 if committed["positions"] != list(planned.positions):
                     raise ValueError(f"{self.root / STEPS}: step {planned.index} covered positions {committed['positions'][:3]}... "
                                      f"but this config schedules {list(planned.positions)[:3]}...; cannot resume")
                 expected = len(planned.positions) if planned.phase == "rollout" else 0
-                if counts.get(planned.index, 0) != expected:
-                    logger.warning("%s: step %d has %d of its %d rows (file cut?); resuming from before it", self.root / ACTIONS,
-                                   planned.index, counts.get(planned.index, 0), expected)
+                if counts.get(planned.index, 0) != expected or (records_mean_field and planned.index not in entries):
+                    logger.warning("%s: step %d lacks rows or its mean-field entry (file cut?); resuming from before it", self.root,
+                                   planned.index)
                     steps = steps[: planned.index]
                     break
         done = len(steps)
         _write_jsonl(self.root / STEPS, steps)
         _write_jsonl(self.root / ACTIONS, [r for r in rows if r["step"] < done])
-        _write_jsonl(self.root / MEAN_FIELD, [r for r in _read_jsonl(self.root / MEAN_FIELD) if r["step"] < done])
+        _write_jsonl(self.root / MEAN_FIELD, [r for r in mean_field if r["step"] < done])
         return steps
 
     def commit(self, step: dict[str, Any], rows: list[dict[str, Any]], mean_field: dict[str, Any] | None) -> None:
