@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mfllm.analysis.ablation import AblationConfig
+from mfllm.analysis.backtest import BacktestConfig
 from mfllm.analysis.demo import DemoConfig, demo_data_path
 from mfllm.configuration import YamlConfig
 from mfllm.evaluation.config import EvaluationConfig
@@ -21,7 +22,7 @@ __all__ = ["build_parser", "demo_data_path", "main"]
 SWEPT = ("event_id", "method", "seed")
 """SimulationConfig fields that `mfllm simulate` takes as lists (--event, --method, --seeds)."""
 CONFIGS: dict[str, type[YamlConfig]] = {"simulate": SimulationConfig, "train": TrainConfig, "evaluate": EvaluationConfig,
-                                        "ablate": AblationConfig, "demo": DemoConfig}
+                                        "ablate": AblationConfig, "backtest": BacktestConfig, "demo": DemoConfig}
 
 
 def _progress(total: int, description: str) -> Any:
@@ -181,6 +182,23 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from mfllm.analysis.backtest import backtest
+
+    config = BacktestConfig.from_sources(args.config, BacktestConfig.overrides(args))
+    result = backtest(config, progress=_progress)
+    for point in result["points"]:
+        top = point["headline"]
+        if top:
+            print(f"{point['name']}: mean KL mf {top['mf_kl']:.3f} vs best baseline {top['best_baseline']} {top['baseline_kl']:.3f}, "
+                  f"relative reduction {top['relative_kl_reduction']:.0%} (95% CI {top['ci_low']:.0%} to {top['ci_high']:.0%})")
+        for row in point["paired"]:
+            print(f"  {row['method']} - {row['baseline']} {row['metric']}: {row['difference']:+.4f} "
+                  f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] over {row['pairs']} pairs")
+    print(f"backtest report: {result['report']}")
+    return 0
+
+
 def _cmd_fields(args: argparse.Namespace) -> int:
     """Print every field of a config with its default and help text (for YAML files and --set)."""
     for name, field in CONFIGS[args.which].model_fields.items():
@@ -297,6 +315,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "batch_size": ["--batch"], "dimensions": ["--dimension"]})
     ablate.add_argument("--resume", action="store_true", help="continue runs from their last completed step")
     ablate.set_defaults(func=_cmd_ablate)
+
+    back = sub.add_parser("backtest", help="every method x seed on a set of events, evaluated, in one resumable report")
+    back.add_argument("--config", help="YAML file of BacktestConfig fields (`mfllm fields backtest`); flags override it")
+    BacktestConfig.add_arguments(back, aliases={"data_format": ["--format"], "events": ["--event"], "methods": ["--method"],
+                                                "num_agents": ["--agents"], "batch_size": ["--batch"], "dimensions": ["--dimension"]})
+    back.set_defaults(func=_cmd_backtest)
 
     demo = sub.add_parser("demo", help="simulate the bundled Weibo sample event with the embedded model")
     DemoConfig.add_arguments(demo, aliases={"num_agents": ["--agents"], "batch_size": ["--batch"]})
