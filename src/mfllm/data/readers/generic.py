@@ -1,0 +1,176 @@
+"""The documented generic format (``docs/data-format.md``): JSONL or CSV, one post per record; reader and writer."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Iterator
+
+from mfllm.data.readers.base import (
+    DatasetReader, RecordContext, build_record, detect_language, finish_event, register_reader, unknown_event,
+)
+from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
+
+GENERIC_USER_FIELDS = tuple(UserProfile.model_fields)
+
+
+@register_reader
+class GenericReader(DatasetReader):
+    """The documented generic format: JSONL or CSV, one post per record, any number of events.
+
+    Each record has ``event_id``, ``kind`` (``source``/``comment``/``repost``/``reply``),
+    ``post_id``, ``text``, ``timestamp`` (unix seconds or ISO 8601) and optionally ``parent_id``,
+    ``language`` (on the source), ``reposts_count``, ``comments_count``, ``likes_count``, the user
+    either as a ``user`` object or as flat ``user_<field>`` columns, post annotations as a ``labels``
+    object or ``label_<name>`` columns, and (on the source) event annotations as ``event_labels`` or
+    ``event_label_<name>``. Each event needs exactly one ``source`` record.
+    """
+
+    name = "generic"
+    detect_order = 50
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return path.is_file() and path.suffix.lower() in {".jsonl", ".csv"}
+
+    def _records(self, path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
+        """(record name, record or None when unparseable, parse error)."""
+        if path.suffix.lower() == ".csv":
+            with path.open(encoding="utf-8", newline="") as handle:
+                for i, row in enumerate(csv.DictReader(handle), start=2):
+                    if None in row:
+                        yield f"line {i}", None, "more cells than header columns"
+                    else:
+                        yield f"line {i}", dict(row), ""
+            return
+        with path.open(encoding="utf-8") as handle:
+            for i, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    yield f"line {i}", None, f"invalid JSON: {exc.msg}"
+                    continue
+                yield (f"line {i}", record, "") if isinstance(record, dict) else (f"line {i}", None, "not a JSON object")
+
+    def list_events(self, path: Path) -> list[str]:
+        seen: dict[str, None] = {}
+        for _, record, _ in self._records(path):
+            if record and record.get("event_id") not in (None, ""):
+                seen[str(record["event_id"])] = None
+        return list(seen)
+
+    @staticmethod
+    def _labels(record: dict[str, Any], key: str, prefix: str) -> dict[str, str]:
+        """Labels from a ``key`` object (JSONL) or from ``prefix<name>`` columns (CSV)."""
+        if isinstance(record.get(key), dict):
+            return {k: str(v) for k, v in record[key].items()}
+        return {k[len(prefix):]: str(v) for k, v in record.items() if k.startswith(prefix) and v not in (None, "")}
+
+    def _user(self, record: dict[str, Any], ctx: RecordContext) -> UserProfile:
+        raw = record.get("user") if isinstance(record.get("user"), dict) else {
+            f: record.get(f"user_{f}") for f in GENERIC_USER_FIELDS
+        }
+        return UserProfile(
+            user_id=ctx.optional_str(raw.get("user_id"), "user_id"), gender=ctx.gender(raw.get("gender"), "user_gender"),
+            location=ctx.optional_str(raw.get("location"), "user_location"),
+            description=ctx.optional_str(raw.get("description"), "user_description"),
+            followers_count=ctx.optional_int(raw.get("followers_count"), "user_followers_count"),
+            friends_count=ctx.optional_int(raw.get("friends_count"), "user_friends_count"),
+            bi_followers_count=ctx.optional_int(raw.get("bi_followers_count"), "user_bi_followers_count"),
+            statuses_count=ctx.optional_int(raw.get("statuses_count"), "user_statuses_count"),
+            verified=ctx.optional_bool(raw.get("verified"), "user_verified"),
+            verified_type=ctx.optional_int(raw.get("verified_type"), "user_verified_type"),
+            verified_reason=ctx.optional_str(raw.get("verified_reason"), "user_verified_reason"),
+        )
+
+    def load_event(self, path: Path, event_id: str) -> tuple[Event, LoadReport]:
+        report = LoadReport()
+        source: Post | None = None
+        language: str | None = None
+        labels: dict[str, str] = {}
+        reactions: list[Reaction] = []
+        found = False
+        for name, record, error in self._records(path):
+            ctx = RecordContext(report, path, name)
+            if record is None:
+                ctx.reject("<record>", error)
+                continue
+            if str(record.get("event_id")) != event_id:
+                continue
+            found = True
+            kind = record.get("kind")
+            if kind not in ("source", "comment", "repost", "reply"):
+                ctx.reject("kind", f"must be source/comment/repost/reply, got {kind!r}")
+                continue
+            post_id = ctx.optional_str(record.get("post_id"), "post_id")
+            text = ctx.required_text(record.get("text"), "text")
+            timestamp = ctx.timestamp(record.get("timestamp"), "timestamp")
+            if post_id is None:
+                ctx.reject("post_id", "missing")
+            if post_id is None or text is None or timestamp is None:
+                continue
+            post_labels = self._labels(record, "labels", "label_")
+            common = dict(
+                post_id=post_id, text=text, timestamp=timestamp, user=self._user(record, ctx), labels=post_labels,
+                reposts_count=ctx.optional_int(record.get("reposts_count"), "reposts_count"),
+                comments_count=ctx.optional_int(record.get("comments_count"), "comments_count"),
+                likes_count=ctx.optional_int(record.get("likes_count"), "likes_count"),
+            )
+            if kind == "source":
+                if source is not None:
+                    ctx.reject("kind", f"second source record for event {event_id!r}")
+                    continue
+                source = build_record(Post, ctx, **common)
+                language = ctx.optional_str(record.get("language"), "language")
+                labels = self._labels(record, "event_labels", "event_label_")
+            else:
+                reaction = build_record(Reaction, ctx, kind=kind, parent_id=ctx.optional_str(record.get("parent_id"), "parent_id"), **common)
+                if reaction is not None:
+                    reactions.append(reaction)
+        if not found:
+            raise unknown_event(path, event_id)
+        if source is None:
+            raise DataFormatError(f"{path}: event {event_id!r}: no usable record with kind 'source'")
+        language = language or detect_language(source.text + "".join(r.text for r in reactions[:20]))
+        if language not in ("zh", "en"):
+            raise DataFormatError(f"{path}: event {event_id!r}: field 'language': must be zh or en, got {language!r}")
+        fields = dict(event_id=event_id, dataset=self.name, language=language, source=source, labels=labels)
+        return finish_event(fields, reactions, report, path), report
+
+
+def write_generic(events: list[Event], path: str | Path) -> None:
+    """Write events in the generic format (``.jsonl`` or ``.csv`` by suffix); lossless round trip."""
+    path = Path(path)
+    rows = []
+    for event in events:
+        rows.append(_generic_row(event, event.source, "source", language=event.language, labels=event.source.labels,
+                                 event_labels=event.labels))
+        rows.extend(_generic_row(event, r, r.kind, parent_id=r.parent_id, labels=r.labels) for r in event.reactions)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix.lower() == ".csv":
+        flat = [_flatten(row) for row in rows]
+        columns = list(dict.fromkeys(key for row in flat for key in row))
+        with path.open("w", encoding="utf-8", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(flat)
+    else:
+        with path.open("w", encoding="utf-8") as handle:
+            for row in rows:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def _generic_row(event: Event, post: Post, kind: str, **extra: Any) -> dict[str, Any]:
+    row = {"event_id": event.event_id, "kind": kind, **post.model_dump(mode="json", exclude={"labels"}), **extra}
+    return {k: v for k, v in row.items() if v is not None}
+
+
+def _flatten(row: dict[str, Any]) -> dict[str, Any]:
+    flat = {k: v for k, v in row.items() if k not in ("user", "labels", "event_labels")}
+    flat.update({f"user_{k}": v for k, v in row.get("user", {}).items() if v is not None})
+    flat.update({f"label_{k}": v for k, v in row.get("labels", {}).items()})
+    flat.update({f"event_label_{k}": v for k, v in row.get("event_labels", {}).items()})
+    return flat
