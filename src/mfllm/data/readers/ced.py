@@ -4,12 +4,19 @@ from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from mfllm.data.readers.base import (
-    CST, WEIBO_DEFAULT_REPOST_TEXT, DatasetReader, RecordContext, build_record, finish_event, read_json, register_reader,
-    subfolder_or_self, unknown_event,
+    CST, WEIBO_DEFAULT_REPOST_TEXT, DatasetReader, RecordContext, build_record, build_source, finish_event, json_type,
+    read_json, register_reader, subfolder_or_self, unknown_event, unusable_source,
 )
-from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
+from mfllm.data.schema import Event, LoadReport, Reaction, UserProfile
+
+# profile field -> key in the source author's user object ("empty" when unknown)
+_PROFILE_KEYS = {
+    "gender": "gender", "location": "location", "followers_count": "followers", "friends_count": "friends",
+    "statuses_count": "messages", "verified": "verified",
+}
 
 
 @register_reader
@@ -35,53 +42,50 @@ class CEDReader(DatasetReader):
     def list_events(self, path: Path) -> list[str]:
         return list(self._reaction_files(path))
 
+    @staticmethod
+    def _date(value: Any, source_year: int, ctx: RecordContext) -> float | None:
+        """A reaction's time; ``MM月DD日 HH:MM`` carries no year, so the source post's is used."""
+        if isinstance(value, str) and "月" in value:
+            try:
+                value = datetime.strptime(f"{source_year}年{value}", "%Y年%m月%d日 %H:%M").strftime("%Y-%m-%d %H:%M:%S")
+            except ValueError:
+                ctx.reject("date", f"unparseable time: {value!r}")
+                return None
+        return ctx.timestamp(value, "date", tz=CST)
+
     def load_event(self, path: Path, event_id: str) -> tuple[Event, LoadReport]:
         reaction_file = self._reaction_files(path).get(event_id)
         if reaction_file is None:
             raise unknown_event(path, event_id)
         source_file = subfolder_or_self(path, "CED_Dataset") / "original-microblog" / f"{event_id}.json"
         report = LoadReport()
-        raw_source = read_json(source_file)
-        if not isinstance(raw_source, dict):
-            raise DataFormatError(f"{source_file}: expected a JSON object")
+        raw_source = read_json(source_file, dict)
         ctx = RecordContext(report, source_file, "source")
         source_time = ctx.timestamp(raw_source.get("time"), "time")
         if source_time is None:
-            raise DataFormatError(f"{source_file}: source post: field 'time': {report.rejected[-1].reason}")
-        raw_user = raw_source.get("user") if isinstance(raw_source.get("user"), dict) else {}
-        source = Post(
-            post_id=event_id.split("_")[1] if event_id.count("_") >= 2 else event_id,
+            raise unusable_source(source_file, report)
+        raw_user = raw_source.get("user")
+        source = build_source(
+            source_file, post_id=event_id.split("_")[1] if event_id.count("_") >= 2 else event_id,
             text=raw_source.get("text") or "", timestamp=source_time,
-            user=UserProfile(
-                gender=ctx.gender(raw_user.get("gender")), location=ctx.optional_str(raw_user.get("location"), "user.location"),
-                followers_count=ctx.optional_int(raw_user.get("followers"), "user.followers"),
-                friends_count=ctx.optional_int(raw_user.get("friends"), "user.friends"),
-                statuses_count=ctx.optional_int(raw_user.get("messages"), "user.messages"),
-                verified=ctx.optional_bool(raw_user.get("verified"), "user.verified"),
-            ),
+            user=ctx.profile(None if raw_user == "empty" else raw_user, _PROFILE_KEYS, prefix="user."),
             reposts_count=ctx.optional_int(raw_source.get("reposts"), "reposts"),
             comments_count=ctx.optional_int(raw_source.get("comments"), "comments"),
             likes_count=ctx.optional_int(raw_source.get("likes"), "likes"),
         )
         source_year = datetime.fromtimestamp(source_time, CST).year
-        items = read_json(reaction_file)
-        if not isinstance(items, list):
-            raise DataFormatError(f"{reaction_file}: expected a JSON array")
         reactions = []
-        for i, raw in enumerate(items):
+        for i, raw in enumerate(read_json(reaction_file, list)):
             ctx = RecordContext(report, reaction_file, str(i))
             if not isinstance(raw, dict):
-                ctx.reject("<record>", "not an object")
+                ctx.reject("<record>", f"not an object: {json_type(raw)}")
                 continue
             mid = ctx.optional_str(raw.get("mid"), "mid")
             if mid is None:
                 ctx.reject("mid", "missing")
                 continue
             ctx.record = f"{i} (mid {mid})"
-            date = raw.get("date")
-            if isinstance(date, str) and "月" in date:  # "MM月DD日 HH:MM" carries no year: use the source's
-                date = datetime.strptime(f"{source_year}年{date}", "%Y年%m月%d日 %H:%M").strftime("%Y-%m-%d %H:%M:%S")
-            timestamp = ctx.timestamp(date, "date", tz=CST)
+            timestamp = self._date(raw.get("date"), source_year, ctx)
             text = ctx.required_text(raw.get("text"), "text")
             if timestamp is None or text is None:
                 continue

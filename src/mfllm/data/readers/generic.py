@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from pathlib import Path
 from typing import Any, Iterator
 
 from mfllm.data.readers.base import (
-    DatasetReader, RecordContext, build_record, detect_language, finish_event, register_reader, unknown_event,
+    DatasetReader, RecordContext, build_record, detect_language, finish_event, json_type, read_text, register_reader,
+    unknown_event,
 )
 from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
 
 GENERIC_USER_FIELDS = tuple(UserProfile.model_fields)
+_PROFILE_KEYS = {field: field for field in GENERIC_USER_FIELDS}
 
 
 @register_reader
@@ -37,23 +40,39 @@ class GenericReader(DatasetReader):
     def _records(self, path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str]]:
         """(record name, record or None when unparseable, parse error)."""
         if path.suffix.lower() == ".csv":
-            with path.open(encoding="utf-8", newline="") as handle:
-                for i, row in enumerate(csv.DictReader(handle), start=2):
+            rows = csv.DictReader(io.StringIO(read_text(path).removeprefix("\ufeff"), newline=""))
+            try:
+                for i, row in enumerate(rows, start=2):
                     if None in row:
                         yield f"line {i}", None, "more cells than header columns"
                     else:
                         yield f"line {i}", dict(row), ""
+            except csv.Error as exc:
+                raise DataFormatError(f"{path}: line {rows.line_num + 1}: invalid CSV: {exc}") from exc
             return
-        with path.open(encoding="utf-8") as handle:
-            for i, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"line {i}", None, f"invalid JSON: {exc.msg}"
-                    continue
-                yield (f"line {i}", record, "") if isinstance(record, dict) else (f"line {i}", None, "not a JSON object")
+        try:
+            data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")
+        except OSError as exc:
+            raise DataFormatError(f"{path}: cannot read file: {exc.strerror or exc}") from exc
+        for i, raw_line in enumerate(data.splitlines(), start=1):
+            try:
+                line = raw_line.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                yield f"line {i}", None, f"not UTF-8 text: {exc.reason} at byte {exc.start} of the line"
+                continue
+            if line.strip():
+                yield (f"line {i}", *self._json_record(line))
+
+    @staticmethod
+    def _json_record(line: str) -> tuple[dict[str, Any] | None, str]:
+        """(record or None, why not) for one JSONL line."""
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            return None, f"invalid JSON: {exc.msg}"
+        except RecursionError:
+            return None, "invalid JSON: nested too deeply"
+        return (record, "") if isinstance(record, dict) else (None, "not a JSON object")
 
     def list_events(self, path: Path) -> list[str]:
         seen: dict[str, None] = {}
@@ -69,22 +88,14 @@ class GenericReader(DatasetReader):
             return {k: str(v) for k, v in record[key].items()}
         return {k[len(prefix):]: str(v) for k, v in record.items() if k.startswith(prefix) and v not in (None, "")}
 
-    def _user(self, record: dict[str, Any], ctx: RecordContext) -> UserProfile:
-        raw = record.get("user") if isinstance(record.get("user"), dict) else {
-            f: record.get(f"user_{f}") for f in GENERIC_USER_FIELDS
-        }
-        return UserProfile(
-            user_id=ctx.optional_str(raw.get("user_id"), "user_id"), gender=ctx.gender(raw.get("gender"), "user_gender"),
-            location=ctx.optional_str(raw.get("location"), "user_location"),
-            description=ctx.optional_str(raw.get("description"), "user_description"),
-            followers_count=ctx.optional_int(raw.get("followers_count"), "user_followers_count"),
-            friends_count=ctx.optional_int(raw.get("friends_count"), "user_friends_count"),
-            bi_followers_count=ctx.optional_int(raw.get("bi_followers_count"), "user_bi_followers_count"),
-            statuses_count=ctx.optional_int(raw.get("statuses_count"), "user_statuses_count"),
-            verified=ctx.optional_bool(raw.get("verified"), "user_verified"),
-            verified_type=ctx.optional_int(raw.get("verified_type"), "user_verified_type"),
-            verified_reason=ctx.optional_str(raw.get("verified_reason"), "user_verified_reason"),
-        )
+    @staticmethod
+    def _user(record: dict[str, Any], ctx: RecordContext) -> UserProfile:
+        """The profile from a ``user`` object, else from flat ``user_<field>`` columns."""
+        nested = record.get("user")
+        if nested is not None and not isinstance(nested, dict):
+            ctx.report.clear(ctx.file, ctx.record, "user", f"not an object: {json_type(nested)}")
+        raw = nested if isinstance(nested, dict) else {f: record.get(f"user_{f}") for f in GENERIC_USER_FIELDS}
+        return ctx.profile(raw, _PROFILE_KEYS, prefix="user_")
 
     def load_event(self, path: Path, event_id: str) -> tuple[Event, LoadReport]:
         report = LoadReport()
@@ -98,6 +109,9 @@ class GenericReader(DatasetReader):
             if record is None:
                 ctx.reject("<record>", error)
                 continue
+            if record.get("event_id") in (None, ""):
+                ctx.reject("event_id", "missing: the record belongs to no event")
+                continue
             if str(record.get("event_id")) != event_id:
                 continue
             found = True
@@ -105,13 +119,10 @@ class GenericReader(DatasetReader):
             if kind not in ("source", "comment", "repost", "reply"):
                 ctx.reject("kind", f"must be source/comment/repost/reply, got {kind!r}")
                 continue
-            post_id = ctx.optional_str(record.get("post_id"), "post_id")
-            text = ctx.required_text(record.get("text"), "text")
-            timestamp = ctx.timestamp(record.get("timestamp"), "timestamp")
-            if post_id is None:
-                ctx.reject("post_id", "missing")
-            if post_id is None or text is None or timestamp is None:
+            required = ctx.post_fields(record, "post_id", "text", "timestamp")
+            if required is None:
                 continue
+            post_id, text, timestamp = required
             post_labels = self._labels(record, "labels", "label_")
             common = dict(
                 post_id=post_id, text=text, timestamp=timestamp, user=self._user(record, ctx), labels=post_labels,

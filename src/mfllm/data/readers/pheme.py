@@ -8,19 +8,34 @@ from pathlib import Path
 from typing import Any
 
 from mfllm.data.readers.base import (
-    DatasetReader, RecordContext, build_record, finish_event, read_json, register_reader, unknown_event,
+    DatasetReader, RecordContext, build_record, expect_type, finish_event, json_type, parse_json, read_json, read_text,
+    register_reader, unknown_event, unusable_source,
 )
 from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
 
+# profile field -> key in a Twitter v1.1 user object ("id" holds id_str when present)
+_PROFILE_KEYS = {
+    "user_id": "id", "location": "location", "description": "description", "followers_count": "followers_count",
+    "friends_count": "friends_count", "statuses_count": "statuses_count", "verified": "verified",
+}
+
+
+def _decode_at(decoder: json.JSONDecoder, raw: str, pos: int, path: Path) -> tuple[Any, int]:
+    """The JSON value starting at ``pos`` and where it ends; :class:`DataFormatError` naming ``path``."""
+    try:
+        return decoder.raw_decode(raw, pos)
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+    except RecursionError as exc:
+        raise DataFormatError(f"{path}: invalid JSON: nested too deeply") from exc
+
+
 def read_json_objects(path: Path) -> list[Any]:
     """Parse a file holding one or more concatenated JSON values (a PHEME quirk)."""
-    raw = path.read_text(encoding="utf-8").strip()
+    raw = read_text(path).strip()
     decoder, values, pos = json.JSONDecoder(), [], 0
     while pos < len(raw):
-        try:
-            value, pos = decoder.raw_decode(raw, pos)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        value, pos = _decode_at(decoder, raw, pos, path)
         values.append(value)
         while pos < len(raw) and raw[pos].isspace():
             pos += 1
@@ -30,31 +45,23 @@ def read_json_objects(path: Path) -> list[Any]:
 def read_json_objects_lenient(path: Path) -> list[dict[str, Any]]:
     """Every top-level JSON object in a file, whatever separates them (PHEME's annotation files
     hold comment lines and objects separated by commas or nothing)."""
-    raw = path.read_text(encoding="utf-8")
+    raw = read_text(path)
     decoder, records, pos = json.JSONDecoder(), [], raw.find("{")
     while pos >= 0:
-        try:
-            value, end = decoder.raw_decode(raw, pos)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
+        value, end = _decode_at(decoder, raw, pos, path)
         if isinstance(value, dict):
             records.append(value)
         pos = raw.find("{", end)
     return records
 
 
+def _with_id(raw: Any) -> Any:
+    """A Twitter object with ``id`` holding ``id_str`` when present (exact beyond 2**53)."""
+    return {**raw, "id": raw.get("id_str", raw.get("id"))} if isinstance(raw, dict) else raw
+
+
 def _twitter_profile(raw: Any, ctx: RecordContext) -> UserProfile:
-    if not isinstance(raw, dict):
-        return UserProfile()
-    return UserProfile(
-        user_id=ctx.optional_str(raw.get("id_str", raw.get("id")), "user.id"),
-        location=ctx.optional_str(raw.get("location"), "user.location"),
-        description=ctx.optional_str(raw.get("description"), "user.description"),
-        followers_count=ctx.optional_int(raw.get("followers_count"), "user.followers_count"),
-        friends_count=ctx.optional_int(raw.get("friends_count"), "user.friends_count"),
-        statuses_count=ctx.optional_int(raw.get("statuses_count"), "user.statuses_count"),
-        verified=ctx.optional_bool(raw.get("verified"), "user.verified"),
-    )
+    return ctx.profile(_with_id(raw), _PROFILE_KEYS, prefix="user.")
 
 
 @register_reader
@@ -105,13 +112,10 @@ class PhemeReader(DatasetReader):
         return list(self._threads(path))
 
     def _tweet(self, raw: dict, ctx: RecordContext, model: type, **extra: Any) -> Any:
-        post_id = ctx.optional_str(raw.get("id_str", raw.get("id")), "id")
-        text = ctx.required_text(raw.get("text"), "text")
-        timestamp = ctx.timestamp(raw.get("created_at"), "created_at")
-        if post_id is None or text is None or timestamp is None:
-            if post_id is None:
-                ctx.reject("id", "missing")
+        required = ctx.post_fields(_with_id(raw), "id", "text", "created_at")
+        if required is None:
             return None
+        post_id, text, timestamp = required
         return build_record(
             model, ctx, post_id=post_id, text=html.unescape(text), timestamp=timestamp, user=_twitter_profile(raw.get("user"), ctx),
             reposts_count=ctx.optional_int(raw.get("retweet_count"), "retweet_count"),
@@ -124,19 +128,23 @@ class PhemeReader(DatasetReader):
             raise unknown_event(path, event_id)
         report = LoadReport()
         source_file = folder / "source-tweets" / "tweet.json"
-        if not source_file.is_file() or not source_file.read_text(encoding="utf-8").strip():
+        source_text = read_text(source_file) if source_file.is_file() else ""
+        if not source_text.strip():
             raise DataFormatError(f"{source_file}: source tweet missing or empty")
-        raw_source = read_json(source_file)
+        raw_source = expect_type(parse_json(source_text, str(source_file)), dict, str(source_file))
         source = self._tweet(raw_source, RecordContext(report, source_file, "source"), Post)
         if source is None:
-            raise DataFormatError(f"{source_file}: invalid source tweet: {report.rejected[-1]}")
+            raise unusable_source(source_file, report)
         reactions = []
         annotations = self._annotations(path)
         for file in sorted((folder / "reactions").glob("*.json")):
-            for k, raw in enumerate(read_json_objects(file)):
+            records = read_json_objects(file)
+            if not records:
+                report.reject(str(file), "0", "<record>", "empty file: no reply tweet")
+            for k, raw in enumerate(records):
                 ctx = RecordContext(report, file, str(k))
                 if not isinstance(raw, dict):
-                    ctx.reject("<record>", "not an object")
+                    ctx.reject("<record>", f"not an object: {json_type(raw)}")
                     continue
                 parent = ctx.optional_str(raw.get("in_reply_to_status_id_str", raw.get("in_reply_to_status_id")), "in_reply_to_status_id")
                 kind = "comment" if parent in (None, source.post_id) else "reply"
@@ -146,7 +154,7 @@ class PhemeReader(DatasetReader):
                     reactions.append(reaction)
         labels = {}
         if (folder / "annotation.json").is_file():
-            annotation = read_json(folder / "annotation.json")
+            annotation = read_json(folder / "annotation.json", dict)
             labels = {k: str(v) for k, v in annotation.items() if k in ("is_rumour", "category", "misinformation", "true")}
         labels["event"] = folder.parent.name
         fields = dict(event_id=event_id, dataset=self.name, language="en", source=source, labels=labels)

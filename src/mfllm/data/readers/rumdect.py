@@ -6,10 +6,18 @@ from pathlib import Path
 from typing import Any
 
 from mfllm.data.readers.base import (
-    WEIBO_DEFAULT_REPOST_TEXT, DatasetReader, RecordContext, build_record, detect_language, finish_event, read_json,
-    register_reader, unknown_event,
+    WEIBO_DEFAULT_REPOST_TEXT, DatasetReader, RecordContext, build_record, detect_language, finish_event, json_type,
+    read_json, register_reader, unknown_event, unusable_source,
 )
-from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
+from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction
+
+# profile field -> key in a rumdect post (user fields are flat on the post)
+_PROFILE_KEYS = {
+    "user_id": "uid", "gender": "gender", "location": "user_location", "description": "user_description",
+    "followers_count": "followers_count", "friends_count": "friends_count", "bi_followers_count": "bi_followers_count",
+    "statuses_count": "statuses_count", "verified": "verified", "verified_type": "verified_type",
+    "verified_reason": "verified_reason",
+}
 
 
 @register_reader
@@ -24,8 +32,11 @@ class RumdectReader(DatasetReader):
         files = [path] if path.is_file() else sorted(path.glob("*.json"))[:1]
         if not files or files[0].suffix != ".json":
             return False
-        with files[0].open(encoding="utf-8") as handle:
-            head = handle.read(4096)
+        try:
+            with files[0].open(encoding="utf-8") as handle:
+                head = handle.read(4096)
+        except UnicodeDecodeError as exc:
+            raise DataFormatError(f"{files[0]}: not UTF-8 text: {exc.reason} in its first 4096 characters") from exc
         return head.lstrip().startswith("[") and '"uid"' in head and '"t"' in head
 
     @staticmethod
@@ -38,27 +49,13 @@ class RumdectReader(DatasetReader):
 
     def _post(self, raw: Any, ctx: RecordContext, model: type, **extra: Any) -> Any:
         if not isinstance(raw, dict):
-            ctx.reject("<record>", f"not an object: {type(raw).__name__}")
+            ctx.reject("<record>", f"not an object: {json_type(raw)}")
             return None
-        post_id = ctx.optional_str(raw.get("mid", raw.get("id")), "mid")
-        text = ctx.required_text(raw.get("text"), "text")
-        timestamp = ctx.timestamp(raw.get("t"), "t")
-        if post_id is None or text is None or timestamp is None:
-            if post_id is None:
-                ctx.reject("mid", "missing")
+        required = ctx.post_fields({**raw, "mid": raw.get("mid", raw.get("id"))}, "mid", "text", "t")
+        if required is None:
             return None
-        user = UserProfile(
-            user_id=ctx.optional_str(raw.get("uid"), "uid"), gender=ctx.gender(raw.get("gender")),
-            location=ctx.optional_str(raw.get("user_location"), "user_location"),
-            description=ctx.optional_str(raw.get("user_description"), "user_description"),
-            followers_count=ctx.optional_int(raw.get("followers_count"), "followers_count"),
-            friends_count=ctx.optional_int(raw.get("friends_count"), "friends_count"),
-            bi_followers_count=ctx.optional_int(raw.get("bi_followers_count"), "bi_followers_count"),
-            statuses_count=ctx.optional_int(raw.get("statuses_count"), "statuses_count"),
-            verified=ctx.optional_bool(raw.get("verified"), "verified"),
-            verified_type=ctx.optional_int(raw.get("verified_type"), "verified_type") if raw.get("verified_type", -1) != -1 else None,
-            verified_reason=ctx.optional_str(raw.get("verified_reason"), "verified_reason"),
-        )
+        post_id, text, timestamp = required
+        user = ctx.profile(raw, _PROFILE_KEYS, unverified_type=-1)
         return build_record(
             model, ctx, post_id=post_id, text=text.strip() or WEIBO_DEFAULT_REPOST_TEXT, timestamp=timestamp, user=user,
             reposts_count=ctx.optional_int(raw.get("reposts_count"), "reposts_count"),
@@ -76,7 +73,7 @@ class RumdectReader(DatasetReader):
         report = LoadReport()
         source = self._post(items[0], RecordContext(report, file, "0 (source)"), Post)
         if source is None:
-            raise DataFormatError(f"{file}: source post unusable: {report.rejected[-1]}")
+            raise unusable_source(file, report)
         reactions = []
         for i, raw in enumerate(items[1:], start=1):
             ctx = RecordContext(report, file, str(i))

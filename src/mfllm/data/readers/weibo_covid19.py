@@ -6,10 +6,17 @@ from pathlib import Path
 from typing import Any
 
 from mfllm.data.readers.base import (
-    WEIBO_DEFAULT_REPOST_TEXT, DatasetReader, RecordContext, build_record, clean_html, finish_event, read_json,
-    register_reader, subfolder_or_self, unknown_event,
+    WEIBO_DEFAULT_REPOST_TEXT, DatasetReader, RecordContext, build_record, build_source, clean_html, finish_event,
+    json_type, read_json, register_reader, subfolder_or_self, unknown_event, unusable_source,
 )
-from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
+from mfllm.data.schema import Event, LoadReport, Reaction, UserProfile
+
+# profile field -> key in Weibo's user object
+_PROFILE_KEYS = {
+    "user_id": "id", "gender": "gender", "location": "location", "description": "description",
+    "followers_count": "followers_count", "friends_count": "follow_count", "statuses_count": "statuses_count",
+    "verified": "verified", "verified_type": "verified_type", "verified_reason": "verified_reason",
+}
 
 
 @register_reader
@@ -37,27 +44,19 @@ class WeiboCovid19Reader(DatasetReader):
     def list_events(self, path: Path) -> list[str]:
         return list(self._folders(path))
 
-    def _profile(self, raw: Any, ctx: RecordContext) -> UserProfile:
-        if not isinstance(raw, dict):
+    @staticmethod
+    def _profile(raw: Any, ctx: RecordContext) -> UserProfile:
+        if raw is None:
             ctx.report.clear(ctx.file, ctx.record, "user", "missing user profile")
             return UserProfile()
-        return UserProfile(
-            user_id=ctx.optional_str(raw.get("id"), "user.id"),
-            gender=ctx.gender(raw.get("gender"), "user.gender"),
-            location=ctx.optional_str(raw.get("location"), "user.location"),
-            description=ctx.optional_str(raw.get("description"), "user.description"),
-            followers_count=ctx.optional_int(raw.get("followers_count"), "user.followers_count"),
-            friends_count=ctx.optional_int(raw.get("follow_count", raw.get("friends_count")), "user.follow_count"),
-            statuses_count=ctx.optional_int(raw.get("statuses_count"), "user.statuses_count"),
-            verified=ctx.optional_bool(raw.get("verified"), "user.verified"),
-            verified_type=ctx.optional_int(raw.get("verified_type"), "user.verified_type") if raw.get("verified_type", -1) != -1 else None,
-            verified_reason=ctx.optional_str(raw.get("verified_reason"), "user.verified_reason"),
-        )
+        if isinstance(raw, dict):  # older objects name the count friends_count
+            raw = {**raw, "follow_count": raw.get("follow_count", raw.get("friends_count"))}
+        return ctx.profile(raw, _PROFILE_KEYS, prefix="user.", unverified_type=-1)
 
     def _reaction(self, raw: Any, file: Path, index: str, kind: str, report: LoadReport, parent: str | None) -> Reaction | None:
         ctx = RecordContext(report, file, index)
         if not isinstance(raw, dict):
-            ctx.reject("<record>", f"not an object: {type(raw).__name__}")
+            ctx.reject("<record>", f"not an object: {json_type(raw)}")
             return None
         post_id = ctx.optional_str(raw.get("id"), "id")
         if post_id is None:
@@ -83,22 +82,31 @@ class WeiboCovid19Reader(DatasetReader):
             likes_count=ctx.optional_int(raw.get("like_count", raw.get("attitudes_count")), "like_count"),
         )
 
+    @staticmethod
+    def _replies(raw: Any, ctx: RecordContext) -> list[Any]:
+        """A comment's nested replies (``false`` when there are none)."""
+        nested = raw.get("comments") if isinstance(raw, dict) else None
+        if isinstance(nested, list):
+            return nested
+        if nested is not None and nested is not False:
+            ctx.reject("comments", f"expected a list of replies, got {json_type(nested)}")
+        return []
+
     def load_event(self, path: Path, event_id: str) -> tuple[Event, LoadReport]:
         folder = self._folders(path).get(event_id)
         if folder is None:
             raise unknown_event(path, event_id)
         report = LoadReport()
         detail_file = folder / "detail.json"
-        detail = read_json(detail_file)
-        if not isinstance(detail, dict):
-            raise DataFormatError(f"{detail_file}: expected a JSON object, got {type(detail).__name__}")
+        detail = read_json(detail_file, dict)
         ctx = RecordContext(report, detail_file, "source")
-        source_text = detail.get("raw_text") or clean_html(detail.get("text") or "")
+        html_text = detail.get("text")
+        source_text = detail.get("raw_text") or (clean_html(html_text) if isinstance(html_text, str) else html_text or "")
         source_time = ctx.timestamp(detail.get("created_at"), "created_at")
         if source_time is None:
-            raise DataFormatError(f"{detail_file}: source post: field 'created_at': {report.rejected[-1].reason}")
-        source = Post(
-            post_id=event_id, text=source_text, timestamp=source_time, user=self._profile(detail.get("user"), ctx),
+            raise unusable_source(detail_file, report)
+        source = build_source(
+            detail_file, post_id=event_id, text=source_text, timestamp=source_time, user=self._profile(detail.get("user"), ctx),
             reposts_count=ctx.optional_int(detail.get("reposts_count"), "reposts_count"),
             comments_count=ctx.optional_int(detail.get("comments_count"), "comments_count"),
             likes_count=ctx.optional_int(detail.get("attitudes_count"), "attitudes_count"),
@@ -108,17 +116,13 @@ class WeiboCovid19Reader(DatasetReader):
             file = folder / name
             if not file.is_file():
                 continue
-            items = read_json(file)
-            if not isinstance(items, list):
-                raise DataFormatError(f"{file}: expected a JSON array, got {type(items).__name__}")
-            for i, raw in enumerate(items):
+            for i, raw in enumerate(read_json(file, list)):
                 if kind == "repost" and isinstance(raw, dict) and str(raw.get("id")) == event_id:
                     continue  # the repost list starts with the source post itself
                 reaction = self._reaction(raw, file, str(i), kind, report, event_id)
                 if reaction is not None:
                     reactions.append(reaction)
-                nested = raw.get("comments") if isinstance(raw, dict) else None
-                for j, sub in enumerate(nested or []):
+                for j, sub in enumerate(self._replies(raw, RecordContext(report, file, str(i)))):
                     reply = self._reaction(sub, file, f"{i}.comments[{j}]", "reply", report, reaction.post_id if reaction else None)
                     if reply is not None:
                         reactions.append(reply)
