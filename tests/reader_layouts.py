@@ -2,7 +2,7 @@
 
 ``FORMATS[name].write(root, source, reactions)`` writes one event whose source post and reactions
 are given as native records (dicts shaped like the upstream files) and returns the dataset path to
-load and the event id. ``good_source``/``good_reaction`` give valid native records to start from.
+load and the event id; ``source()`` and ``reaction(i)`` give valid native records to start from.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ T0 = 1_577_836_800  # 2020-01-01 UTC
 
 def _dump(path: Path, value: Any) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
+    path.write_text(json.dumps(value), encoding="utf-8")
     return path
 
 
@@ -82,7 +82,7 @@ def _rumdect(root: Path, source: Any, reactions: list[Any]) -> tuple[Path, str]:
 def _generic(root: Path, source: Any, reactions: list[Any]) -> tuple[Path, str]:
     path = root / "events.jsonl"
     root.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in [source, *reactions]), encoding="utf-8")
+    path.write_text("".join(json.dumps(r) + "\n" for r in [source, *reactions]), encoding="utf-8")
     return path, "e1"
 
 
@@ -132,8 +132,3 @@ FORMATS: dict[str, Layout] = {
     ),
 }
 
-
-def write_event(name: str, root: Path, reactions: int = 3) -> tuple[Path, str]:
-    """A valid event with ``reactions`` reactions in format ``name``."""
-    layout = FORMATS[name]
-    return layout.write(root, layout.source(), [layout.reaction(i) for i in range(reactions)])

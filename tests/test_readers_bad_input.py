@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import pytest
-from reader_layouts import FORMATS, T0, write_event
+from reader_layouts import FORMATS, T0
 
 from mfllm.data import DataFormatError, get_reader, load_event
 
@@ -80,6 +80,7 @@ BAD_FILES = [
     ("rumoureval", None, _rewrite("traindev/structures.json", '{"500": 5}'), r"structures\.json: thread 500: expected a JSON object"),
     ("rumdect", [], None, r"700\.json: source post: field '<record>': not an object: array$"),
     ("generic", None, _rewrite("events.jsonl", b'{"event_id": "e1"}\n\xe8'), r"no usable record with kind 'source'"),
+    ("ced", {"text": "a\ud800", "time": T0}, None, r"1_abc_2\.json: invalid JSON: unpaired surrogate escape \\ud800"),
 ]
 
 

@@ -25,6 +25,9 @@ WEIBO_DEFAULT_REPOST_TEXT = "转发微博"
 _TAG = re.compile(r"<[^>]+>")
 _IMG_ALT = re.compile(r"<img[^>]*alt=\"?(\[[^\]\"]*\])\"?[^>]*>")
 _CJK = re.compile(r"[\u4e00-\u9fff]")
+# a surrogate pair escape (6 + 6 characters), or a lone \uD800-\uDFFF escape (6): a filter before checking parsed values
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}|\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 # times a datetime can hold in any time zone (years 1 to 9999, a day of margin each side)
 _EARLIEST, _LATEST = (datetime(1, 1, 2, tzinfo=timezone.utc).timestamp(), datetime(9999, 12, 30, tzinfo=timezone.utc).timestamp())
 
@@ -65,12 +68,36 @@ def read_text(path: Path) -> str:
 def parse_json(text: str, where: str) -> Any:
     """Parse one JSON value; :class:`DataFormatError` (one line, naming ``where``) when impossible."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as exc:
         hint = " (file looks truncated)" if exc.pos >= len(text.rstrip()) - 1 else ""
         raise DataFormatError(f"{where}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}{hint}") from exc
     except RecursionError as exc:
         raise DataFormatError(f"{where}: invalid JSON: nested too deeply") from exc
+    problem = lone_surrogate(text, value)
+    if problem:
+        raise DataFormatError(f"{where}: invalid JSON: {problem}")
+    return value
+
+
+def lone_surrogate(text: str, value: Any) -> str:
+    """Why ``value`` (parsed from JSON ``text``) is not Unicode text, or "" when it is: a ``\\uD800``-style
+    escape without its pair decodes to a string that cannot be written as UTF-8."""
+    escape = next((m for m in _SURROGATE_ESCAPE.finditer(text) if len(m.group()) == 6), None)
+    if escape is None:
+        return ""
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str) and _SURROGATE.search(item):
+            line = text.count("\n", 0, escape.start()) + 1
+            return f"unpaired surrogate escape {escape.group()} (not Unicode text), first near line {line}"
+        if isinstance(item, dict):
+            pending.extend(item)
+            pending.extend(item.values())
+        elif isinstance(item, list):
+            pending.extend(item)
+    return ""
 
 
 def read_json(path: Path, expect: type | None = None) -> Any:

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mfllm.data.readers.base import (
-    DatasetReader, RecordContext, build_record, detect_language, finish_event, json_type, read_text, register_reader,
-    unknown_event,
+    DatasetReader, RecordContext, build_record, detect_language, finish_event, json_type, lone_surrogate, read_text,
+    register_reader, unknown_event,
 )
 from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
 
@@ -72,7 +72,10 @@ class GenericReader(DatasetReader):
             return None, f"invalid JSON: {exc.msg}"
         except RecursionError:
             return None, "invalid JSON: nested too deeply"
-        return (record, "") if isinstance(record, dict) else (None, "not a JSON object")
+        if not isinstance(record, dict):
+            return None, "not a JSON object"
+        problem = lone_surrogate(line, record)
+        return (None, f"invalid JSON: {problem}") if problem else (record, "")
 
     def list_events(self, path: Path) -> list[str]:
         seen: dict[str, None] = {}

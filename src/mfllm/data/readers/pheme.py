@@ -8,8 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from mfllm.data.readers.base import (
-    DatasetReader, RecordContext, build_record, expect_type, finish_event, json_type, parse_json, read_json, read_text,
-    register_reader, unknown_event, unusable_source,
+    DatasetReader, RecordContext, build_record, expect_type, finish_event, json_type, lone_surrogate, parse_json, read_json,
+    read_text, register_reader, unknown_event, unusable_source,
 )
 from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
 
@@ -23,11 +23,15 @@ _PROFILE_KEYS = {
 def _decode_at(decoder: json.JSONDecoder, raw: str, pos: int, path: Path) -> tuple[Any, int]:
     """The JSON value starting at ``pos`` and where it ends; :class:`DataFormatError` naming ``path``."""
     try:
-        return decoder.raw_decode(raw, pos)
+        value, end = decoder.raw_decode(raw, pos)
     except json.JSONDecodeError as exc:
         raise DataFormatError(f"{path}: invalid JSON at line {exc.lineno} column {exc.colno}: {exc.msg}") from exc
     except RecursionError as exc:
         raise DataFormatError(f"{path}: invalid JSON: nested too deeply") from exc
+    problem = lone_surrogate(raw[pos:end], value)
+    if problem:
+        raise DataFormatError(f"{path}: invalid JSON: {problem}")
+    return value, end
 
 
 def read_json_objects(path: Path) -> list[Any]:
