@@ -121,12 +121,17 @@ def json_type(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
+def first_problem(exc: ValidationError) -> tuple[str, str]:
+    """(dotted field, one-line message) of a pydantic error's first problem."""
+    first = exc.errors()[0]
+    return ".".join(str(p) for p in first["loc"]), " ".join(first["msg"].split())
+
+
 def validation_message(exc: ValidationError) -> str:
     """A pydantic error on one line: the first problem's field and message, and how many more."""
-    errors = exc.errors()
-    first = errors[0]
-    text = f"field '{'.'.join(str(p) for p in first['loc'])}': {first['msg']}"
-    return text + (f" (and {len(errors) - 1} more)" if len(errors) > 1 else "")
+    field_name, message = first_problem(exc)
+    more = exc.error_count() - 1
+    return f"field '{field_name}': {message}" + (f" (and {more} more)" if more else "")
 
 
 class RecordContext:
@@ -204,9 +209,9 @@ class RecordContext:
         if seconds is None:
             self.reject(field_name, f"unparseable time: {_short(value.strip() if isinstance(value, str) else value)}")
         elif not math.isfinite(seconds):
-            self.reject(field_name, f"not a finite number: {value!r}")
+            self.reject(field_name, f"not a finite number: {_short(value)}")
         elif not _EARLIEST <= seconds <= _LATEST:
-            self.reject(field_name, f"out of range (years 1 to 9999): {value!r}")
+            self.reject(field_name, f"out of range (years 1 to 9999): {_short(value)}")
         else:
             return seconds
         return None
@@ -257,7 +262,7 @@ def _seconds(value: Any, tz: timezone) -> float | None:
     """Unix seconds of a time value, or None when it is not a time (the value may be non-finite)."""
     if isinstance(value, bool):
         return None
-    if isinstance(value, (int, float)):
+    if isinstance(value, (int, float)):  # an integer too big for a float is clamped: it reads as out of range
         return float(value) if isinstance(value, float) else float(max(-(2**62), min(value, 2**62)))
     if not isinstance(value, str):
         return None
@@ -321,8 +326,7 @@ def build_record(model: type, ctx: RecordContext, **fields: Any) -> Any:
     try:
         return model(**fields)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        ctx.reject(".".join(str(p) for p in first["loc"]), first["msg"])
+        ctx.reject(*first_problem(exc))
         return None
 
 

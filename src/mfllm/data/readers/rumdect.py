@@ -37,6 +37,8 @@ class RumdectReader(DatasetReader):
                 head = handle.read(4096)
         except UnicodeDecodeError as exc:
             raise DataFormatError(f"{files[0]}: not UTF-8 text: {exc.reason} in its first 4096 characters") from exc
+        except OSError as exc:
+            raise DataFormatError(f"{files[0]}: cannot read file: {exc.strerror or exc}") from exc
         return head.lstrip().startswith("[") and '"uid"' in head and '"t"' in head
 
     @staticmethod
