@@ -49,8 +49,8 @@ class WeiboCovid19Reader(DatasetReader):
         if raw is None:
             ctx.report.clear(ctx.file, ctx.record, "user", "missing user profile")
             return UserProfile()
-        if isinstance(raw, dict):  # older objects name the count friends_count
-            raw = {**raw, "follow_count": raw.get("follow_count", raw.get("friends_count"))}
+        if isinstance(raw, dict) and "follow_count" not in raw:  # older objects name the count friends_count
+            raw = {**raw, "follow_count": raw.get("friends_count")}
         return ctx.profile(raw, _PROFILE_KEYS, prefix="user.", unverified_type=-1)
 
     def _reaction(self, raw: Any, file: Path, index: str, kind: str, report: LoadReport, parent: str | None) -> Reaction | None:
