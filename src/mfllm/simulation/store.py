@@ -224,6 +224,23 @@ class RunStore:
         _append_jsonl(self.root / STEPS, [step])
         self._refresh_lock()
 
+    def copy_prefix(self, parent: RunStore, steps: int) -> None:
+        """Make this run's rows, mean-field entries and journal the first ``steps`` committed steps of
+        ``parent``, byte for byte (the journal last: it commits the copy, so a copy cut short is redone)."""
+        committed = len(parent.committed_steps())
+        if committed < steps:
+            raise ValueError(f"{parent.root}: {committed} steps committed, fewer than the {steps} to copy")
+        for name in (ACTIONS, MEAN_FIELD, STEPS):
+            source = parent.root / name
+            lines = source.read_bytes().split(b"\n")[:-1] if source.exists() else []  # the last piece is empty or torn
+            kept = b"".join(line + b"\n" for line in lines if line.strip() and json.loads(line)["step"] < steps)
+            tmp = self.root / (name + ".tmp")
+            with tmp.open("wb") as handle:
+                handle.write(kept)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.root / name)
+
     def actions(self) -> list[dict[str, Any]]:
         return _read_jsonl(self.root / ACTIONS)
 
