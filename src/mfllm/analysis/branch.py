@@ -69,6 +69,13 @@ def _record(config: BranchConfig) -> dict[str, Any]:
             "arms": list(ARMS if config.interventions else ARMS[:1])}
 
 
+def _labelled(progress: ProgressFactory | None, prefix: str) -> ProgressFactory | None:
+    """``progress`` with ``prefix`` before each bar's description."""
+    if progress is None:
+        return None
+    return lambda total, description: progress(total, f"{prefix} {description}")
+
+
 def branch(config: BranchConfig, pool: Any = None, resume: bool = False, progress: ProgressFactory | None = None) -> Path:
     """Run (or resume) every arm and seed of the branch, sharing one model pool; returns the branch directory."""
     from mfllm.backends import ModelPool
@@ -86,7 +93,7 @@ def branch(config: BranchConfig, pool: Any = None, resume: bool = False, progres
     plan = branch_plan(config)
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
-    for _, run_config, directory, point in plan:
+    for arm, run_config, directory, point in plan:
         pool = pool or ModelPool(run_config.device, run_config.dtype)
-        simulate(run_config, directory, pool=pool, resume=resume, progress=progress, branch=point)
+        simulate(run_config, directory, pool=pool, resume=resume, progress=_labelled(progress, f"{arm} seed{run_config.seed}"), branch=point)
     return out

@@ -25,12 +25,12 @@ from typing import Any, Sequence
 import numpy as np
 from pydantic import Field
 
-from mfllm.analysis.branch import ARMS, BRANCH_FILE
+from mfllm.analysis.branch import BRANCH_FILE
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import counts, kl_divergence, smoothed
-from mfllm.evaluation.report import _fmt, _img, _pyplot
+from mfllm.evaluation.report import _fmt, _img, _pyplot, mark_steps
 from mfllm.simulation.store import RunStore
 
 ARM_COLOURS = {"real": "black", "factual": "tab:blue", "counterfactual": "tab:red"}
@@ -125,8 +125,10 @@ def _step_shares(labels: Sequence[str | None], steps_of_rows: Sequence[int], ste
     return matrix
 
 
-def compare_branch(branch_dir: str | Path, config: CompareConfig | None = None) -> Comparison:
-    """Label every run of the branch at ``branch_dir`` and compute shares and paired effects per dimension."""
+def compare_branch(branch_dir: str | Path, config: CompareConfig | None = None, labeller: Labeller | None = None) -> Comparison:
+    """Label every run of the branch at ``branch_dir`` (with ``labeller``, default the chain ``config`` names) and
+    compute shares and paired effects per dimension."""
+    from mfllm.data.loaders import load_event
     from mfllm.evaluation.pipeline import build_labeller
 
     config = config or CompareConfig()
@@ -143,10 +145,8 @@ def compare_branch(branch_dir: str | Path, config: CompareConfig | None = None) 
                 raise ValueError(f"{store.root}: run missing or unfinished; finish the branch first (`mfllm branch ... --resume`)")
     manifest = stores[arms[-1]][seeds[0]].manifest()
     topic_store = stores[arms[0]][seeds[0]]
-    labeller = build_labeller(config)
+    labeller = labeller or build_labeller(config)
     dimensions = resolve_dimensions(config.dimensions, config.dimensions_file)
-    from mfllm.data.loaders import load_event
-
     run_config = manifest["config"]
     event, _ = load_event(run_config["data"], run_config["event_id"], run_config["data_format"])
     rows = {arm: {seed: [r for r in stores[arm][seed].actions() if r["step"] >= at] for seed in seeds} for arm in arms}
@@ -196,13 +196,6 @@ def _band(matrices: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarra
         mean = np.nanmean(stacked, axis=0) if np.isfinite(stacked).any() else np.full(stacked.shape[1], np.nan)
         low, high = (np.nanpercentile(stacked, q, axis=0) if np.isfinite(stacked).any() else mean for q in (5, 95))
     return mean, low, high
-
-
-def mark_steps(ax: Any, marks: Sequence[tuple[int, str]]) -> None:
-    """Vertical lines at the given steps, labelled (the branch point, interventions)."""
-    for step, label in marks:
-        ax.axvline(step, color="grey", linestyle="--", linewidth=0.8)
-        ax.annotate(label, (step, 1.0), xycoords=("data", "axes fraction"), fontsize=6, rotation=90, va="top", ha="right", color="dimgrey")
 
 
 def trajectory_figure(comparison: DimensionComparison, marks: Sequence[tuple[int, str]], path: Path) -> Path:
@@ -268,10 +261,11 @@ def _write_effects(comparison: Comparison, path: Path) -> None:
                 writer.writerow([d.dimension, f"kl_real_{arm}", "", *interval.as_dict().values()])
 
 
-def write_comparison(branch_dir: str | Path, output: str | Path, config: CompareConfig | None = None) -> Path:
+def write_comparison(branch_dir: str | Path, output: str | Path, config: CompareConfig | None = None,
+                     labeller: Labeller | None = None) -> Path:
     """Compare a branch's arms and write ``compare.json``, ``effects.csv``, ``figures/*.png`` and ``index.html``."""
     config = config or CompareConfig()
-    comparison = compare_branch(branch_dir, config)
+    comparison = compare_branch(branch_dir, config, labeller)
     out = Path(output)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)

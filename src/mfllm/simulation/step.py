@@ -120,11 +120,11 @@ class StepContext:
         from mfllm.simulation.interventions import Statement
 
         starting = [s for s in active if s.start == step_index]
+        provider = self.provider
         for scheduled in starting:
-            if isinstance(scheduled.spec, Statement) and self.absorbs(scheduled):
-                assert isinstance(self.provider, LLMMeanField)
-                current = self.provider.context()
-                self.provider.accept(f"{current} {scheduled.spec.text}" if current else scheduled.spec.text)
+            if isinstance(scheduled.spec, Statement) and scheduled.shared and isinstance(provider, LLMMeanField):
+                current = provider.context()
+                provider.accept(f"{current} {scheduled.spec.text}" if current else scheduled.spec.text)
         return [action for action in (s.injected_action() for s in starting) if action is not None]
 
     def removed_by(self, agent: Agent, text: str, kind: str, active: Sequence[Scheduled]) -> str | None:

@@ -230,6 +230,7 @@ class RunStore:
         committed = len(parent.committed_steps())
         if committed < steps:
             raise ValueError(f"{parent.root}: {committed} steps committed, fewer than the {steps} to copy")
+        _write_jsonl(self.root / STEPS, [])  # an empty journal first: a copy cut short leaves a run that resumes (and copies again)
         for name in (ACTIONS, MEAN_FIELD, STEPS):
             source = parent.root / name
             lines = source.read_bytes().split(b"\n")[:-1] if source.exists() else []  # the last piece is empty or torn
