@@ -26,7 +26,7 @@ from mfllm.evaluation.labellers import LabelItem, Labeller, LabelResult
 from mfllm.evaluation.report import intervention_marks
 from mfllm.interfaces import LanguageModel, Prompt, SamplingParams
 from mfllm.manifest import derive_seed
-from mfllm.simulation import Agent, Replay, RunStore, SimulationConfig, Step, load_interventions, simulate
+from mfllm.simulation import Agent, Replay, RunStore, SimulationConfig, Step, estimate, load_interventions, simulate
 from mfllm.simulation.store import ACTIONS, MANIFEST, MEAN_FIELD, STEPS
 
 RUN_FILES = (ACTIONS, STEPS, MEAN_FIELD)
@@ -189,6 +189,14 @@ def test_moderation_removes_matching_actions_before_anyone_sees_them(demo_event_
     for line in (run / STEPS).read_text(encoding="utf-8").splitlines():
         assert not removed & {a["text"] for a in json.loads(line)["context_state"]["memory"]}
     assert json.loads((run / MANIFEST).read_text(encoding="utf-8"))["moderated_actions"] == len(removed)
+
+
+def test_dry_run_estimates_count_the_pinned_posts(demo_event_path: Path, tmp_path: Path) -> None:
+    file = write(tmp_path / "iv.yaml", "interventions: [{kind: post, at_step: 5, author: police, text: " + "long denial " * 20 + "}]")
+    event, _ = load_event(str(demo_event_path))
+    plain, intervened = (estimate(config(demo_event_path, "mf", files), event, FakeModel())["per_step"] for files in ([], [file]))
+    grown = [b["policy_prompt_tokens"] - a["policy_prompt_tokens"] for a, b in zip(plain, intervened)]
+    assert [g > 0 for g in grown] == [row["step"] >= 5 for row in plain]
 
 
 class WithoutClock(Replay):

@@ -291,9 +291,9 @@ class _StandIn(LanguageModel):
 def estimate(config: SimulationConfig, event: Event, policy: LanguageModel) -> dict[str, Any]:
     """Model calls and prompt tokens a run will need, without generating anything (``--dry-run``).
 
-    The schedule runs through the same step code as a simulation; mean-field updates are stood in for by
-    a placeholder of the maximum update length (an upper bound), simulated actions by the real reactions
-    of their slots. ``full_history_tokens`` is what a prompt holding every earlier reaction would cost at
+    The schedule runs through the same step code as a simulation (interventions included); mean-field
+    updates are stood in for by a placeholder of the maximum update length (an upper bound), simulated
+    actions by the real reactions of their slots. ``full_history_tokens`` is what a prompt holding every earlier reaction would cost at
     the same step: the growth the mean field avoids.
     """
     from mfllm.prompts import policy_prompt, render_actions, render_context
@@ -301,18 +301,23 @@ def estimate(config: SimulationConfig, event: Event, policy: LanguageModel) -> d
 
     method = get_method(config.method)
     placeholder = ("某" if event.language == "zh" else "word ") * config.max_mean_field_tokens
-    simulator = Simulator(config, event, policy, _StandIn(placeholder, policy) if method.needs_mean_field_model else None)
+    replay = Replay(event, config.warmup, config.batch_size, config.num_agents)
+    scheduled = place_interventions(config, event, replay)
+    simulator = Simulator(config, event, policy, _StandIn(placeholder, policy) if method.needs_mean_field_model else None,
+                          Intervened(replay, scheduled) if scheduled else replay)
     step_context, provider = simulator.step_context, simulator.context
     if isinstance(provider, LLMMeanField):  # the longest summary stands in for the summary before the first update too
         provider.accept(placeholder)
     per_step, mean_field_tokens = [], 0
     for step in simulator.steps:
         agents = simulator.scenario.agents(step)
-        actions = step_context.real_actions(agents)
+        active = simulator.scenario.interventions(step)
+        injected = step_context.begin(step.index, active) if active else []
+        actions = [*injected, *step_context.real_actions(agents)]
         if isinstance(provider, LLMMeanField):
             mean_field_tokens += policy.count_tokens(provider.update_prompt(actions))
         if step.phase == "rollout":
-            prompts = step_context.prompts(agents)
+            prompts = step_context.prompts(agents, active)
             earlier = [a for batch in (simulator.scenario.agents(s) for s in simulator.steps if s.index < step.index) for a in batch]
             history = render_context(RecentK.headers[event.language], render_actions(step_context.real_actions(earlier), event.language))
             full = [policy.count_tokens(policy_prompt(step_context.topic, step_context.persona(a), event.language, history)) for a in agents]
