@@ -197,7 +197,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from mfllm.analysis import write_comparison
 
     config = CompareConfig.from_sources(None, CompareConfig.overrides(args, skip=COMPARE_SKIPPED))
-    print(f"comparison written to {write_comparison(args.branch, args.output, config)}")
+    print(f"comparison written to {write_comparison(args.branch, args.output, config, progress=_progress)}")
     return 0
 
 

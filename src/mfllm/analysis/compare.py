@@ -31,6 +31,7 @@ from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import counts, kl_divergence, smoothed
 from mfllm.evaluation.report import _fmt, _img, _pyplot, mark_steps
+from mfllm.simulation.engine import ProgressFactory
 from mfllm.simulation.store import RunStore
 
 ARM_COLOURS = {"real": "black", "factual": "tab:blue", "counterfactual": "tab:red"}
@@ -125,9 +126,10 @@ def _step_shares(labels: Sequence[str | None], steps_of_rows: Sequence[int], ste
     return matrix
 
 
-def compare_branch(branch_dir: str | Path, config: CompareConfig | None = None, labeller: Labeller | None = None) -> Comparison:
+def compare_branch(branch_dir: str | Path, config: CompareConfig | None = None, labeller: Labeller | None = None,
+                   progress: ProgressFactory | None = None) -> Comparison:
     """Label every run of the branch at ``branch_dir`` (with ``labeller``, default the chain ``config`` names) and
-    compute shares and paired effects per dimension."""
+    compute shares and paired effects per dimension; ``progress`` shows the actions labelled."""
     from mfllm.data.loaders import load_event
     from mfllm.evaluation.pipeline import build_labeller
 
@@ -155,6 +157,8 @@ def compare_branch(branch_dir: str | Path, config: CompareConfig | None = None, 
                      for seed, runs in rows[arm].items()} for arm in arms}
     steps = sorted({r["step"] for r in topic_store.actions() if r["step"] >= at})
     real_rows = [r for r in rows[arms[0]][seeds[0]] if r.get("real_text") is not None]
+    per_dimension = sum(len(runs) for arm in arms for runs in visible[arm].values()) + len(real_rows)
+    bar = progress(per_dimension * len(dimensions), "labelling the arms") if progress else None
     results = []
     for dimension in dimensions:
         comparison = DimensionComparison(dimension.name, list(dimension.labels), steps)
@@ -166,11 +170,17 @@ def compare_branch(branch_dir: str | Path, config: CompareConfig | None = None, 
                 labels = _labels(labeller, [(r["sim_text"], r["sim_kind"]) for r in runs], event.source.text, event.language, dimension)
                 comparison.shares[arm][seed] = _step_shares(labels, [r["step"] for r in runs], steps, dimension)
                 pooled[arm][seed] = counts(labels, dimension)
-        if not any(c.sum() for arm in arms for c in pooled[arm].values()):
-            continue  # no labeller covers this dimension
+                if bar is not None:
+                    bar.update(len(runs))
+        if not any(c.sum() for arm in arms for c in pooled[arm].values()):  # no labeller covers this dimension
+            if bar is not None:
+                bar.update(len(real_rows))
+            continue
         real_counts = None
         if real_rows:
             real_labels = _labels(labeller, [(r["real_text"], r["real_kind"]) for r in real_rows], event.source.text, event.language, dimension)
+            if bar is not None:
+                bar.update(len(real_rows))
             if any(label is not None for label in real_labels):
                 comparison.real = _step_shares(real_labels, [r["step"] for r in real_rows], steps, dimension)
                 real_counts = counts(real_labels, dimension)
@@ -185,6 +195,8 @@ def compare_branch(branch_dir: str | Path, config: CompareConfig | None = None, 
             comparison.fidelity = {arm: _interval([kl_divergence(smoothed(real_counts, config.alpha), smoothed(pooled[arm][s], config.alpha))
                                                    for s in seeds if pooled[arm][s].sum()], config) for arm in arms}
         results.append(comparison)
+    if bar is not None:
+        bar.close()
     interventions = manifest.get("interventions", {}).get("scheduled", [])
     return Comparison(record, interventions, results, moderated, seeds)
 
@@ -262,10 +274,10 @@ def _write_effects(comparison: Comparison, path: Path) -> None:
 
 
 def write_comparison(branch_dir: str | Path, output: str | Path, config: CompareConfig | None = None,
-                     labeller: Labeller | None = None) -> Path:
+                     labeller: Labeller | None = None, progress: ProgressFactory | None = None) -> Path:
     """Compare a branch's arms and write ``compare.json``, ``effects.csv``, ``figures/*.png`` and ``index.html``."""
     config = config or CompareConfig()
-    comparison = compare_branch(branch_dir, config, labeller)
+    comparison = compare_branch(branch_dir, config, labeller, progress)
     out = Path(output)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)

@@ -216,6 +216,7 @@ def _profile_rule(rule: Rule | None) -> Rule | None:
 
 
 Intervention = Annotated[Union[InjectedPost, Statement, Moderation], Field(discriminator="kind")]
+KINDS = ("post", "statement", "moderate")
 
 
 class InterventionFile(_Strict):
@@ -228,7 +229,7 @@ def _location(loc: Sequence[Any]) -> str:
     for item in loc:
         if isinstance(item, int):
             parts[-1] = f"{parts[-1]}[{item}]" if parts else f"[{item}]"
-        elif item not in ("post", "statement", "moderate", "function-after[_one_form(), Rule]") and not str(item).startswith("function-"):
+        elif item not in KINDS:  # the tag pydantic adds for the member of the union that was tried
             parts.append(str(item))
     return ".".join(parts)
 
@@ -247,7 +248,8 @@ def load_interventions(path: str | Path) -> list[InjectedPost | Statement | Mode
     except ValidationError as exc:
         first = exc.errors()[0]
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
-        raise ValueError(f"{path}: {_location(first['loc']) or 'interventions'}: {first['msg']}{more}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        raise ValueError(f"{path}: {_location(first['loc']) or 'interventions'}: {message}{more}") from None
     items = []
     ids: set[str] = set()
     for index, item in enumerate(parsed.interventions):

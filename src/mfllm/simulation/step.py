@@ -9,16 +9,14 @@ of them (per agent when an intervention targets a subgroup) and what the shared 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from mfllm.data.loaders import WEIBO_DEFAULT_REPOST_TEXT
 from mfllm.data.personas import persona_text
 from mfllm.data.schema import Event, Reaction, UserProfile
 from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel, LLMMeanField, Prompt
 from mfllm.prompts import policy_prompt, render_context, render_interventions
-
-if TYPE_CHECKING:
-    from mfllm.simulation.interventions import Scheduled
+from mfllm.simulation.interventions import InjectedPost, Scheduled, Statement
 
 
 @dataclass(frozen=True)
@@ -106,8 +104,6 @@ class StepContext:
 
     def exposure_block(self, agent: Agent, active: Sequence[Scheduled]) -> str | None:
         """What ``agent`` sees of the interventions ``active`` at the step: pinned posts and notices that reach it."""
-        from mfllm.simulation.interventions import InjectedPost, Statement
-
         reaching = [s for s in active if s.reaches(agent.user)]
         posts = [(s.spec.author, s.spec.text) for s in reaching if isinstance(s.spec, InjectedPost) and s.spec.pinned]
         notices = [s.spec.text for s in reaching if isinstance(s.spec, Statement) and not self.absorbs(s)]
@@ -117,8 +113,6 @@ class StepContext:
         """Apply the interventions that start at ``step_index`` to the shared context before agents act:
         statements an LLM mean field folds into its summary now; returns the injected posts (to everyone)
         the context takes in with the step's actions."""
-        from mfllm.simulation.interventions import Statement
-
         starting = [s for s in active if s.start == step_index]
         provider = self.provider
         for scheduled in starting:

@@ -43,13 +43,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line.decode("utf-8")))
+            record = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             if number == len(lines):  # no newline after it: torn
                 break
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
             raise ValueError(f"{path}: line {number} is corrupt ({reason})") from exc
+        if not isinstance(record, dict):  # a torn piece that happens to parse (e.g. a digit)
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}: line {number} is corrupt (not a JSON object)")
+        records.append(record)
     return records
+
+
+def _step_of(line: bytes, path: Path, number: int) -> int:
+    """The ``step`` of one complete JSON line of ``path``; a bad line is an error naming the file and line."""
+    try:
+        return int(json.loads(line.decode("utf-8"))["step"])
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: line {number} is corrupt or has no step") from exc
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -234,7 +247,8 @@ class RunStore:
         for name in (ACTIONS, MEAN_FIELD, STEPS):
             source = parent.root / name
             lines = source.read_bytes().split(b"\n")[:-1] if source.exists() else []  # the last piece is empty or torn
-            kept = b"".join(line + b"\n" for line in lines if line.strip() and json.loads(line)["step"] < steps)
+            kept = b"".join(line + b"\n" for number, line in enumerate(lines, start=1)
+                            if line.strip() and _step_of(line, source, number) < steps)
             tmp = self.root / (name + ".tmp")
             with tmp.open("wb") as handle:
                 handle.write(kept)
