@@ -252,7 +252,7 @@ def effect_figure(comparisons: Sequence[DimensionComparison], path: Path, confid
     ax.axhline(0, color="black", linewidth=0.8)
     ax.set_xticks(range(len(rows)), [f"{dim}:{label}" for dim, label, _ in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("share difference")
-    ax.set_title(f"Effect of the change: counterfactual minus factual share ({confidence:.0%} bootstrap CI over seeds)", fontsize=9)
+    ax.set_title(f"Counterfactual minus factual share ({confidence:.0%} bootstrap CI over seeds)", fontsize=9)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
@@ -284,7 +284,11 @@ def write_comparison(branch_dir: str | Path, output: str | Path, config: Compare
     (out / "compare.json").write_text(json.dumps(comparison.to_json(), indent=1, ensure_ascii=False), encoding="utf-8")
     _write_effects(comparison, out / "effects.csv")
     at = int(comparison.branch["at"])
-    marks = [(at, "branch")] + [(int(i["start_step"]), str(i["id"])) for i in comparison.interventions if int(i["start_step"]) >= at]
+    names: dict[int, list[str]] = {at: ["branch"]}
+    for item in comparison.interventions:
+        if int(item["start_step"]) >= at:
+            names.setdefault(int(item["start_step"]), []).append(str(item["id"]))
+    marks = [(step, ", ".join(labels)) for step, labels in sorted(names.items())]
     figures = [trajectory_figure(d, marks, figures_dir / f"shares_{d.dimension}.png") for d in comparison.dimensions]
     effect = effect_figure(comparison.dimensions, figures_dir / "effects.png", config.confidence)
     level = f"{config.confidence:.0%}"
