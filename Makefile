@@ -20,12 +20,15 @@ setup: $(STAMP) chromium
 
 # Headless Chromium from Debian's packages, for the test that opens the branch comparison report in a
 # browser; installed once (as root, or through sudo), skipped when a chromium is already on the PATH.
+# apt's output is shown only when the install fails.
 chromium:
 	@command -v chromium >/dev/null 2>&1 || { \
-		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); log=$$(mktemp); \
 		echo "installing chromium (Debian package)"; \
-		$$SUDO apt-get update -qq >/dev/null && \
-		$$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; }
+		if ! { $$SUDO apt-get update -qq && \
+		       $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >$$log 2>&1; then \
+			cat $$log >&2; rm -f $$log; exit 1; fi; \
+		rm -f $$log; }
 
 demo: $(STAMP)
 	$(BIN)/mfllm demo
