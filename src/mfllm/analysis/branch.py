@@ -36,7 +36,7 @@ class BranchConfig(YamlConfig):
 
     run: str = Field(description="The parent run directory.")
     at: int = Field(ge=0, description="Branch point: the number of the parent's committed steps copied (the change may start here).")
-    interventions: list[str] = Field(default_factory=list, description="YAML files of the change (the counterfactual arm); "
+    interventions: list[str] = Field(default=[], description="YAML files of the change (the counterfactual arm); "
                                                                        "none: the factual arm only.")
     seeds: list[int] | None = Field(default=None, description="Run seeds of the continuations, one pair of arms each (default: the parent's seed).")
     output: str | None = Field(default=None, description="Directory of the branch (default: <run>-branch<at>).")

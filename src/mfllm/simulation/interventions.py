@@ -311,47 +311,56 @@ class Scheduled:
                 "spec": self.spec.model_dump(mode="json", by_alias=True, exclude_none=True)}
 
 
+class _Timeline:
+    """Steps of a schedule, and when (after the source post) each step's first agent acts."""
+
+    def __init__(self, steps: Sequence[Step], agents_of: Callable[[Step], Sequence[Agent]], source_time: float | None):
+        self.steps, self.agents_of, self.source_time = steps, agents_of, source_time
+        self._first_times: list[float | None] | None = None
+
+    def first_times(self) -> list[float | None]:
+        if self._first_times is None:
+            self._first_times = [agents[0].timestamp if (agents := self.agents_of(s)) else None for s in self.steps]
+        return self._first_times
+
+    def step(self, where: str, step: int | None, seconds: float | None) -> int | None:
+        """The step given, or the first step whose first agent acts ``seconds`` or more after the source post."""
+        if step is not None:
+            if step >= len(self.steps):
+                raise ValueError(f"{where}: step {step} is past the run's last step ({len(self.steps) - 1})")
+            return step
+        if seconds is None:
+            return None
+        times = self.first_times()
+        if self.source_time is None or any(t is None for t in times):
+            raise ValueError(f"{where}: this scenario's agents carry no timestamps; give a step instead")
+        later = [s.index for s, t in zip(self.steps, times) if t is not None and t >= self.source_time + seconds]
+        if not later:
+            raise ValueError(f"{where}: {seconds:g} s after the source post is past the last agent "
+                             f"({float(times[-1] or 0) - self.source_time:g} s)")
+        return later[0]
+
+
 def schedule_interventions(files: Sequence[str | Path], steps: Sequence[Step], agents_of: Callable[[Step], Sequence[Agent]],
                            source_time: float | None, default_step: int | None = None, earliest_step: int = 0) -> list[Scheduled]:
     """Place the interventions of ``files`` on a schedule. ``at_time`` resolves to the first step whose first agent acts
     at or after ``source_time`` + offset; an entry without a start takes ``default_step`` (a branch point). Every
     intervention must start at or after ``earliest_step``."""
+    timeline = _Timeline(steps, agents_of, source_time)
     placed: list[Scheduled] = []
-    first_times: list[float | None] | None = None
-    seen: set[str] = set()
     for file in files:
         for index, spec in enumerate(load_interventions(file)):
             where = f"{file}: interventions[{index}]"
-            if spec.id in seen:
+            if any(p.id == spec.id for p in placed):
                 raise ValueError(f"{where}.id: {spec.id!r} is also used by another intervention file")
-            seen.add(str(spec.id))
-
-            def step_of(field: str, step: int | None, seconds: float | None) -> int | None:
-                nonlocal first_times
-                if step is not None:
-                    if step >= len(steps):
-                        raise ValueError(f"{where}.{field}: step {step} is past the run's last step ({len(steps) - 1})")
-                    return step
-                if seconds is None:
-                    return None
-                if first_times is None:
-                    first_times = [agents[0].timestamp if (agents := agents_of(s)) else None for s in steps]
-                if source_time is None or any(t is None for t in first_times):
-                    raise ValueError(f"{where}.{field}: this scenario's agents carry no timestamps; give a step instead")
-                later = [s.index for s, t in zip(steps, first_times) if t is not None and t >= source_time + seconds]
-                if not later:
-                    raise ValueError(f"{where}.{field}: {seconds:g} s after the source post is past the last agent "
-                                     f"({float(first_times[-1] or 0) - source_time:g} s)")
-                return later[0]
-
-            start = step_of("at_time" if spec.at_time is not None else "at_step", spec.at_step, spec.at_time)
+            start = timeline.step(f"{where}.{'at_time' if spec.at_time is not None else 'at_step'}", spec.at_step, spec.at_time)
             if start is None:
                 if default_step is None:
                     raise ValueError(f"{where}: give at_step or at_time")
                 start = default_step
             if start < earliest_step:
                 raise ValueError(f"{where}: starts at step {start}, before the branch point {earliest_step}")
-            end = step_of("until_time" if spec.until_time is not None else "until_step", spec.until_step, spec.until_time)
+            end = timeline.step(f"{where}.{'until_time' if spec.until_time is not None else 'until_step'}", spec.until_step, spec.until_time)
             if end is not None and end <= start:
                 raise ValueError(f"{where}: ends at step {end}, not after its start (step {start})")
             placed.append(Scheduled(spec, start, end, str(file)))
