@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from mfllm.analysis.ablation import AblationConfig
+from mfllm.analysis.backtest import BacktestConfig
 from mfllm.analysis.branch import BranchConfig
 from mfllm.analysis.compare import CompareConfig
 from mfllm.analysis.demo import DemoConfig, demo_data_path
@@ -21,11 +22,12 @@ from mfllm.training.config import TrainConfig
 __all__ = ["build_parser", "demo_data_path", "main"]
 
 SWEPT = ("event_id", "method", "seed")
+"""SimulationConfig fields that `mfllm simulate` takes as lists (--event, --method, --seeds)."""
 COMPARE_SKIPPED = ("window", "nll")
 """EvaluationConfig fields a branch comparison does not use (it compares per step, without scoring)."""
-"""SimulationConfig fields that `mfllm simulate` takes as lists (--event, --method, --seeds)."""
 CONFIGS: dict[str, type[YamlConfig]] = {"simulate": SimulationConfig, "train": TrainConfig, "evaluate": EvaluationConfig,
-                                        "ablate": AblationConfig, "demo": DemoConfig, "branch": BranchConfig, "compare": CompareConfig}
+                                        "ablate": AblationConfig, "backtest": BacktestConfig, "branch": BranchConfig, "compare": CompareConfig,
+                                        "demo": DemoConfig}
 
 
 def _progress(total: int, description: str) -> Any:
@@ -201,6 +203,23 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_backtest(args: argparse.Namespace) -> int:
+    from mfllm.analysis.backtest import backtest
+
+    config = BacktestConfig.from_sources(args.config, BacktestConfig.overrides(args))
+    result = backtest(config, progress=_progress)
+    for point in result["points"]:
+        top = point["headline"]
+        if top:
+            print(f"{point['name']}: mean KL mf {top['mf_kl']:.3f} vs best baseline {top['best_baseline']} {top['baseline_kl']:.3f}, "
+                  f"relative reduction {top['relative_kl_reduction']:.0%} (95% CI {top['ci_low']:.0%} to {top['ci_high']:.0%})")
+        for row in point["paired"]:
+            print(f"  {row['method']} - {row['baseline']} {row['metric']}: {row['difference']:+.4f} "
+                  f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] over {row['pairs']} pairs")
+    print(f"backtest report: {result['report']}")
+    return 0
+
+
 def _cmd_fields(args: argparse.Namespace) -> int:
     """Print every field of a config with its default and help text (for YAML files and --set)."""
     for name, field in CONFIGS[args.which].model_fields.items():
@@ -329,6 +348,12 @@ def build_parser() -> argparse.ArgumentParser:
     comparing.add_argument("--output", default="comparison", help="output directory")
     CompareConfig.add_arguments(comparing, skip=COMPARE_SKIPPED, aliases={"dimensions": ["--dimension"]})
     comparing.set_defaults(func=_cmd_compare)
+
+    back = sub.add_parser("backtest", help="every method x seed on a set of events, evaluated, in one resumable report")
+    back.add_argument("--config", help="YAML file of BacktestConfig fields (`mfllm fields backtest`); flags override it")
+    BacktestConfig.add_arguments(back, aliases={"data_format": ["--format"], "events": ["--event"], "methods": ["--method"],
+                                                "num_agents": ["--agents"], "batch_size": ["--batch"], "dimensions": ["--dimension"]})
+    back.set_defaults(func=_cmd_backtest)
 
     demo = sub.add_parser("demo", help="simulate the bundled Weibo sample event with the embedded model")
     DemoConfig.add_arguments(demo, aliases={"num_agents": ["--agents"], "batch_size": ["--batch"]})

@@ -18,6 +18,9 @@ class EvaluationConfig(YamlConfig):
     window: str = Field(default="step", description="Comparison windows: step (the simulation batch), count:N or time:SECONDS.")
     alpha: float = Field(default=DEFAULT_ALPHA, gt=0, description="Smoothing pseudo-count per label in each window's distribution.")
     nll: bool = Field(default=False, description="Also score the real actions under each run's policy (loads the model).")
+    information_gain: bool = Field(default=False, description="Also measure each run's information gain: NLL of the real next actions "
+                                                              "without minus with the method's context, along the real history (loads "
+                                                              "the policy and the mean-field model; samples the mean field as simulation does).")
     judge_model: str | None = Field(default=None, description="Model spec of an LLM judge for dimensions the offline labellers do not cover.")
     judge_mode: Literal["likelihood", "generate"] = Field(default="likelihood", description="likelihood: score each label word; "
                                                                                            "generate: a validated JSON answer.")

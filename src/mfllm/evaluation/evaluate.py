@@ -9,6 +9,7 @@ from typing import Any, Sequence
 from mfllm.data.loaders import load_event
 from mfllm.data.schema import Event
 from mfllm.evaluation.dimensions import Dimension
+from mfllm.evaluation.information_gain import information_gain
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import DEFAULT_ALPHA, DimensionMetrics, compare_streams, window_ids
 from mfllm.interfaces import LanguageModel
@@ -37,6 +38,9 @@ class RunEvaluation:
     """Rows whose generation failed (no action): left out of every distribution."""
     unpaired_actions: int = 0
     """Rows with no real reaction beside them (e.g. agents drawn from a population): nothing to compare."""
+    information_gain: dict[str, dict[str, Any]] | None = None
+    """Per action group, nats per token the method's context saves the policy on the real next actions
+    (see :mod:`mfllm.evaluation.information_gain`)."""
 
     def summary(self) -> dict[str, Any]:
         """Flat metrics (no per-window series, no labels), for tables."""
@@ -46,6 +50,8 @@ class RunEvaluation:
         for name, metrics in self.dimensions.items():
             for key in ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1"):
                 out[f"{name}.{key}"] = getattr(metrics, key)
+        for group, gain in (self.information_gain or {}).items():
+            out[f"information_gain.{group}"] = gain["gain"]
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -100,9 +106,12 @@ def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = Non
 
 
 def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[Dimension], window_scheme: str = "step",
-                 alpha: float = DEFAULT_ALPHA, policy: LanguageModel | None = None) -> RunEvaluation:
+                 alpha: float = DEFAULT_ALPHA, policy: LanguageModel | None = None,
+                 gain_models: tuple[LanguageModel, LanguageModel | None] | None = None) -> RunEvaluation:
     """Compare the run's simulated actions with the real reactions beside them, dimension by dimension and
-    window by window; failed generations and rows without a real reaction are counted, not compared."""
+    window by window; failed generations and rows without a real reaction are counted, not compared.
+    With ``policy``: the NLL of the real actions; with ``gain_models`` (the run's policy and mean-field
+    model): the information gain of the run's method along the real history."""
     store = RunStore(run_dir)
     manifest = store.manifest()
     all_rows = store.actions()
@@ -130,4 +139,6 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
     evaluation.labels = per_row
     if policy is not None:
         evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy, event)
+    if gain_models is not None:
+        evaluation.information_gain = information_gain(SimulationConfig(**config), event, *gain_models)
     return evaluation

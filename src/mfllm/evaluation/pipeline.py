@@ -9,6 +9,8 @@ from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
 from mfllm.evaluation.evaluate import RunEvaluation, evaluate_run
 from mfllm.evaluation.labellers import KindLabeller, Labeller, LabellerChain, LexiconLabeller, LLMJudgeLabeller
+from mfllm.simulation.config import SimulationConfig
+from mfllm.simulation.engine import build_models
 from mfllm.simulation.store import MANIFEST, RunStore
 
 
@@ -42,11 +44,12 @@ def evaluate_runs(runs: Sequence[str | Path], config: EvaluationConfig, pool: An
     labeller = build_labeller(config, pool)
     evaluations = []
     for run in runs:
-        policy = None
-        if config.nll:
-            run_config = RunStore(run).manifest()["config"]
-            policy = pool.get(run_config["policy_model"], adapter=run_config.get("policy_adapter"), role="policy")
-        evaluation = evaluate_run(run, labeller, dimensions, config.window, config.alpha, policy)
+        policy, mean_field_model = None, None
+        if config.nll or config.information_gain:
+            run_config = SimulationConfig(**RunStore(run).manifest()["config"])
+            policy, mean_field_model = build_models(run_config, pool)
+        evaluation = evaluate_run(run, labeller, dimensions, config.window, config.alpha, policy if config.nll else None,
+                                  (policy, mean_field_model) if policy is not None and config.information_gain else None)
         evaluations.append(evaluation)
         if on_run is not None:
             on_run(evaluation)

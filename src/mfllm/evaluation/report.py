@@ -162,8 +162,9 @@ def _fmt(value: float) -> str:
 
 
 def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dimension], output: str | Path,
-                 max_events: int = 4, samples: int = 8) -> Path:
-    """Write metrics files, PNG figures and ``index.html`` (figures embedded, so the page stands alone)."""
+                 max_events: int = 4, samples: int = 8, sections: Sequence[str] = ()) -> Path:
+    """Write metrics files, PNG figures and ``index.html`` (figures embedded, so the page stands alone).
+    ``sections``: extra HTML placed after the metrics table (e.g. a backtest's paired comparisons)."""
     out = Path(output)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -198,7 +199,9 @@ def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dime
     for r in table:
         parts.append(f"<tr><td class=t>{r['method']}</td><td class=t>{r['dimension']}</td><td class=t>{r['metric']}</td>"
                      f"<td>{_fmt(r['mean'])}</td><td>{_fmt(r['ci_low'])} – {_fmt(r['ci_high'])}</td><td>{r['events']}</td><td>{r['runs']}</td></tr>")
-    parts.append("</table><h2>Figures</h2>")
+    parts.append("</table>")
+    parts.extend(sections)
+    parts.append("<h2>Figures</h2>")
     parts.extend(_img(f) for f in figures)
     parts.append("<h2>Unlabelled items</h2><ul>")
     for e in evaluations[:20]:
@@ -209,7 +212,7 @@ def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dime
     for e in [e for e in evaluations if e.event_id == events[0]][:5]:
         rows = RunStore(e.run).actions()[:samples]
         parts.append(f"<h3>{html.escape(e.event_id)} · {e.method} · seed {e.seed}</h3><table><tr><th>agent</th><th>real</th><th>simulated</th></tr>")
-        parts.extend(f"<tr><td>{r['position']}</td><td class=t>{html.escape(r['real_text'])}</td><td class=t>{html.escape(r['sim_text'])}</td></tr>"
+        parts.extend(f"<tr><td>{r['position']}</td><td class=t>{html.escape(r['real_text'] or '')}</td><td class=t>{html.escape(r['sim_text'])}</td></tr>"
                      for r in rows)
         parts.append("</table>")
     parts.append("</body></html>")
