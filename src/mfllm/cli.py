@@ -11,6 +11,8 @@ from typing import Any, Sequence
 
 from mfllm.analysis.ablation import AblationConfig
 from mfllm.analysis.backtest import BacktestConfig
+from mfllm.analysis.branch import BranchConfig
+from mfllm.analysis.compare import CompareConfig
 from mfllm.analysis.demo import DemoConfig, demo_data_path
 from mfllm.configuration import YamlConfig
 from mfllm.evaluation.config import EvaluationConfig
@@ -21,8 +23,11 @@ __all__ = ["build_parser", "demo_data_path", "main"]
 
 SWEPT = ("event_id", "method", "seed")
 """SimulationConfig fields that `mfllm simulate` takes as lists (--event, --method, --seeds)."""
+COMPARE_SKIPPED = ("window", "nll")
+"""EvaluationConfig fields a branch comparison does not use (it compares per step, without scoring)."""
 CONFIGS: dict[str, type[YamlConfig]] = {"simulate": SimulationConfig, "train": TrainConfig, "evaluate": EvaluationConfig,
-                                        "ablate": AblationConfig, "backtest": BacktestConfig, "demo": DemoConfig}
+                                        "ablate": AblationConfig, "backtest": BacktestConfig, "branch": BranchConfig, "compare": CompareConfig,
+                                        "demo": DemoConfig}
 
 
 def _progress(total: int, description: str) -> Any:
@@ -182,6 +187,22 @@ def _cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_branch(args: argparse.Namespace) -> int:
+    from mfllm.analysis import branch
+
+    config = BranchConfig.from_sources(None, {**BranchConfig.overrides(args, skip=("run",)), "run": args.run})
+    print(f"branch written to {branch(config, resume=args.resume, progress=_progress)}")
+    return 0
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    from mfllm.analysis import write_comparison
+
+    config = CompareConfig.from_sources(None, CompareConfig.overrides(args, skip=COMPARE_SKIPPED))
+    print(f"comparison written to {write_comparison(args.branch, args.output, config, progress=_progress)}")
+    return 0
+
+
 def _cmd_backtest(args: argparse.Namespace) -> int:
     from mfllm.analysis.backtest import backtest
 
@@ -265,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--config", help="YAML file of SimulationConfig fields (`mfllm fields simulate`); flags override it")
     SimulationConfig.add_arguments(sim, skip=SWEPT,
                                    aliases={"data_format": ["--format"], "num_agents": ["--agents"], "batch_size": ["--batch"],
-                                            "context_k": ["--k"]})
+                                            "context_k": ["--k"], "interventions": ["--intervention"]})
     sim.add_argument("--event", action="append", help="event id (repeatable; default: the dataset's first event)")
     sim.add_argument("--method", action="append", choices=method_names(), help="method (repeatable; `mfllm methods` describes them)")
     sim.add_argument("--seeds", type=int, nargs="+", help="run seeds, one run each (default: the config's seed, 0)")
@@ -315,6 +336,18 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "batch_size": ["--batch"], "dimensions": ["--dimension"]})
     ablate.add_argument("--resume", action="store_true", help="continue runs from their last completed step")
     ablate.set_defaults(func=_cmd_ablate)
+
+    branching = sub.add_parser("branch", help="continue a run from its first --at steps with and without a change, under the same seeds")
+    branching.add_argument("run", help="parent run directory")
+    BranchConfig.add_arguments(branching, skip=("run",), aliases={"interventions": ["--intervention"]})
+    branching.add_argument("--resume", action="store_true", help="continue the branch's runs from their last completed step")
+    branching.set_defaults(func=_cmd_branch)
+
+    comparing = sub.add_parser("compare", help="label-share trajectories and paired effects of a branch's arms (HTML report)")
+    comparing.add_argument("branch", help="branch directory (written by `mfllm branch`)")
+    comparing.add_argument("--output", default="comparison", help="output directory")
+    CompareConfig.add_arguments(comparing, skip=COMPARE_SKIPPED, aliases={"dimensions": ["--dimension"]})
+    comparing.set_defaults(func=_cmd_compare)
 
     back = sub.add_parser("backtest", help="every method x seed on a set of events, evaluated, in one resumable report")
     back.add_argument("--config", help="YAML file of BacktestConfig fields (`mfllm fields backtest`); flags override it")

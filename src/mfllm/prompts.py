@@ -156,3 +156,18 @@ def label_prompt(topic: str, text: str, dimension_name: str, definition: str, la
                             definition=definition, labels=shown)
     completion = f"{task}\n" + (t["cue"].format() if open_json else "")
     return Prompt((Message("system", t["system"]), Message("user", task)), completion)
+
+
+INTERVENTION_TEMPLATES = {
+    "zh": dict(post="置顶微博（{author}）：{text}", notice="平台公告：{text}"),
+    "en": dict(post="Pinned post by {author}: {text}", notice="Notice: {text}"),
+}
+
+
+def render_interventions(posts: Sequence[tuple[str, str]], notices: Sequence[str], language: str) -> str | None:
+    """The interventions an agent sees above the context: pinned ``(author, text)`` posts, then notices
+    (statements the method does not fold into a summary); None when there are none."""
+    t = INTERVENTION_TEMPLATES[language]
+    lines = [t["post"].format(author=_clip(author, MAX_ACTION_CHARS), text=_clip(text, MAX_TOPIC_CHARS)) for author, text in posts]
+    lines += [t["notice"].format(text=_clip(text, MAX_TOPIC_CHARS)) for text in notices]
+    return "\n".join(lines) or None

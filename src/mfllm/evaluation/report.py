@@ -76,6 +76,7 @@ def trajectory_figure(evaluations: Sequence[RunEvaluation], event_id: str, dimen
         return None
     fig, axes = plt.subplots(1, len(dimension.labels), figsize=(3.2 * len(dimension.labels), 3.0), sharey=True, squeeze=False)
     reference = runs[0].dimensions[dimension.name].real_proportions
+    marks = intervention_marks(runs)
     for k, label in enumerate(dimension.labels):
         ax = axes[0][k]
         ax.plot(range(len(reference)), [p[k] for p in reference], color=COLOURS["real"], linewidth=2, label="real")
@@ -88,6 +89,7 @@ def trajectory_figure(evaluations: Sequence[RunEvaluation], event_id: str, dimen
             x = np.arange(len(mean))
             ax.plot(x, mean, color=COLOURS.get(method, None), label=f"{method} (n={len(series)} seeds)")
             ax.fill_between(x, mean - half, mean + half, color=COLOURS.get(method, None), alpha=0.2)
+        mark_steps(ax, marks)
         ax.set_title(label)
         ax.set_xlabel(f"window ({runs[0].window_scheme})")
         ax.set_ylim(-0.02, 1.02)
@@ -99,6 +101,27 @@ def trajectory_figure(evaluations: Sequence[RunEvaluation], event_id: str, dimen
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def intervention_marks(runs: Sequence[RunEvaluation]) -> list[tuple[int, str]]:
+    """(x, id) of every intervention of ``runs`` on a trajectory's window axis: the window of the first
+    evaluated action at or after the step the intervention starts."""
+    marks: dict[str, int] = {}
+    for e in runs:
+        scheduled = RunStore(e.run).manifest().get("interventions", {}).get("scheduled", [])
+        windows = sorted({row["window"] for row in e.labels})
+        for item in scheduled:
+            later = [row["window"] for row in e.labels if row["step"] >= item["start_step"]]
+            if later and item["id"] not in marks:
+                marks[item["id"]] = windows.index(later[0])
+    return sorted(((x, name) for name, x in marks.items()), key=lambda mark: mark[0])
+
+
+def mark_steps(ax: Any, marks: Sequence[tuple[int, str]]) -> None:
+    """Dashed vertical lines at the given x positions, labelled (interventions, a branch point)."""
+    for x, label in marks:
+        ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), fontsize=6, rotation=90, va="top", ha="right", color="dimgrey")
 
 
 def metric_figure(table: list[dict[str, Any]], metric: str, path: Path) -> Path | None:

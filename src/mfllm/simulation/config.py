@@ -36,6 +36,8 @@ class SimulationConfig(YamlConfig):
     max_generation_attempts: int = Field(default=3, ge=1, description="Tries per agent when the policy returns an empty reply (a new "
                                                                       "seed each, recorded in the row); then the action is recorded as failed.")
     mean_field_max_chars: int = Field(default=120, ge=20, description="Length the mean-field prompt asks for (characters in zh, words in en).")
+    interventions: list[str] = Field(default=[], description="YAML files of interventions (injected posts, statements, "
+                                                                        "moderation, targeted at subgroups; see README 'What-if').")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
     dtype: str = Field(default="auto", description="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16.")
 

@@ -8,9 +8,9 @@ Measurement is kept out of it: it writes rows; evaluation reads them.
 from __future__ import annotations
 
 import time
-from dataclasses import replace
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from mfllm.data.loaders import load_event
 from mfllm.data.schema import Event, LoadReport
@@ -20,7 +20,8 @@ from mfllm.prompts import policy_stop
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.methods import get_method
 from mfllm.simulation.methods.mean_field import mean_field_sampling
-from mfllm.simulation.scenario import Replay, Scenario
+from mfllm.simulation.interventions import Scheduled, file_digest, schedule_interventions
+from mfllm.simulation.scenario import Intervened, Replay, Scenario
 from mfllm.simulation.step import Agent, Step, StepContext, action_row
 from mfllm.simulation.store import RunStore
 
@@ -71,13 +72,21 @@ class Simulator:
         return texts, notes
 
     def run_step(self, step: Step) -> list[dict[str, Any]]:
-        """Replay (warm-up) or act (rollout) one step and update the context; returns the step's rows."""
+        """Replay (warm-up) or act (rollout) one step and update the context; returns the step's rows.
+
+        Interventions in effect at the step act through the step context: those starting now reach the
+        shared context first, pinned posts and notices appear in the prompts of the agents they reach, and
+        actions a moderation removes are kept out of the context (their rows say which moderation)."""
         agents: list[Agent] = self.scenario.agents(step)
+        active = list(self.scenario.interventions(step))
+        injected = self.step_context.begin(step.index, active) if active else []
         mean_field_seed = derive_seed(self.config.seed, step.index, "mean_field")
         if step.phase == "warmup":
-            self.step_context.observe(self.step_context.real_actions(agents), mean_field_seed)
+            actions = [self.step_context.action(a, a.real.text, a.real.kind) for a in agents
+                       if a.real is not None and not (active and self.step_context.removed_by(a, a.real.text, a.real.kind, active))]
+            self.step_context.observe([*injected, *actions], mean_field_seed)
             return []
-        prompts = self.step_context.prompts(agents)
+        prompts = self.step_context.prompts(agents, active)
         texts, notes = self._generate(step, prompts)
         rows = []
         for i, (agent, prompt, text) in enumerate(zip(agents, prompts, texts)):
@@ -86,10 +95,12 @@ class Simulator:
                 row.update(notes[i])
                 if "failure" in notes[i]:
                     row["sim_kind"] = None
+            elif active and (moderation := self.step_context.removed_by(agent, text, row["sim_kind"], active)):
+                row["moderated"] = moderation
             rows.append(row)
         actions = [self.step_context.action(agent, row["sim_text"], row["sim_kind"])
-                   for agent, row in zip(agents, rows) if "failure" not in row]
-        self.step_context.observe(actions, mean_field_seed)
+                   for agent, row in zip(agents, rows) if "failure" not in row and "moderated" not in row]
+        self.step_context.observe([*injected, *actions], mean_field_seed)
         return rows
 
     def run(self, store: RunStore, progress: ProgressFactory | None = None) -> dict[str, Any]:
@@ -106,8 +117,11 @@ class Simulator:
             rows = self.run_step(step)
             entry = {"step": step.index, "phase": step.phase, "after_position": step.positions[-1], "text": self.context.context()} \
                 if records_mean_field else None
-            store.commit({"step": step.index, "phase": step.phase, "positions": list(step.positions),
-                          "context_state": self.context.state_dict()}, rows, entry)
+            record = {"step": step.index, "phase": step.phase, "positions": list(step.positions)}
+            starting = [s.id for s in self.scenario.interventions(step) if s.start == step.index]
+            if starting:
+                record["interventions"] = starting
+            store.commit({**record, "context_state": self.context.state_dict()}, rows, entry)
             simulated += len(rows)
             if bar is not None and rows:
                 bar.update(len(rows))
@@ -139,8 +153,8 @@ def _manifest(config: SimulationConfig, event: Event, report: LoadReport, simula
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """A recorded config as the current code reads it (fields added since take their defaults), less
-    the fields a resumed run may change."""
-    return {k: v for k, v in SimulationConfig(**config).model_dump().items() if k not in ("device",)}
+    the fields a resumed run may change (the device; intervention files may move: their content is compared)."""
+    return {k: v for k, v in SimulationConfig(**config).model_dump().items() if k not in ("device", "interventions")}
 
 
 def build_models(config: SimulationConfig, pool: Any) -> tuple[LanguageModel, LanguageModel | None]:
@@ -152,35 +166,112 @@ def build_models(config: SimulationConfig, pool: Any) -> tuple[LanguageModel, La
     return policy, mean_field
 
 
+@dataclass(frozen=True)
+class BranchPoint:
+    """Where a branch starts: the first ``at`` committed steps of the ``parent`` run are copied (byte for byte,
+    no model call), and the branch continues from there. ``added`` are the intervention files of the change
+    (the branch's config lists them after the parent's own); they may not start before ``at``."""
+
+    parent: Path
+    at: int
+    added: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        return {"parent": str(self.parent), "at": self.at, "added_interventions": list(self.added)}
+
+
+def place_interventions(config: SimulationConfig, event: Event, scenario: Scenario, branch: BranchPoint | None = None) -> list[Scheduled]:
+    """The interventions of ``config.interventions`` on ``scenario``'s schedule. A branch's added files start at
+    or after the branch point (an entry without a start takes it); the parent's own files keep their steps."""
+    added = set(branch.added) if branch else set()
+    own = [f for f in config.interventions if f not in added]
+    steps, source_time = scenario.steps(), event.source.timestamp
+    scheduled = schedule_interventions(own, steps, scenario.agents, source_time)
+    if branch is not None and branch.added:
+        scheduled += schedule_interventions(branch.added, steps, scenario.agents, source_time, default_step=branch.at, earliest_step=branch.at)
+    ids = [s.id for s in scheduled]
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"intervention ids used in more than one file: {', '.join(twice)}")
+    return scheduled
+
+
+def _intervention_record(scheduled: Sequence[Scheduled]) -> list[dict[str, Any]]:
+    """What a resumed run must find unchanged: each intervention's content and steps (not where its file lives)."""
+    return [{k: v for k, v in s.describe().items() if k != "file"} for s in scheduled]
+
+
+def _check_branch(config: SimulationConfig, branch: BranchPoint, event: Event, steps: Sequence[Step]) -> None:
+    """The parent must be this config's run (up to seed and added interventions) on the same data, with ``at`` steps committed."""
+    parent = RunStore(branch.parent)
+    manifest = parent.manifest()
+    ignored = ("seed", "interventions", "data")
+    recorded = {k: v for k, v in comparable_config(manifest["config"]).items() if k not in ignored}
+    mine = {k: v for k, v in comparable_config(config.model_dump()).items() if k not in ignored}
+    if recorded != mine:
+        changed = sorted(k for k in recorded if recorded[k] != mine.get(k))
+        raise ValueError(f"{branch.parent}: a branch keeps its parent's config except seed and interventions (changed: {', '.join(changed)})")
+    own = [f for f in config.interventions if f not in set(branch.added)]
+    if own != list(manifest["config"].get("interventions", [])):
+        raise ValueError(f"{branch.parent}: a branch keeps its parent's intervention files ({manifest['config'].get('interventions', [])})")
+    if manifest["data_hash"] != event.content_hash():
+        raise ValueError(f"{branch.parent}: the event data changed since the parent ran; cannot branch")
+    committed = len(parent.committed_steps())
+    if not 0 <= branch.at < len(steps):
+        raise ValueError(f"{branch.parent}: branch point {branch.at} is outside the run's steps 0..{len(steps) - 1}")
+    if branch.at > committed:
+        raise ValueError(f"{branch.parent}: branch point {branch.at} is past the parent's {committed} committed steps")
+
+
 def simulate(config: SimulationConfig, output_dir: str | Path, pool: Any = None, resume: bool = False,
-             progress: ProgressFactory | None = None, scenario: Callable[[Event], Scenario] | None = None) -> Path:
+             progress: ProgressFactory | None = None, scenario: Callable[[Event], Scenario] | None = None,
+             branch: BranchPoint | None = None) -> Path:
     """Run one simulation into ``output_dir`` (or resume it); returns the run directory.
 
-    ``scenario`` builds the run's scenario from the loaded event (default: replay of the event).
+    ``scenario`` builds the run's scenario from the loaded event (default: replay of the event); the
+    interventions of ``config.interventions`` are placed on it. With ``branch``, the run starts as a copy of
+    the parent's first ``branch.at`` steps and continues from there.
     """
     from mfllm.backends import ModelPool
 
     store = RunStore(output_dir)
     with store.lock():
         store.check_resumable(resume)
-        if resume and store.exists():
-            previous = store.manifest()
+        previous = store.manifest() if resume and store.exists() else None
+        if previous is not None:
             if comparable_config(previous["config"]) != comparable_config(config.model_dump()):
                 new = comparable_config(config.model_dump())
                 changed = sorted(k for k, v in comparable_config(previous["config"]).items() if new.get(k) != v)
                 raise ValueError(f"{output_dir}: cannot resume with a different config (changed: {', '.join(changed)})")
+            if previous.get("branch") != (branch.describe() if branch else None):
+                raise ValueError(f"{output_dir}: cannot resume with a different branch point (the run has {previous.get('branch')})")
         event, report = load_event(config.data, config.event_id, config.data_format)
-        if resume and store.exists() and store.manifest()["data_hash"] != event.content_hash():
+        if previous is not None and previous["data_hash"] != event.content_hash():
             raise ValueError(f"{output_dir}: the event data changed since the run started; cannot resume")
+        base = scenario(event) if scenario else Replay(event, config.warmup, config.batch_size, config.num_agents)
+        scheduled = place_interventions(config, event, base, branch)
+        if previous is not None and previous.get("interventions", {}).get("scheduled", []) != _intervention_record(scheduled):
+            raise ValueError(f"{output_dir}: cannot resume with different interventions (an intervention file changed since the run started)")
+        if branch is not None:
+            _check_branch(config, branch, event, base.steps())
         pool = pool or ModelPool(config.device, config.dtype)
         policy, mean_field = build_models(config, pool)
-        simulator = Simulator(config, event, policy, mean_field, scenario(event) if scenario else None)
+        simulator = Simulator(config, event, policy, mean_field, Intervened(base, scheduled) if scheduled else base)
         if not store.exists():
-            store.write_manifest(_manifest(config, event, report, simulator))
+            manifest = _manifest(config, event, report, simulator)
+            if scheduled:
+                manifest["interventions"] = {"sha256": file_digest(config.interventions), "scheduled": _intervention_record(scheduled)}
+            if branch is not None:
+                manifest["branch"] = branch.describe()
+            store.write_manifest(manifest)
+        if branch is not None and len(store.committed_steps()) < branch.at:
+            store.copy_prefix(RunStore(branch.parent), branch.at)
         throughput = simulator.run(store, progress)
         usage = {"policy": policy.usage.as_dict(), "mean_field": mean_field.usage.as_dict() if mean_field else None}
         failures = sum(1 for row in store.actions() if "failure" in row)
-        store.update_manifest(status="completed", throughput=throughput, usage=usage, **({"failed_actions": failures} if failures else {}))
+        moderated = sum(1 for row in store.actions() if "moderated" in row)
+        store.update_manifest(status="completed", throughput=throughput, usage=usage, **({"failed_actions": failures} if failures else {}),
+                              **({"moderated_actions": moderated} if moderated else {}))
     return Path(output_dir)
 
 
@@ -200,9 +291,9 @@ class _StandIn(LanguageModel):
 def estimate(config: SimulationConfig, event: Event, policy: LanguageModel) -> dict[str, Any]:
     """Model calls and prompt tokens a run will need, without generating anything (``--dry-run``).
 
-    The schedule runs through the same step code as a simulation; mean-field updates are stood in for by
-    a placeholder of the maximum update length (an upper bound), simulated actions by the real reactions
-    of their slots. ``full_history_tokens`` is what a prompt holding every earlier reaction would cost at
+    The schedule runs through the same step code as a simulation (interventions included); mean-field
+    updates are stood in for by a placeholder of the maximum update length (an upper bound), simulated
+    actions by the real reactions of their slots. ``full_history_tokens`` is what a prompt holding every earlier reaction would cost at
     the same step: the growth the mean field avoids.
     """
     from mfllm.prompts import policy_prompt, render_actions, render_context
@@ -210,18 +301,23 @@ def estimate(config: SimulationConfig, event: Event, policy: LanguageModel) -> d
 
     method = get_method(config.method)
     placeholder = ("某" if event.language == "zh" else "word ") * config.max_mean_field_tokens
-    simulator = Simulator(config, event, policy, _StandIn(placeholder, policy) if method.needs_mean_field_model else None)
+    replay = Replay(event, config.warmup, config.batch_size, config.num_agents)
+    scheduled = place_interventions(config, event, replay)
+    simulator = Simulator(config, event, policy, _StandIn(placeholder, policy) if method.needs_mean_field_model else None,
+                          Intervened(replay, scheduled) if scheduled else replay)
     step_context, provider = simulator.step_context, simulator.context
     if isinstance(provider, LLMMeanField):  # the longest summary stands in for the summary before the first update too
         provider.accept(placeholder)
     per_step, mean_field_tokens = [], 0
     for step in simulator.steps:
         agents = simulator.scenario.agents(step)
-        actions = step_context.real_actions(agents)
+        active = simulator.scenario.interventions(step)
+        injected = step_context.begin(step.index, active) if active else []
+        actions = [*injected, *step_context.real_actions(agents)]
         if isinstance(provider, LLMMeanField):
             mean_field_tokens += policy.count_tokens(provider.update_prompt(actions))
         if step.phase == "rollout":
-            prompts = step_context.prompts(agents)
+            prompts = step_context.prompts(agents, active)
             earlier = [a for batch in (simulator.scenario.agents(s) for s in simulator.steps if s.index < step.index) for a in batch]
             history = render_context(RecentK.headers[event.language], render_actions(step_context.real_actions(earlier), event.language))
             full = [policy.count_tokens(policy_prompt(step_context.topic, step_context.persona(a), event.language, history)) for a in agents]

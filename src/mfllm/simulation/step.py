@@ -1,7 +1,9 @@
 """The one owner of an MF-LLM step: who acts, the context they see, and what the context takes in.
 
 Simulation, dry-run estimates, training data, IB-Tune and evaluation all build their prompts and
-feed their context providers through :class:`StepContext`, so the step is written once.
+feed their context providers through :class:`StepContext`, so the step is written once. Interventions
+in effect at a step (see :mod:`mfllm.simulation.interventions`) go through it too: what each agent sees
+of them (per agent when an intervention targets a subgroup) and what the shared context takes in.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ from typing import Any, Callable, Iterator, Sequence
 from mfllm.data.loaders import WEIBO_DEFAULT_REPOST_TEXT
 from mfllm.data.personas import persona_text
 from mfllm.data.schema import Event, Reaction, UserProfile
-from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel, Prompt
-from mfllm.prompts import policy_prompt, render_context
+from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel, LLMMeanField, Prompt
+from mfllm.prompts import policy_prompt, render_context, render_interventions
+from mfllm.simulation.interventions import InjectedPost, Scheduled, Statement
 
 
 @dataclass(frozen=True)
@@ -85,10 +88,42 @@ class StepContext:
         """The policy prompt of an agent described by ``persona`` under the current context."""
         return policy_prompt(self.topic, persona, self.language, self.context_block())
 
-    def prompts(self, agents: Sequence[Agent]) -> list[Prompt]:
-        """Each agent's policy prompt under the current context."""
+    def prompts(self, agents: Sequence[Agent], active: Sequence[Scheduled] = ()) -> list[Prompt]:
+        """Each agent's policy prompt under the current context and the interventions ``active`` at the step
+        (pinned posts and notices that reach the agent, above the context)."""
         block = self.context_block()
-        return [policy_prompt(self.topic, self.persona(agent), self.language, block) for agent in agents]
+        if not active:
+            return [policy_prompt(self.topic, self.persona(agent), self.language, block) for agent in agents]
+        return [policy_prompt(self.topic, self.persona(agent), self.language,
+                              "\n".join(part for part in (self.exposure_block(agent, active), block) if part) or None) for agent in agents]
+
+    def absorbs(self, scheduled: Scheduled) -> bool:
+        """Whether the shared context folds a statement into its own text: an LLM mean field does, for a
+        statement to everyone; otherwise agents see the statement as a notice."""
+        return isinstance(self.provider, LLMMeanField) and scheduled.shared
+
+    def exposure_block(self, agent: Agent, active: Sequence[Scheduled]) -> str | None:
+        """What ``agent`` sees of the interventions ``active`` at the step: pinned posts and notices that reach it."""
+        reaching = [s for s in active if s.reaches(agent.user)]
+        posts = [(s.spec.author, s.spec.text) for s in reaching if isinstance(s.spec, InjectedPost) and s.spec.pinned]
+        notices = [s.spec.text for s in reaching if isinstance(s.spec, Statement) and not self.absorbs(s)]
+        return render_interventions(posts, notices, self.language)
+
+    def begin(self, step_index: int, active: Sequence[Scheduled]) -> list[AgentAction]:
+        """Apply the interventions that start at ``step_index`` to the shared context before agents act:
+        statements an LLM mean field folds into its summary now; returns the injected posts (to everyone)
+        the context takes in with the step's actions."""
+        starting = [s for s in active if s.start == step_index]
+        provider = self.provider
+        for scheduled in starting:
+            if isinstance(scheduled.spec, Statement) and scheduled.shared and isinstance(provider, LLMMeanField):
+                current = provider.context()
+                provider.accept(f"{current} {scheduled.spec.text}" if current else scheduled.spec.text)
+        return [action for action in (s.injected_action() for s in starting) if action is not None]
+
+    def removed_by(self, agent: Agent, text: str, kind: str, active: Sequence[Scheduled]) -> str | None:
+        """The id of the moderation in effect that removes ``agent``'s action, or None."""
+        return next((s.id for s in active if s.removes(agent.user, text, kind)), None)
 
     def action(self, agent: Agent, text: str, kind: str) -> AgentAction:
         """An action as the context provider takes it in."""

@@ -43,13 +43,26 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line.decode("utf-8")))
+            record = json.loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             if number == len(lines):  # no newline after it: torn
                 break
             reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
             raise ValueError(f"{path}: line {number} is corrupt ({reason})") from exc
+        if not isinstance(record, dict):  # a torn piece that happens to parse (e.g. a digit)
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}: line {number} is corrupt (not a JSON object)")
+        records.append(record)
     return records
+
+
+def _step_of(line: bytes, path: Path, number: int) -> int:
+    """The ``step`` of one complete JSON line of ``path``; a bad line is an error naming the file and line."""
+    try:
+        return int(json.loads(line.decode("utf-8"))["step"])
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: line {number} is corrupt or has no step") from exc
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -223,6 +236,25 @@ class RunStore:
             _append_jsonl(self.root / MEAN_FIELD, [mean_field])
         _append_jsonl(self.root / STEPS, [step])
         self._refresh_lock()
+
+    def copy_prefix(self, parent: RunStore, steps: int) -> None:
+        """Make this run's rows, mean-field entries and journal the first ``steps`` committed steps of
+        ``parent``, byte for byte (the journal last: it commits the copy, so a copy cut short is redone)."""
+        committed = len(parent.committed_steps())
+        if committed < steps:
+            raise ValueError(f"{parent.root}: {committed} steps committed, fewer than the {steps} to copy")
+        _write_jsonl(self.root / STEPS, [])  # an empty journal first: a copy cut short leaves a run that resumes (and copies again)
+        for name in (ACTIONS, MEAN_FIELD, STEPS):
+            source = parent.root / name
+            lines = source.read_bytes().split(b"\n")[:-1] if source.exists() else []  # the last piece is empty or torn
+            kept = b"".join(line + b"\n" for number, line in enumerate(lines, start=1)
+                            if line.strip() and _step_of(line, source, number) < steps)
+            tmp = self.root / (name + ".tmp")
+            with tmp.open("wb") as handle:
+                handle.write(kept)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.root / name)
 
     def actions(self) -> list[dict[str, Any]]:
         return _read_jsonl(self.root / ACTIONS)

@@ -26,7 +26,12 @@ def mean_field_sampling(config: SimulationConfig) -> SamplingParams:
 
 @register
 class MeanField(LLMMeanField):
-    """m_t = μ(m_{t-1}, latest batch of (persona, action)), sampled from the mean-field model."""
+    """m_t = μ(m_{t-1}, latest batch of (persona, action)), sampled from the mean-field model.
+
+    Interventions: a post injected for everyone joins the batch of its step's update (first, with its
+    author as the persona), so the summary takes it in like an action and later updates keep or drop it.
+    A statement for everyone is appended to the summary at its step, before that step's agents read it;
+    later updates rewrite it with the rest (:meth:`accept` takes the extended summary)."""
 
     name = "mf"
     description = "mean field: a summary the mean-field model rewrites after every batch"

@@ -20,6 +20,10 @@ class PopularK(ActionMemory):
 
     A simulated action carries the engagement of the real reaction in its slot, since a simulation
     cannot observe engagement its own outputs would have received. Ties go to the more recent action.
+
+    Interventions: a post injected for everyone enters the window at its step with the ``engagement`` its
+    file declares, so a post declared more engaged-with than the replies stays in the top k while it is
+    among the last ``popular_window`` actions; a statement is shown as a notice above the context.
     """
 
     name = "popular"

@@ -16,7 +16,11 @@ if TYPE_CHECKING:
 
 @register
 class RecentK(ActionMemory):
-    """Shows the ``k`` most recent actions."""
+    """Shows the ``k`` most recent actions.
+
+    Interventions: a post injected for everyone enters the memory at its step, before that step's actions,
+    and is listed until ``k`` newer actions push it out; a statement has no summary to join and is shown
+    as a notice above the context."""
 
     name = "recent"
     description = "the last k actions (--context-k)"

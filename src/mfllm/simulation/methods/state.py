@@ -14,7 +14,10 @@ if TYPE_CHECKING:
 
 @register
 class State(ContextProvider):
-    """No context at all; the policy acts from (topic, profile)."""
+    """No context at all; the policy acts from (topic, profile).
+
+    Interventions: nothing is taken in; agents see an injected post (pinned) and a statement (as a notice)
+    only in their own prompts, from the intervention's step on."""
 
     name = "state"
     description = "profile only: the agent sees the topic and its own profile, no context"
