@@ -388,3 +388,35 @@ def test_cli_simulate_branch_and_compare(demo_event_path: Path, tmp_path: Path) 
     assert json.loads((tmp_path / "c" / "compare.json").read_text(encoding="utf-8"))["seeds"] == [0, 1]
     manifest = json.loads((tmp_path / "b" / "counterfactual" / "seed1" / MANIFEST).read_text(encoding="utf-8"))
     assert manifest["interventions"]["scheduled"][0]["start_step"] == 3
+
+
+class ScoreRecording(FakeModel):
+    """The fake backend, keeping the prompt of every scored continuation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored: list[str] = []
+
+    def score(self, prompts, continuations):  # type: ignore[no-untyped-def]
+        self.scored.extend(p.completion for p in prompts)
+        return super().score(prompts, continuations)
+
+
+@pytest.mark.parametrize("method", ["mf", "recent"])
+def test_policy_nll_scores_real_actions_under_the_prompts_agents_saw(demo_event_path: Path, tmp_path: Path, method: str) -> None:
+    from mfllm.evaluation.evaluate import policy_nll
+
+    file = write(tmp_path / "iv.yaml", "interventions:\n"
+                 "  - {kind: post, at_step: 3, author: 警方, text: 这是谣言, audience: {field: profile.followers_count, lt: 1000}}\n"
+                 "  - {kind: statement, at_step: 4, text: 官方已辟谣}\n")
+    seen: list[str] = []
+
+    class Seeing(FakeModel):
+        def generate(self, prompts, params):  # type: ignore[no-untyped-def]
+            seen.extend(p.completion for p in prompts if p.completion.rstrip().endswith("“"))  # policy prompts only
+            return super().generate(prompts, params)
+
+    run = simulate(config(demo_event_path, method, [file]), tmp_path / "run", pool=FixedPool(Seeing()))
+    scorer = ScoreRecording()
+    policy_nll(RunStore(run), scorer)
+    assert scorer.scored == seen and any("这是谣言" in p for p in seen) and any("官方已辟谣" in p for p in seen)

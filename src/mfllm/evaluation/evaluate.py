@@ -15,7 +15,8 @@ from mfllm.evaluation.metrics import DEFAULT_ALPHA, DimensionMetrics, compare_st
 from mfllm.interfaces import LanguageModel
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import make_context
-from mfllm.simulation.step import StepContext
+from mfllm.simulation.interventions import scheduled_from_manifest
+from mfllm.simulation.step import Agent, StepContext
 from mfllm.simulation.store import RunStore
 
 
@@ -76,29 +77,43 @@ def label_run(rows: Sequence[dict[str, Any]], topic: str, language: str, labelle
 
 
 def contexts_by_step(store: RunStore, config: SimulationConfig, event: Event) -> dict[int, StepContext]:
-    """The context each step's agents saw, restored from the journal's saved states (no model needed)."""
+    """The shared context each step's agents saw, restored from the journal's saved states (no model needed),
+    with the statements of interventions starting at the step folded in as the engine did."""
     contexts: dict[int, StepContext] = {}
     previous: dict[str, Any] | None = None
+    scheduled = scheduled_from_manifest(store.manifest())
     for step in store.committed_steps():
         provider = make_context(config, event, None)
         if previous is not None:
             provider.load_state_dict(previous)
         contexts[step["step"]] = StepContext(event, provider)
+        active = [s for s in scheduled if s.active(step["step"])]
+        if active:
+            contexts[step["step"]].begin(step["step"], active)
         previous = step["context_state"]
     return contexts
 
 
 def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = None) -> tuple[float, float]:
     """(token-weighted mean NLL per token, mean over actions of per-token NLL) of the real actions,
-    teacher-forced under ``policy`` with the same prompt (topic, persona, simulated context) the
-    simulated agent had. Only the action's tokens count; rows without a real reaction are skipped."""
+    teacher-forced under ``policy`` with the same prompt (topic, persona, simulated context, the
+    interventions that reached the agent) the simulated agent had. Only the action's tokens count;
+    rows without a real reaction are skipped."""
     manifest = store.manifest()
     config = SimulationConfig(**manifest["config"])
     if event is None:
         event, _ = load_event(config.data, config.event_id, config.data_format)
     contexts = contexts_by_step(store, config, event)
+    scheduled = scheduled_from_manifest(manifest)
     rows = [r for r in store.actions() if r.get("real_text") is not None]
-    prompts = [contexts[r["step"]].prompt(r["persona"]) for r in rows]
+    prompts = []
+    for r in rows:
+        active = [s for s in scheduled if s.active(r["step"])]
+        if active:
+            agent = Agent.of(event.reactions[r["position"]], r["position"])
+            prompts.append(contexts[r["step"]].prompts([agent], active)[0])
+        else:
+            prompts.append(contexts[r["step"]].prompt(r["persona"]))
     scores = policy.score(prompts, [r["real_text"] for r in rows])
     tokens = sum(s.num_tokens for s in scores)
     per_action = [s.mean_nll for s in scores if s.num_tokens]

@@ -365,3 +365,12 @@ def schedule_interventions(files: Sequence[str | Path], steps: Sequence[Step], a
                 raise ValueError(f"{where}: ends at step {end}, not after its start (step {start})")
             placed.append(Scheduled(spec, start, end, str(file)))
     return placed
+
+
+def scheduled_from_manifest(manifest: dict[str, Any]) -> list[Scheduled]:
+    """The interventions a run placed on its schedule, as its manifest records them (none for a plain run)."""
+    scheduled = []
+    for record in manifest.get("interventions", {}).get("scheduled", []):
+        spec = InterventionFile.model_validate({"interventions": [record["spec"]]}).interventions[0]
+        scheduled.append(Scheduled(spec, record["start_step"], record["end_step"], record.get("file", "")))
+    return scheduled
