@@ -10,7 +10,8 @@ actions a*_i of users s_i are scored under the policy twice, with the same token
 
 in nats per token, separately for comments (comments and replies) and reposts, whose default texts
 ("转发微博") are easy to predict and would otherwise dominate the tokens. IG > 0: the context carries
-information about what the population does next; IG <= 0: it does not (shown as it is).
+information about what the population does next; IG <= 0: it does not (shown as it is). It is a property
+of the method on the event's real history, so a run's interventions play no part in it.
 """
 
 from __future__ import annotations
