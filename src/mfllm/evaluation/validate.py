@@ -218,8 +218,8 @@ class Validation:
     def render(self) -> str:
         columns = self.labels + [NONE_LABEL]
         width = max(len(x) for x in columns + ["gold \\ predicted"]) + 2
-        lines = [f"labeller {self.labeller} on {self.dimension} ({self.language}), {self.data} [{self.protocol}]: "
-                 f"{self.items} items, {self.labelled} labelled",
+        where = "; ".join(x for x in (self.language, self.data, self.protocol) if x)
+        lines = [f"labeller {self.labeller} on {self.dimension}: {self.items} items, {self.labelled} labelled ({where})",
                  f"accuracy {self.accuracy:.3f}   macro-F1 {self.macro_f1:.3f}   (majority class {self.majority_label!r}: "
                  f"accuracy {self.majority_accuracy:.3f}, macro-F1 {self.majority_macro_f1:.3f})"
                  + ("   WARNING: no better than the majority class" if self.at_or_below_majority else ""),

