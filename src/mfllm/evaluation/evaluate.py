@@ -46,6 +46,8 @@ class RunEvaluation:
         for name, metrics in self.dimensions.items():
             for key in ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1"):
                 out[f"{name}.{key}"] = getattr(metrics, key)
+        for name, corrected in self.corrected.items():
+            out[f"{name}.kl_corrected"] = corrected.kl_corrected
         return out
 
     def to_json(self) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
+from scipy.special import rel_entr
 from scipy.stats import entropy, wasserstein_distance
 
 from mfllm.evaluation.dimensions import Dimension
@@ -246,7 +247,7 @@ def _corrected_kl(pairs: list[tuple[np.ndarray, np.ndarray]], rates: np.ndarray,
     kls, real_shares, sim_shares = [], [], []
     for c_real, c_sim in pairs:
         p, q = corrected_shares(c_real, rates), corrected_shares(c_sim, rates)
-        kls.append(kl_divergence(smoothed(p * c_real.sum(), alpha), smoothed(q * c_sim.sum(), alpha)))
+        kls.append(float(rel_entr(smoothed(p * c_real.sum(), alpha), smoothed(q * c_sim.sum(), alpha)).sum()))  # KL, as kl_divergence
         real_shares.append(p)
         sim_shares.append(q)
     return float(np.mean(kls)), real_shares, sim_shares
