@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS, SDQC, Dimension
 from mfllm.evaluation.labellers import MODEL_SUFFIX, MODELS_FOLDER, hashed_counts, tfidf_rows
-from mfllm.evaluation.validate import (SDQC_TO_STANCE, GoldSet, Validation, load_gold_set, validation_from_predictions,
+from mfllm.evaluation.validate import (SDQC_TO_STANCE, Validation, load_gold_set, validation_from_predictions,
                                        write_validations)
 
 ATTRIBUTION = {
@@ -103,7 +103,7 @@ def fit_linear(texts: Sequence[str], labels: Sequence[str], label_order: Sequenc
     idf = (np.log((1 + len(texts)) / (1 + document_frequency[columns])) + 1).astype(np.float32)
     rows = tfidf_rows(counts.tocsr(), columns, idf)
     present = [label for label in label_order if label in set(labels)]
-    model = _linear_svc()(C=c, class_weight="balanced").fit(rows, list(labels))
+    model = _linear_svc()(C=c, class_weight="balanced", random_state=0).fit(rows, list(labels))
     raw_coef = model.coef_ if len(present) > 2 else np.vstack([-model.coef_[0], model.coef_[0]])
     raw_intercept = model.intercept_ if len(present) > 2 else np.array([-model.intercept_[0], model.intercept_[0]])
     coef = np.zeros((len(label_order), len(columns)), dtype=np.float16)
