@@ -124,6 +124,9 @@ def test_train_labeller_writes_a_safe_model_validated_out_of_fold(tmp_path: Path
                              LabelItem("I love it", "", "en")], SENTIMENT)
     assert result.labels == ["positive", "negative", None, None] and set(result.failures) == {2, 3}
     assert not labeller.covers(EMOTION, "zh") and labeller.validations(SENTIMENT, "zh")[0]["data"] == "weibo2018-sentiment"
+    np.savez_compressed(tmp_path / "models" / "toy-sentiment.npz", columns=np.zeros(1, np.int32))  # weights swapped under the spec
+    with pytest.raises(ValueError, match="weights do not match toy-sentiment.model.json"):
+        LinearTextLabeller(spec_path).label([LabelItem("开心", "", "zh")], SENTIMENT)
 
 
 def test_shipped_labellers_are_small_validated_and_first_in_the_default_chain() -> None:
@@ -174,3 +177,12 @@ def test_trained_sentiment_beats_majority_and_snownlp_on_a_held_out_slice(shared
     lexicon = validate_gold_set(LexiconLabeller(), test)
     assert trained.accuracy > trained.majority_accuracy + 0.15
     assert trained.macro_f1 > lexicon.macro_f1 + 0.1
+
+
+def test_validate_labeller_covers_only_its_gold_sets_and_samples_rows(shared_data: Path) -> None:
+    from mfllm.evaluation.validate import validate_labeller
+
+    validations = validate_labeller(LexiconLabeller(), shared_data, rows=25, seed=3)
+    assert {v.data for v in validations} == {"weibo2018-sentiment", "smp2020-emotion", "smp2020-sentiment"}
+    assert all(v.items == 25 and v.protocol.endswith("25 rows drawn at random (seed 3)") for v in validations)
+    assert all(sum(map(sum, v.confusion)) == 25 for v in validations)

@@ -6,6 +6,8 @@ unlabelled (with a reason) and every other item's label in place.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
 from abc import ABC, abstractmethod
@@ -161,6 +163,7 @@ class LexiconLabeller(Labeller):
 
 MODELS_FOLDER = "labeller_models"  # inside the mfllm.evaluation package
 LEXICON_VALIDATION_FILE = "lexicon_validation.json"
+JUDGE_VALIDATION_FILE = "judge_validation.json"
 MODEL_SUFFIX = ".model.json"
 
 
@@ -236,7 +239,11 @@ class LinearTextLabeller(Labeller):
     def _load(self) -> dict[str, np.ndarray]:
         if self._weights is None:
             weights_path = self.spec_path.parent / self.spec["weights"]
-            with weights_path.open("rb") as handle, np.load(handle, allow_pickle=False) as data:
+            raw = weights_path.read_bytes()
+            if hashlib.sha256(raw).hexdigest() != self.spec["weights_sha256"]:
+                raise ValueError(f"{weights_path}: weights do not match {self.spec['name']}{MODEL_SUFFIX} (sha256); retrain both with "
+                                 "mfllm.training.labeller.train_labeller")
+            with np.load(io.BytesIO(raw), allow_pickle=False) as data:
                 self._weights = {key: data[key] for key in ("columns", "idf", "coef", "intercept")}
             if self._weights["coef"].shape != (len(self.spec["labels"]), len(self._weights["columns"])):
                 raise ValueError(f"{weights_path}: coefficient shape {self._weights['coef'].shape} does not match "
@@ -322,6 +329,11 @@ class LLMJudgeLabeller(Labeller):
 
     def covers(self, dimension: Dimension, language: str) -> bool:
         return language in ("zh", "en")
+
+    def validations(self, dimension: Dimension, language: str) -> list[dict[str, Any]]:
+        """Stored validations of this very judge (same mode and model), e.g. the embedded default's."""
+        return [v for v in _shipped_json(JUDGE_VALIDATION_FILE)
+                if v["labeller"] == self.name and v["dimension"] == dimension.name and v["language"] == language]
 
     def _key(self, item: LabelItem, dimension: Dimension) -> str:
         return digest(item.text, item.topic, dimension.name, dimension.labels, dimension.definition, self.name)

@@ -29,6 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from mfllm.data.loaders import PhemeReader, RumourEvalReader, get_reader, read_json, read_json_objects_lenient
 from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS, SDQC, Dimension
 from mfllm.evaluation.labellers import LabelItem, Labeller
@@ -328,14 +330,22 @@ def read_validations(path: str | Path) -> list[Validation]:
 
 
 def validate_labeller(labeller: Labeller, root: str | Path, names: Sequence[str] | None = None,
-                      protocol: str = "not trained on this data") -> list[Validation]:
-    """Validate ``labeller`` on every gold set (of ``names``, default all) whose dimension and language it covers."""
+                      protocol: str = "not trained on this data", rows: int | None = None, seed: int = 0) -> list[Validation]:
+    """Validate ``labeller`` on every gold set (of ``names``, default all) whose dimension and language it
+    covers; with ``rows``, on that many rows of each set drawn at random (``seed``), for slow labellers."""
     validations = []
     for name in names or list(GOLD_SETS):
         loader = GOLD_SETS.get(name)
         if loader is None:
             raise ValueError(f"unknown gold set {name!r}; available: {', '.join(GOLD_SETS)}")
         gold_set = loader(root)
-        if labeller.covers(dimension_of(gold_set), gold_set.language):
-            validations.append(validate_gold_set(labeller, gold_set, protocol))
+        if not labeller.covers(dimension_of(gold_set), gold_set.language):
+            continue
+        if rows is not None and rows < len(gold_set.items):
+            drawn = np.random.default_rng(seed).permutation(len(gold_set.items))[:rows]
+            gold_set = gold_set.subset(sorted(drawn.tolist()))
+            protocol_used = f"{protocol}; {rows} rows drawn at random (seed {seed})"
+        else:
+            protocol_used = protocol
+        validations.append(validate_gold_set(labeller, gold_set, protocol_used))
     return validations

@@ -29,7 +29,7 @@ import numpy as np
 from tqdm import tqdm
 
 from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS, SDQC, Dimension
-from mfllm.evaluation.labellers import MODEL_SUFFIX, MODELS_FOLDER, hashed_counts, tfidf_rows
+from mfllm.evaluation.labellers import MODEL_SUFFIX, MODELS_FOLDER, Labeller, hashed_counts, tfidf_rows
 from mfllm.evaluation.validate import (SDQC_TO_STANCE, Validation, load_gold_set, validation_from_predictions,
                                        write_validations)
 
@@ -244,3 +244,17 @@ def validate_lexicons(data_root: str | Path, output: str | Path | None = None) -
     out = Path(output) if output is not None else default_output()
     out.mkdir(parents=True, exist_ok=True)
     return write_validations(validate_labeller(LexiconLabeller(), data_root), out / LEXICON_VALIDATION_FILE)
+
+
+def validate_judge(judge: Labeller, data_root: str | Path, names: Sequence[str] | None = None, rows: int = 60, seed: int = 0,
+                   output: str | Path | None = None) -> Path:
+    """Validate an LLM judge on ``rows`` random rows of each gold set and store the records in
+    ``judge_validation.json`` (records of other judges are kept), where ``LLMJudgeLabeller`` finds them."""
+    from mfllm.evaluation.labellers import JUDGE_VALIDATION_FILE
+    from mfllm.evaluation.validate import read_validations, validate_labeller
+
+    out = Path(output) if output is not None else default_output()
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / JUDGE_VALIDATION_FILE
+    kept = [v for v in read_validations(path) if v.labeller != judge.name] if path.is_file() else []
+    return write_validations(kept + validate_labeller(judge, data_root, names, rows=rows, seed=seed), path)
