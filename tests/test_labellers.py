@@ -159,6 +159,9 @@ def test_gold_sets_map_labels_explicitly(shared_data: Path) -> None:
     assert len(set(stance.groups)) == 5 and stance.gold.count("oppose") == 898
     sdqc = load_gold_set("rumoureval-sdqc", shared_data)
     assert len(set(sdqc.groups)) == 8 and len({item.text for item in sdqc.items}) > 4000
+    from mfllm.evaluation.validate import GOLD_SET_COVERS
+
+    assert all(GOLD_SET_COVERS[g.name] == (g.dimension, g.language) for g in (emotion, stance, sdqc))
 
 
 def test_trained_sentiment_beats_majority_and_snownlp_on_a_held_out_slice(shared_data: Path) -> None:

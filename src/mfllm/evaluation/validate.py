@@ -173,6 +173,13 @@ GOLD_SETS: dict[str, Callable[[str | Path], GoldSet]] = {
 }
 
 
+# (dimension, language) of each gold set, known before reading it
+GOLD_SET_COVERS: dict[str, tuple[str, str]] = {
+    "weibo2018-sentiment": ("sentiment", "zh"), "smp2020-emotion": ("emotion", "zh"), "smp2020-sentiment": ("sentiment", "zh"),
+    "nlpcc2016-stance": ("stance", "zh"), "rumoureval-sdqc": ("sdqc", "en"), "rumoureval-stance": ("stance", "en"),
+}
+
+
 def load_gold_set(name: str, root: str | Path) -> GoldSet:
     """A gold set by name from the shared data folder ``root`` (the one holding ``labeller_validation/``)."""
     if name not in GOLD_SETS:
@@ -338,9 +345,10 @@ def validate_labeller(labeller: Labeller, root: str | Path, names: Sequence[str]
         loader = GOLD_SETS.get(name)
         if loader is None:
             raise ValueError(f"unknown gold set {name!r}; available: {', '.join(GOLD_SETS)}")
-        gold_set = loader(root)
-        if not labeller.covers(dimension_of(gold_set), gold_set.language):
+        dimension_name, language = GOLD_SET_COVERS[name]
+        if not labeller.covers(SDQC if dimension_name == SDQC.name else BUILTIN_DIMENSIONS[dimension_name], language):
             continue
+        gold_set = loader(root)
         if rows is not None and rows < len(gold_set.items):
             drawn = np.random.default_rng(seed).permutation(len(gold_set.items))[:rows]
             gold_set = gold_set.subset(sorted(drawn.tolist()))
