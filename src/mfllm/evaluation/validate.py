@@ -32,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mfllm.data.loaders import PhemeReader, RumourEvalReader, get_reader, read_json, read_json_objects_lenient
+from mfllm.data.schema import DataFormatError
 from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS, SDQC, Dimension
 from mfllm.evaluation.labellers import LabelItem, Labeller
 
@@ -142,14 +143,15 @@ def rumoureval_sdqc(root: str | Path) -> GoldSet:
     Groups are PHEME events (charliehebdo, ferguson, ...), so a split by group holds out whole events."""
     rumoureval, pheme = Path(root) / "rumoureval2017_processed", Path(root) / "pheme_rumour_scheme_subset"
     events = _thread_events(pheme) if pheme.is_dir() else {}
-    items, gold, groups, seen = [], [], [], set()
+    items, gold, groups, seen, skipped = [], [], [], set(), []
     for path, reader in ((rumoureval, RumourEvalReader()), (pheme, PhemeReader())):
         if not path.is_dir():
             continue
         for event_id in reader.list_events(path):
             try:
                 event, _ = reader.load_event(path, event_id)
-            except ValueError:  # a thread without a usable source tweet (two in the PHEME copy) has no stance gold
+            except DataFormatError:  # a thread without a usable source tweet (two in the PHEME copy); counted below
+                skipped.append(event_id)
                 continue
             for reaction in event.reactions:
                 if "stance" in reaction.labels and reaction.post_id not in seen:
@@ -157,8 +159,9 @@ def rumoureval_sdqc(root: str | Path) -> GoldSet:
                     items.append(LabelItem(reaction.text, event.source.text, "en", reaction.kind))
                     gold.append(reaction.labels["stance"])
                     groups.append(events.get(event_id, event.labels.get("event", event_id)))
+    note = f"; {len(skipped)} threads without a usable source tweet skipped ({', '.join(skipped)})" if skipped else ""
     return GoldSet("rumoureval-sdqc", "sdqc", "en", "RumourEval 2017 traindev (Derczynski et al. 2017) + PHEME rumour-scheme "
-                   "replies (Zubiaga et al. 2016), annotations CC-BY", items, gold, groups)
+                   f"replies (Zubiaga et al. 2016), annotations CC-BY{note}", items, gold, groups)
 
 
 def rumoureval_stance(root: str | Path) -> GoldSet:
