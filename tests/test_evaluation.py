@@ -228,6 +228,29 @@ def test_report_is_a_self_contained_page(fake_runs: list[Path], tmp_path: Path) 
         assert (tmp_path / "report" / name).stat().st_size > 0
 
 
+def test_report_states_label_validity_and_corrected_kl(fake_runs: list[Path], tmp_path: Path) -> None:
+    from mfllm.evaluation.labellers import default_labellers
+    from mfllm.evaluation.report import validity_rows
+
+    intent = BUILTIN_DIMENSIONS["intent"]
+    evaluations = [evaluate_run(run, LabellerChain(default_labellers()), [SENTIMENT, EMOTION, intent]) for run in fake_runs[::2]]
+    first = evaluations[0]
+    assert first.validity["sentiment"]["labeller"] == "linear:zh-sentiment" and first.validity["intent"]["labeller"] is None
+    corrected = first.corrected["sentiment"]
+    assert corrected.kl_raw == pytest.approx(first.dimensions["sentiment"].kl) and corrected.ci_low <= corrected.ci_high
+    page = write_report(evaluations, [SENTIMENT, EMOTION, intent], tmp_path / "report").read_text()
+    assert "Label validity" in page and "weibo2018-sentiment" in page and "corrected KL" in page
+    assert "not validated against human labels" in page  # nothing offline labels intent
+    rows = validity_rows(evaluations)
+    assert any(r["labeller"] == "linear:zh-sentiment" and r["data"] == "weibo2018-sentiment" and not r["warning"] for r in rows)
+    # a labeller no better than the majority class on accuracy is flagged, not hidden
+    weak = {"accuracy": 0.60, "majority_accuracy": 0.70, "macro_f1": 0.40, "majority_macro_f1": 0.20}
+    record = {**first.validity["sentiment"]["validations"][0], **weak}
+    first.validity["sentiment"] = {**first.validity["sentiment"], "validations": [record]}
+    [flagged] = [r for r in validity_rows([first]) if r["dimension"] == "sentiment"]
+    assert flagged["warning"] == "accuracy at or below the majority class"
+
+
 def test_cli_evaluate_labeller_on_rumoureval(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from mfllm.cli import main
 

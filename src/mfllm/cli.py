@@ -16,14 +16,18 @@ from mfllm.analysis.compare import CompareConfig
 from mfllm.analysis.demo import DemoConfig, demo_data_path
 from mfllm.configuration import YamlConfig
 from mfllm.evaluation.config import EvaluationConfig
+from mfllm.evaluation.validate import GOLD_SETS
 from mfllm.simulation.config import SimulationConfig
 from mfllm.training.config import TrainConfig
+from mfllm.training.labeller import LabellerTrainConfig
 
 __all__ = ["build_parser", "demo_data_path", "main"]
 
 SWEPT = ("event_id", "method", "seed")
 """SimulationConfig fields that `mfllm simulate` takes as lists (--event, --method, --seeds)."""
-COMPARE_SKIPPED = ("window", "nll")
+NOT_FOR_LABELLERS = ("window", "alpha", "nll", "information_gain")
+"""EvaluationConfig fields that mean nothing when validating labellers."""
+COMPARE_SKIPPED = ("window", "nll", "information_gain")
 """EvaluationConfig fields a branch comparison does not use (it compares per step, without scoring)."""
 CONFIGS: dict[str, type[YamlConfig]] = {"simulate": SimulationConfig, "train": TrainConfig, "evaluate": EvaluationConfig,
                                         "ablate": AblationConfig, "backtest": BacktestConfig, "branch": BranchConfig, "compare": CompareConfig,
@@ -156,11 +160,20 @@ def _cmd_report(args: argparse.Namespace) -> int:
 def _cmd_evaluate_labeller(args: argparse.Namespace) -> int:
     from mfllm.evaluation import resolve_dimensions
     from mfllm.evaluation.pipeline import build_labeller
-    from mfllm.evaluation.validate import agreement, gold_items
+    from mfllm.evaluation.validate import agreement, gold_items, validate_labeller, write_validations
 
-    config = EvaluationConfig.from_sources(None, EvaluationConfig.overrides(args))
-    items, gold = gold_items(args.data, args.format, args.limit)
+    config = EvaluationConfig.from_sources(None, EvaluationConfig.overrides(args, skip=NOT_FOR_LABELLERS))
     labeller = build_labeller(config)
+    if args.shared_data:
+        validations = validate_labeller(labeller, args.shared_data, args.gold_set, rows=args.limit)
+        for validation in validations:
+            print(validation.render())
+        if args.output:
+            print(f"validations written to {write_validations(validations, args.output)}")
+        return 0
+    if not args.data:
+        raise ValueError("mfllm evaluate-labeller: give --shared-data (human-labelled gold sets) or --data (a dataset with reply stance)")
+    items, gold = gold_items(args.data, args.format, args.limit)
     for dimension in resolve_dimensions(config.dimensions or ["sdqc"], config.dimensions_file):
         print(agreement(labeller, dimension, items, gold).render())
     return 0
@@ -176,6 +189,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     adapter = train(config, resume=args.resume)
     print(json.dumps(json.loads((adapter.parent / "metrics.json").read_text()), indent=1))
     print(f"adapter written to {adapter}")
+    return 0
+
+
+def _cmd_train_labeller(args: argparse.Namespace) -> int:
+    from mfllm.training.labeller import train_labellers
+
+    config = LabellerTrainConfig.from_sources(args.config, LabellerTrainConfig.overrides(args))
+    for path in train_labellers(config):
+        print(f"wrote {path}")
     return 0
 
 
@@ -310,21 +332,35 @@ def build_parser() -> argparse.ArgumentParser:
         _evaluation_flags(p)
         p.set_defaults(func=_cmd_evaluate if name == "evaluate" else _cmd_report)
 
-    validate = sub.add_parser("evaluate-labeller", help="agreement of a labeller with human stance labels")
-    validate.add_argument("--data", required=True, help="dataset with gold reply stance (RumourEval, PHEME)")
-    validate.add_argument("--format", help="reader name (detected when omitted)")
-    validate.add_argument("--limit", type=int, help="first N annotated replies")
-    _evaluation_flags(validate, skip=("window", "alpha", "nll"))
+    validate = sub.add_parser("evaluate-labeller", help="agreement of the labellers with human labels (accuracy, macro-F1, "
+                                                       "per-class recall, confusion, majority baseline)")
+    validate.add_argument("--shared-data", help="data root holding labeller_validation/, rumoureval2017_processed/, pheme...")
+    validate.add_argument("--gold-set", action="append", choices=sorted(GOLD_SETS), help="gold set (repeatable; default: every one "
+                                                                                          "the labellers cover)")
+    validate.add_argument("--output", help="with --shared-data: write the validations to this JSON file")
+    validate.add_argument("--data", help="a dataset with gold reply stance (RumourEval, PHEME), scored on --dimension (default sdqc)")
+    validate.add_argument("--format", help="reader name of --data (detected when omitted)")
+    validate.add_argument("--limit", type=int, help="first N annotated replies of --data, or N random rows of each gold set")
+    _evaluation_flags(validate, skip=NOT_FOR_LABELLERS)
     validate.set_defaults(func=_cmd_evaluate_labeller)
 
-    training = sub.add_parser("train", help="fine-tune the mean-field model (IB-Tune), the policy, or an SFT baseline (LoRA)")
-    training.add_argument("task", choices=["mean-field", "policy", "sft"], help="what to train")
-    training.add_argument("--config", help="YAML file of TrainConfig fields (`mfllm fields train`); flags override it")
-    TrainConfig.add_arguments(training, skip=("task",), aliases={"data_format": ["--format"], "events": ["--event"], "output_dir": ["--output"],
-                                                                "learning_rate": ["--lr"], "num_samples": ["--samples"], "batch_size": ["--batch"]})
-    training.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field, value parsed as YAML (repeatable)")
-    training.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
-    training.set_defaults(func=_cmd_train)
+    training = sub.add_parser("train", help="fine-tune the mean-field model (IB-Tune), the policy or an SFT baseline (LoRA), "
+                                             "or retrain the offline labellers")
+    tasks = training.add_subparsers(dest="task", required=True)
+    for task, help_text in (("mean-field", "IB-Tune of the mean-field model (score-function estimator)"),
+                            ("policy", "the policy, by NLL of real actions given the mean-field model's mean fields"),
+                            ("sft", "an SFT baseline policy, no mean field")):
+        p = tasks.add_parser(task, help=help_text)
+        p.add_argument("--config", help="YAML file of TrainConfig fields (`mfllm fields train`); flags override it")
+        TrainConfig.add_arguments(p, skip=("task",), aliases={"data_format": ["--format"], "events": ["--event"], "output_dir": ["--output"],
+                                                             "learning_rate": ["--lr"], "num_samples": ["--samples"], "batch_size": ["--batch"]})
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="any TrainConfig field, value parsed as YAML (repeatable)")
+        p.add_argument("--resume", action="store_true", help="continue from the last checkpoint")
+        p.set_defaults(func=_cmd_train)
+    p = tasks.add_parser("labeller", help="retrain and validate the shipped offline labellers on human-labelled data")
+    p.add_argument("--config", help="YAML file of LabellerTrainConfig fields; flags override it")
+    LabellerTrainConfig.add_arguments(p, aliases={"recipes": ["--recipe"]})
+    p.set_defaults(func=_cmd_train_labeller)
 
     fields = sub.add_parser("fields", help="list config fields with defaults and help text")
     fields.add_argument("which", choices=sorted(CONFIGS), help="which command's config")

@@ -26,7 +26,7 @@ from mfllm.evaluation.aggregate import headline, paired_comparisons
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import resolve_dimensions
 from mfllm.evaluation.evaluate import RunEvaluation
-from mfllm.evaluation.metrics import DimensionMetrics
+from mfllm.evaluation.metrics import CorrectedMetrics, DimensionMetrics
 from mfllm.evaluation.pipeline import evaluate_runs
 from mfllm.evaluation.report import write_report
 from mfllm.simulation.config import SimulationConfig
@@ -93,6 +93,7 @@ class BacktestConfig(YamlConfig):
 def _evaluation_from_json(data: dict[str, Any]) -> RunEvaluation:
     data = dict(data)
     data["dimensions"] = {k: DimensionMetrics(**v) for k, v in data["dimensions"].items()}
+    data["corrected"] = {k: CorrectedMetrics(**v) for k, v in data.get("corrected", {}).items()}
     return RunEvaluation(**data)
 
 

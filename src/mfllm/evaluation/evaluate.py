@@ -11,7 +11,8 @@ from mfllm.data.schema import Event
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.information_gain import information_gain
 from mfllm.evaluation.labellers import LabelItem, Labeller
-from mfllm.evaluation.metrics import DEFAULT_ALPHA, DimensionMetrics, compare_streams, window_ids
+from mfllm.evaluation.metrics import (DEFAULT_ALPHA, CorrectedMetrics, DimensionMetrics, compare_streams, corrected_comparison,
+                                     pooled_confusion, window_ids)
 from mfllm.interfaces import LanguageModel
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import make_context
@@ -42,6 +43,10 @@ class RunEvaluation:
     information_gain: dict[str, dict[str, Any]] | None = None
     """Per action group, nats per token the method's context saves the policy on the real next actions
     (see :mod:`mfllm.evaluation.information_gain`)."""
+    # per dimension: the labeller that labelled it, its note and its stored validations against human labels
+    validity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # per dimension: raw and confusion-corrected KL (present where the labeller's validation covers every label)
+    corrected: dict[str, CorrectedMetrics] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Flat metrics (no per-window series, no labels), for tables."""
@@ -53,6 +58,8 @@ class RunEvaluation:
                 out[f"{name}.{key}"] = getattr(metrics, key)
         for group, gain in (self.information_gain or {}).items():
             out[f"information_gain.{group}"] = gain["gain"]
+        for name, corrected in self.corrected.items():
+            out[f"{name}.kl_corrected"] = corrected.kl_corrected
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -149,8 +156,16 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
         evaluation.unlabelled[dimension.name] = failed
         for entry, r_label, s_label in zip(per_row, real, sim):
             entry[f"{dimension.name}.real"], entry[f"{dimension.name}.sim"] = r_label, s_label
+        chosen = labeller.chosen(dimension, event.language)
+        records = chosen.validations(dimension, event.language) if chosen is not None else []
+        evaluation.validity[dimension.name] = {"labeller": chosen.name if chosen is not None else None, "language": event.language,
+                                               "note": getattr(chosen, "note", ""), "validations": records}
         if any(label is not None for label in real) and any(label is not None for label in sim):
             evaluation.dimensions[dimension.name] = compare_streams(real, sim, windows, dimension, alpha)
+            confusion = pooled_confusion(records, dimension)
+            corrected = corrected_comparison(real, sim, windows, dimension, confusion, alpha) if confusion is not None else None
+            if corrected is not None:
+                evaluation.corrected[dimension.name] = corrected
     evaluation.labels = per_row
     if policy is not None:
         evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy, event)

@@ -8,17 +8,17 @@ from typing import Any, Callable, Sequence
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
 from mfllm.evaluation.evaluate import RunEvaluation, evaluate_run
-from mfllm.evaluation.labellers import KindLabeller, Labeller, LabellerChain, LexiconLabeller, LLMJudgeLabeller
+from mfllm.evaluation.labellers import Labeller, LabellerChain, LLMJudgeLabeller, default_labellers
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import build_models
 from mfllm.simulation.store import MANIFEST, RunStore
 
 
 def build_labeller(config: EvaluationConfig, pool: Any = None) -> Labeller:
-    """kind (behaviour) -> offline labellers -> optional LLM judge for the rest (first match wins)."""
+    """kind (behaviour) -> trained offline labellers -> lexicons -> optional LLM judge for the rest (first match wins)."""
     from mfllm.backends import ModelPool
 
-    chain: list[Labeller] = [] if config.judge_only else [KindLabeller(), LexiconLabeller()]
+    chain: list[Labeller] = [] if config.judge_only else list(default_labellers())
     if config.judge_model:
         pool = pool or ModelPool(config.device)
         cache = Path(config.labeller_cache) / "judge.jsonl" if config.labeller_cache else None
