@@ -31,7 +31,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from mfllm.data.loaders import PhemeReader, RumourEvalReader, get_reader, read_json, read_json_objects_lenient
+from mfllm.data.loaders import PhemeReader, RumourEvalReader, get_reader
+from mfllm.data.readers.base import read_json
+from mfllm.data.readers.pheme import read_json_objects_lenient
 from mfllm.data.schema import DataFormatError
 from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS, SDQC, Dimension
 from mfllm.evaluation.labellers import LabelItem, Labeller
