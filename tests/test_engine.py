@@ -305,7 +305,7 @@ def test_fuzzed_crash_damage_resumes_to_the_same_bytes(reference: tuple[Simulati
 
 class SlowFake(FakeModel):
     def generate(self, prompts, params):  # type: ignore[no-untyped-def]
-        time.sleep(0.004)
+        time.sleep(0.02)
         return super().generate(prompts, params)
 
 
@@ -322,7 +322,7 @@ def test_kill_9_at_random_moments_resumes_byte_equal(demo_event_path: Path, tmp_
     for _ in range(60):
         child = context.Process(target=_run_child, args=(config, str(run)))
         child.start()
-        child.join(rng.uniform(0.01, 0.25))
+        child.join(rng.uniform(0.02, 0.4))
         if child.is_alive():
             os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
             child.join()

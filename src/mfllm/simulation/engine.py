@@ -105,7 +105,7 @@ class Simulator:
 
     def run(self, store: RunStore, progress: ProgressFactory | None = None) -> dict[str, Any]:
         """Run (or continue) the schedule, committing each step; returns throughput figures."""
-        records_mean_field = get_method(self.config.method).needs_mean_field_model
+        records_mean_field = not get_method(self.config.method).is_baseline  # every mean field, model-written or not
         committed = store.rollback_to_committed(self.steps, records_mean_field)
         if committed:
             self.context.load_state_dict(committed[-1]["context_state"])
