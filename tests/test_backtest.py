@@ -8,22 +8,13 @@ from pathlib import Path
 import pytest
 
 from mfllm.analysis.backtest import BacktestConfig, backtest
-from mfllm.backends import FakeModel, ModelPool
+from mfllm.backends import FakeModel
 from mfllm.cli import main
 from mfllm.simulation.store import MANIFEST
 
+from pools import FixedPool
+
 EVENTS = ["4484800548711562", "4474926621242011"]
-
-
-class CountingPool(ModelPool):
-    """The fake model for every role, counting the calls made."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.model = FakeModel()
-
-    def get(self, spec, adapter=None, role="model"):  # type: ignore[no-untyped-def]
-        return self.model
 
 
 def test_backtest_compares_every_method_and_resumes_without_new_calls(shared_data: Path, tmp_path: Path,
@@ -41,7 +32,7 @@ def test_backtest_compares_every_method_and_resumes_without_new_calls(shared_dat
     assert paired[("state", "mean_kl")]["ci_low"] <= paired[("state", "mean_kl")]["difference"] <= paired[("state", "mean_kl")]["ci_high"]
     page = (tmp_path / "report" / "index.html").read_text()
     assert "Paired comparisons" in page and "information_gain.comment" in page
-    pool = CountingPool()
+    pool = FixedPool(FakeModel())
     config = BacktestConfig(data=str(shared_data / "weibo_covid19_rumor"), events=EVENTS, methods=["mf", "state", "recent"], seeds=[0, 1],
                             policy_model="fake", num_agents=8, warmup=8, batch_size=4, dimensions=["behaviour", "sentiment"],
                             output=str(tmp_path))

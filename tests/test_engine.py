@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mfllm.backends import FakeModel, ModelPool
+from mfllm.backends import FakeModel
 from mfllm.data import load_event
 from mfllm.data.schema import Event
 from mfllm.evaluation import KindLabeller, LabellerChain, evaluate_run, headline, resolve_dimensions
@@ -31,18 +31,9 @@ from mfllm.simulation import methods
 from mfllm.simulation.methods.action_memory import ActionMemory
 from mfllm.simulation.store import ACTIONS, LOCK, MANIFEST, MEAN_FIELD, STEPS, RunLockedError
 
+from pools import FixedPool
+
 RUN_FILES = (ACTIONS, STEPS, MEAN_FIELD)
-
-
-class FixedPool(ModelPool):
-    """A pool that hands out one given model for every role."""
-
-    def __init__(self, model: LanguageModel):
-        super().__init__()
-        self.model = model
-
-    def get(self, spec, adapter=None, role="model"):  # type: ignore[no-untyped-def]
-        return self.model
 
 
 def same_files(a: Path, b: Path) -> bool:

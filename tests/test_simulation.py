@@ -15,6 +15,8 @@ from mfllm.simulation.methods.popular import PopularK
 from mfllm.simulation.methods.recent import RecentK
 from mfllm.simulation.store import ACTIONS, STEPS
 
+from pools import FixedPool
+
 SHARED_EVENTS = {
     "weibo_covid19_rumor": "4484800548711562",
     "ced_weibo": "0_yBmepBtUB_2279086572",
@@ -117,21 +119,12 @@ class _CrashingModel(FakeModel):
         return super().generate(prompts, params)
 
 
-class _FixedPool(ModelPool):
-    def __init__(self, model: FakeModel):
-        super().__init__()
-        self.model = model
-
-    def get(self, spec, adapter=None, role="model"):  # type: ignore[no-untyped-def]
-        return self.model
-
-
 @pytest.mark.parametrize("method,crash_on_call", [("mf", 5), ("mf", 8), ("recent", 3)])
 def test_killed_run_resumes_to_the_uninterrupted_result(demo_event_path: Path, tmp_path: Path, method: str, crash_on_call: int) -> None:
     config = SimulationConfig(data=str(demo_event_path), method=method, policy_model="fake", warmup=10, batch_size=8, num_agents=40, seed=3)
     reference = simulate(config, tmp_path / "reference")
     with pytest.raises(_Crash):
-        simulate(config, tmp_path / "resumed", pool=_FixedPool(_CrashingModel(crash_on_call)))
+        simulate(config, tmp_path / "resumed", pool=FixedPool(_CrashingModel(crash_on_call)))
     # a torn, half-written line from the crash must not survive either
     with (tmp_path / "resumed" / ACTIONS).open("a") as handle:
         handle.write('{"step": 99, "posit')

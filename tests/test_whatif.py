@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 from mfllm.analysis import BranchConfig, CompareConfig, branch, compare_branch, write_comparison
-from mfllm.backends import FakeModel, ModelPool
+from mfllm.backends import FakeModel
 from mfllm.cli import main
 from mfllm.data import load_event
 from mfllm.evaluation import KindLabeller, LabellerChain, evaluate_run, resolve_dimensions
@@ -28,6 +28,8 @@ from mfllm.interfaces import LanguageModel, Prompt, SamplingParams
 from mfllm.manifest import derive_seed
 from mfllm.simulation import Agent, Replay, RunStore, SimulationConfig, Step, estimate, load_interventions, simulate
 from mfllm.simulation.store import ACTIONS, MANIFEST, MEAN_FIELD, STEPS
+
+from pools import FixedPool
 
 RUN_FILES = (ACTIONS, STEPS, MEAN_FIELD)
 WARMUP, BATCH, AGENTS = 8, 4, 24  # steps 0-1 warm up, steps 2-7 act
@@ -44,15 +46,6 @@ class Recording(FakeModel):
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         self.calls.append((params.seed, [p.messages[-1].content for p in prompts]))
         return super().generate(prompts, params)
-
-
-class FixedPool(ModelPool):
-    def __init__(self, model: LanguageModel):
-        super().__init__()
-        self.model = model
-
-    def get(self, spec, adapter=None, role="model"):  # type: ignore[no-untyped-def]
-        return self.model
 
 
 def config(data: Path, method: str = "state", interventions: Sequence[Path] = (), seed: int = 0) -> SimulationConfig:
