@@ -30,7 +30,7 @@ from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import counts, kl_divergence, smoothed
-from mfllm.evaluation.report import _fmt, _img, _pyplot, mark_steps
+from mfllm.evaluation.report import _fmt, _img, _pyplot, mark_steps, save_share_panels
 from mfllm.simulation.engine import ProgressFactory
 from mfllm.simulation.store import RunStore
 
@@ -226,15 +226,8 @@ def trajectory_figure(comparison: DimensionComparison, marks: Sequence[tuple[int
         mark_steps(ax, marks)
         ax.set_title(label)
         ax.set_xlabel("step")
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("share of actions")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"{comparison.dimension}: label shares per step by arm (bands: 5-95% of the seed ensemble)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_share_panels(fig, axes, f"{comparison.dimension}: label shares per step by arm (bands: 5-95% of the seed ensemble)",
+                             path, dpi=100)
 
 
 def effect_figure(comparisons: Sequence[DimensionComparison], path: Path, confidence: float) -> Path | None:

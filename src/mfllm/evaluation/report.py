@@ -92,14 +92,21 @@ def trajectory_figure(evaluations: Sequence[RunEvaluation], event_id: str, dimen
         mark_steps(ax, marks)
         ax.set_title(label)
         ax.set_xlabel(f"window ({runs[0].window_scheme})")
+    return save_share_panels(fig, axes, f"{dimension.name}: real vs simulated label shares over time, event {event_id} "
+                                        "(bands: 95% CI over seeds)", path, dpi=110)
+
+
+def save_share_panels(fig: Any, axes: Any, title: str, path: Path, dpi: int) -> Path:
+    """Finish a row of label-share panels (shared 0-1 axis, grid, legend on the last) and save it."""
+    for ax in axes[0]:
         ax.set_ylim(-0.02, 1.02)
         ax.grid(alpha=0.3)
     axes[0][0].set_ylabel("share of actions")
     axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.suptitle(f"{dimension.name}: real vs simulated label shares over time, event {event_id} (bands: 95% CI over seeds)", fontsize=9)
+    fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    fig.savefig(path, dpi=dpi)
+    _pyplot().close(fig)
     return path
 
 
