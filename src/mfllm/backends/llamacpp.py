@@ -2,10 +2,12 @@
 
 One :class:`LoadedGGUF` holds a model file and a single llama.cpp context shared by every backend
 view on it (a policy and a mean-field model, each with its own LoRA adapter). A batch of prompts
-runs as parallel sequences of that context: the tokens of their common prefix are evaluated once
-and belong to every sequence (llama.cpp lets one cached token carry several sequence ids), then
-each sequence decodes its own tokens. Each sequence samples with its own seeded sampler, so a
-call with a seed is reproducible.
+runs as parallel sequences of that context, each in its own KV stream: the tokens of their common
+prefix are evaluated once on the first sequence and its cache is copied to the others, then every
+sequence decodes its own tokens. Each sequence samples with its own seeded sampler, so a call with a
+seed is reproducible, and a sequence's results do not depend on the others in its batch. (A unified
+cache, where one cached token can belong to several sequences, gave a sequence other than the first
+different log-probs than alone in llama-cpp-python 0.3.36, so it is not used.)
 """
 
 from __future__ import annotations
@@ -15,15 +17,31 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from mfllm.backends.hf import clean_output, prefix_to_share, require, stop_position
-from mfllm.interfaces import ContinuationScore, LanguageModel, Message, Prompt, SamplingParams, UsageStats
+from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams, UsageStats
 
 LLAMA_CPP_VERSION = "0.3.36"
 SEED_MODULUS = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "pick a random seed"
+
+
+def llama_cpp_module() -> Any:
+    """The ``llama_cpp`` module. On first import its OpenMP threads are set to wait passively (unless
+    ``OMP_WAIT_POLICY`` is set): spinning threads made decoding on a 2-core machine shared with other
+    processes ten times slower. The variable is read when the library loads and is removed again, so
+    other libraries (torch) keep their own setting."""
+    if "llama_cpp" in sys.modules:
+        return sys.modules["llama_cpp"]
+    if "OMP_WAIT_POLICY" in os.environ:
+        return require("llama_cpp", "llamacpp")
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        return require("llama_cpp", "llamacpp")
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
 
 
 def available_threads() -> int:
@@ -33,13 +51,13 @@ def available_threads() -> int:
 
 @dataclass(frozen=True)
 class LlamaCppSettings:
-    """Context settings. ``n_ctx`` is shared by all sequences of a batch (their prefix counted once);
-    batches that do not fit are split. ``threads=None`` uses every available core."""
+    """Context settings. ``n_ctx`` is the context of each of the ``max_sequences`` parallel sequences
+    (prompt plus generated tokens); larger batches run in groups. ``threads=None`` uses every available core."""
 
     threads: int | None = None
-    n_ctx: int = 8192
+    n_ctx: int = 2048
     n_batch: int = 512
-    max_sequences: int = 64
+    max_sequences: int = 16
 
     @property
     def resolved_threads(self) -> int:
@@ -52,17 +70,22 @@ class _Entry:
 
     token: int
     position: int
-    sequences: tuple[int, ...]
+    sequence: int
     wants_logits: bool
 
 
 def _quiet_llama_logs() -> None:
-    """Send llama.cpp's log lines (model loading, context sizes) nowhere; errors still raise."""
-    from llama_cpp import _logger  # noqa: F401  (installs llama-cpp-python's handler, which we then replace)
+    """Keep llama.cpp's loading chatter out of the output; its errors still print."""
+    llama_cpp_module()
+    require("llama_cpp._logger", "llamacpp").set_verbose(False)
 
-    llama_cpp = require("llama_cpp", "llamacpp")
-    _quiet_llama_logs.callback = llama_cpp.llama_log_callback(lambda level, text, user_data: None)  # type: ignore[attr-defined]
-    llama_cpp.llama_log_set(_quiet_llama_logs.callback, ctypes.c_void_p(0))  # type: ignore[attr-defined]
+
+def built_with_amx() -> bool:
+    """Whether this llama.cpp build uses Intel AMX. Its AMX matrix multiply segfaulted on an AMX CPU
+    (llama-cpp-python 0.3.36), so such a build runs without the extra buffer types that route work to
+    AMX (losing weight repacking too); ``make setup`` builds without AMX instead."""
+    llama_cpp = llama_cpp_module()
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
 
 
 class LoadedGGUF:
@@ -80,24 +103,29 @@ class LoadedGGUF:
         self._context: Any = None
         self._batch: Any = None
         self._formatter: Any = None
+        self._pieces: dict[int, bytes] = {}
 
     def _load(self) -> None:
-        llama_cpp = require("llama_cpp", "llamacpp")
-        internals = require("llama_cpp._internals", "llamacpp")
+        llama_cpp = llama_cpp_module()
         _quiet_llama_logs()
+        internals = require("llama_cpp._internals", "llamacpp")
         model_params = llama_cpp.llama_model_default_params()
         model_params.n_gpu_layers = 0
+        model_params.use_extra_bufts = not built_with_amx()
         self._model = internals.LlamaModel(path_model=str(self.model_file), params=model_params, verbose=False)
         context_params = llama_cpp.llama_context_default_params()
         threads = self.settings.resolved_threads
-        context_params.n_ctx = self.settings.n_ctx
+        context_params.n_ctx = self.settings.n_ctx * self.settings.max_sequences
         context_params.n_batch = context_params.n_ubatch = self.settings.n_batch
         context_params.n_seq_max = self.settings.max_sequences
         context_params.n_threads = context_params.n_threads_batch = threads
-        context_params.kv_unified = True  # one KV buffer: a shared prefix is stored once for all sequences
+        context_params.kv_unified = False  # one KV stream per sequence (see the module docstring)
         context_params.no_perf = True
+        # Without flash attention, a sequence's scores do not depend on which other sequences share its
+        # batch (with it, the gaps other sequences leave in the unified cache change the rounding).
+        context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._context = internals.LlamaContext(model=self._model, params=context_params, verbose=False)
-        self._batch = internals.LlamaBatch(n_tokens=self.settings.n_batch, embd=0, n_seq_max=self.settings.max_sequences, verbose=False)
+        self._batch = internals.LlamaBatch(n_tokens=self.settings.n_batch, embd=0, n_seq_max=1, verbose=False)
         template = self._model.metadata().get("tokenizer.chat_template")
         if template:
             chat_format = require("llama_cpp.llama_chat_format", "llamacpp")
@@ -149,15 +177,23 @@ class LoadedGGUF:
 
     def piece(self, token: int) -> bytes:
         """The bytes of one token as text (control tokens render as nothing)."""
-        return bytes(self.model.token_to_piece(token, special=False))
+        if token not in self._pieces:
+            llama_cpp = llama_cpp_module()
+            buffer = ctypes.create_string_buffer(64)
+            length = llama_cpp.llama_token_to_piece(self.model.vocab, token, buffer, len(buffer), 0, False)
+            if length < 0:  # longer than the buffer: -length is the size needed
+                buffer = ctypes.create_string_buffer(-length)
+                length = llama_cpp.llama_token_to_piece(self.model.vocab, token, buffer, len(buffer), 0, False)
+            self._pieces[token] = buffer.raw[:length]
+        return self._pieces[token]
 
     def is_end_of_generation(self, token: int) -> bool:
-        llama_cpp = require("llama_cpp", "llamacpp")
+        llama_cpp = llama_cpp_module()
         return bool(llama_cpp.llama_vocab_is_eog(self.model.vocab, token))
 
     def add_adapter(self, gguf_adapter: str | Path, name: str, source: str) -> None:
         """Load a GGUF LoRA adapter under ``name`` (``source`` is the adapter directory it came from)."""
-        llama_cpp = require("llama_cpp", "llamacpp")
+        llama_cpp = llama_cpp_module()
         handle = llama_cpp.llama_adapter_lora_init(self.model.model, str(gguf_adapter).encode("utf-8"))
         if handle is None:
             raise ValueError(f"llama.cpp could not load the LoRA adapter {gguf_adapter} (converted from {source}) on {self.model_file}")
@@ -168,7 +204,7 @@ class LoadedGGUF:
         """Make ``adapter`` (or no adapter) the one applied by the following decodes."""
         if adapter == self._active_adapter:
             return
-        llama_cpp = require("llama_cpp", "llamacpp")
+        llama_cpp = llama_cpp_module()
         if adapter is None:
             status = llama_cpp.llama_set_adapters_lora(self.context.ctx, None, 0, None)
         else:
@@ -181,37 +217,42 @@ class LoadedGGUF:
 
     def clear(self) -> None:
         """Forget every cached token of every sequence."""
-        llama_cpp = require("llama_cpp", "llamacpp")
+        llama_cpp = llama_cpp_module()
         llama_cpp.llama_memory_clear(self.context.memory, True)
 
+    def copy_sequence(self, source: int, targets: Sequence[int]) -> None:
+        """Give every target sequence a copy of the source sequence's cache."""
+        llama_cpp = llama_cpp_module()
+        for target in targets:
+            llama_cpp.llama_memory_seq_cp(self.context.memory, source, target, -1, -1)
+
     def drop_sequence(self, sequence: int) -> None:
-        llama_cpp = require("llama_cpp", "llamacpp")
+        llama_cpp = llama_cpp_module()
         llama_cpp.llama_memory_seq_rm(self.context.memory, sequence, -1, -1)
 
     def decode(self, entries: Sequence[_Entry], on_logits: Callable[[int, int], None]) -> None:
         """Evaluate ``entries`` in chunks of ``n_batch``; after each chunk, ``on_logits(entry_index,
         batch_index)`` for every entry that asked for logits (``batch_index`` addresses them in the context)."""
-        llama_cpp = require("llama_cpp", "llamacpp")
+        llama_cpp = llama_cpp_module()
         context, batch = self.context, self._batch.batch
         for start in range(0, len(entries), self.settings.n_batch):
             chunk = entries[start:start + self.settings.n_batch]
             batch.n_tokens = len(chunk)
             for i, entry in enumerate(chunk):
                 batch.token[i], batch.pos[i], batch.logits[i] = entry.token, entry.position, entry.wants_logits
-                batch.n_seq_id[i] = len(entry.sequences)
-                for j, sequence in enumerate(entry.sequences):
-                    batch.seq_id[i][j] = sequence
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = entry.sequence
             status = llama_cpp.llama_decode(context.ctx, batch)
             if status != 0:
                 raise RuntimeError(f"llama.cpp decode failed with status {status} on {self.model_file.name} "
-                                   f"(context of {self.settings.n_ctx} tokens, {self.settings.max_sequences} sequences)")
+                                   f"({self.settings.max_sequences} sequences of {self.settings.n_ctx} tokens)")
             for i, entry in enumerate(chunk):
                 if entry.wants_logits:
                     on_logits(start + i, i)
 
     def logits(self, batch_index: int) -> np.ndarray:
         """The next-token logits at one output of the last decode (a view, valid until the next decode)."""
-        llama_cpp = require("llama_cpp", "llamacpp")
+        llama_cpp = llama_cpp_module()
         pointer = llama_cpp.llama_get_logits_ith(self.context.ctx, batch_index)
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
 
@@ -230,37 +271,27 @@ class LoadedGGUF:
         return sampler
 
     def sample(self, sampler: Any, batch_index: int) -> int:
-        llama_cpp = require("llama_cpp", "llamacpp")
+        llama_cpp = llama_cpp_module()
         return int(llama_cpp.llama_sampler_sample(sampler.sampler, self.context.ctx, batch_index))
 
     def describe(self) -> dict[str, Any]:
         return {"model_file": str(self.model_file), "threads": self.settings.resolved_threads, "n_ctx": self.settings.n_ctx,
-                "n_batch": self.settings.n_batch, "max_sequences": self.settings.max_sequences, "llama_cpp_python": LLAMA_CPP_VERSION}
+                "n_batch": self.settings.n_batch, "max_sequences": self.settings.max_sequences, "llama_cpp_python": LLAMA_CPP_VERSION,
+                "extra_buffer_types": bool(self.model.params.use_extra_bufts)}
 
 
-def _groups(lengths: Sequence[int], shared: int, budget: int, max_sequences: int, what: str) -> Iterator[list[int]]:
-    """Consecutive index groups whose cache needs (``shared`` prefix tokens once, then each row's own
-    ``lengths[i] - shared``) fit ``budget`` tokens and ``max_sequences`` sequences."""
-    group: list[int] = []
-    used = shared
+def _groups(lengths: Sequence[int], n_ctx: int, max_sequences: int, what: str) -> list[list[int]]:
+    """Consecutive groups of at most ``max_sequences`` rows, after checking every row fits ``n_ctx`` tokens."""
     for i, length in enumerate(lengths):
-        if length > budget:
-            raise ValueError(f"{what} {i} needs {length} tokens, more than the llama.cpp context of {budget}: raise n_ctx")
-        own = length - shared
-        if group and (used + own > budget or len(group) == max_sequences):
-            yield group
-            group, used = [], shared
-        group.append(i)
-        used += own
-    if group:
-        yield group
+        if length > n_ctx:
+            raise ValueError(f"{what} {i} needs {length} tokens, more than the llama.cpp context of {n_ctx} per sequence: raise n_ctx")
+    return [list(range(start, min(start + max_sequences, len(lengths)))) for start in range(0, len(lengths), max_sequences)]
 
 
 @dataclass
 class _Row:
     """One sequence being generated."""
 
-    index: int
     sampler: Any
     position: int
     pieces: bytearray
@@ -289,14 +320,19 @@ class LlamaCppModel(LanguageModel):
     def _shared(self, token_ids: Sequence[Sequence[int]]) -> int:
         return prefix_to_share(token_ids) if self.prefix_cache else 0
 
+    def _decode_prefix(self, prefix: Sequence[int], sequences: int) -> None:
+        """Evaluate the shared prefix once on sequence 0 and copy its cache to the other sequences."""
+        if prefix:
+            self.loaded.decode([_Entry(token, position, 0, False) for position, token in enumerate(prefix)], lambda entry, index: None)
+            self.loaded.copy_sequence(0, range(1, sequences))
+
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         loaded = self.loaded
         loaded.activate(self.adapter)
         token_ids = [loaded.prompt_ids(p) for p in prompts]
         results: list[str] = [""] * len(prompts)
-        shared_all = self._shared(token_ids)
         lengths = [len(t) + params.max_new_tokens for t in token_ids]
-        for group in _groups(lengths, shared_all, loaded.settings.n_ctx, loaded.settings.max_sequences, "prompt"):
+        for group in _groups(lengths, loaded.settings.n_ctx, loaded.settings.max_sequences, "prompt"):
             for index, text in zip(group, self._generate_group([token_ids[i] for i in group], group, params)):
                 results[index] = text
         self.usage.generate_calls += 1
@@ -308,17 +344,17 @@ class LlamaCppModel(LanguageModel):
         loaded.clear()
         shared = self._shared(token_ids)
         seeds = [SEED_MODULUS if params.seed is None else (params.seed + i) % SEED_MODULUS for i in indices]
-        rows = [_Row(i, loaded.sampler(params, seed), len(ids), bytearray()) for i, (ids, seed) in enumerate(zip(token_ids, seeds))]
-        everyone = tuple(range(len(rows)))
-        entries = [_Entry(token, position, everyone, False) for position, token in enumerate(token_ids[0][:shared])]
+        rows = [_Row(loaded.sampler(params, seed), len(ids), bytearray()) for ids, seed in zip(token_ids, seeds)]
+        self._decode_prefix(token_ids[0][:shared], len(rows))
+        entries = []
         for sequence, ids in enumerate(token_ids):
-            entries += [_Entry(token, shared + k, (sequence,), shared + k == len(ids) - 1) for k, token in enumerate(ids[shared:])]
-        owners = [entry.sequences[0] for entry in entries]
+            entries += [_Entry(token, shared + k, sequence, shared + k == len(ids) - 1) for k, token in enumerate(ids[shared:])]
         self.usage.prefix_cached_tokens += shared * (len(rows) - 1)
         pending: list[_Entry] = []
 
         def take(entry_index: int, batch_index: int) -> None:
-            row = rows[owners[entry_index]]
+            sequence = entries[entry_index].sequence
+            row = rows[sequence]
             token = loaded.sample(row.sampler, batch_index)
             row.tokens += 1
             if loaded.is_end_of_generation(token):
@@ -328,15 +364,14 @@ class LlamaCppModel(LanguageModel):
                 row.stopped_by_string = bool(params.stop) and stop_position(row.text(), params.stop) is not None
                 row.finished = row.stopped_by_string or row.tokens >= params.max_new_tokens
             if row.finished:
-                loaded.drop_sequence(owners[entry_index])
+                loaded.drop_sequence(sequence)
             else:
-                pending.append(_Entry(token, row.position, (owners[entry_index],), True))
+                pending.append(_Entry(token, row.position, sequence, True))
                 row.position += 1
 
         while entries:
             pending = []
             loaded.decode(entries, take)
-            owners = [entry.sequences[0] for entry in pending]
             entries = pending
         texts = []
         for row in rows:
@@ -352,10 +387,9 @@ class LlamaCppModel(LanguageModel):
         loaded.activate(self.adapter)
         prompt_ids = [loaded.prompt_ids(p) for p in prompts]
         continuation_ids = [loaded.tokenize(c, add_special=False) for c in continuations]
-        shared_all = self._shared(prompt_ids)
         lengths = [len(p) + len(c) for p, c in zip(prompt_ids, continuation_ids)]
         scores: list[ContinuationScore] = [ContinuationScore(())] * len(prompts)
-        for group in _groups(lengths, shared_all, loaded.settings.n_ctx, loaded.settings.max_sequences, "prompt and continuation"):
+        for group in _groups(lengths, loaded.settings.n_ctx, loaded.settings.max_sequences, "prompt and continuation"):
             group_scores = self._score_group([prompt_ids[i] for i in group], [continuation_ids[i] for i in group])
             for index, score in zip(group, group_scores):
                 scores[index] = score
@@ -367,16 +401,15 @@ class LlamaCppModel(LanguageModel):
         loaded = self.loaded
         loaded.clear()
         shared = self._shared(prompt_ids)
-        everyone = tuple(range(len(prompt_ids)))
-        entries = [_Entry(token, position, everyone, False) for position, token in enumerate(prompt_ids[0][:shared])]
+        self._decode_prefix(prompt_ids[0][:shared], len(prompt_ids))
+        entries: list[_Entry] = []
         targets: list[tuple[int, int]] = []  # per entry: (row, continuation token it predicts), or (-1, -1)
-        targets += [(-1, -1)] * len(entries)
         for row, (prompt, continuation) in enumerate(zip(prompt_ids, continuation_ids)):
             sequence = prompt + continuation
             for position in range(shared, len(sequence)):
                 predicts = position - len(prompt) + 1
                 wants = 0 <= predicts < len(continuation)
-                entries.append(_Entry(sequence[position], position, (row,), wants))
+                entries.append(_Entry(sequence[position], position, row, wants))
                 targets.append((row, continuation[predicts]) if wants else (-1, -1))
         logprobs: list[list[float]] = [[] for _ in prompt_ids]
 
@@ -389,10 +422,6 @@ class LlamaCppModel(LanguageModel):
         loaded.decode(entries, take)
         self.usage.prefix_cached_tokens += shared * (len(prompt_ids) - 1)
         return [ContinuationScore(tuple(values)) for values in logprobs]
-
-
-def chat_messages(prompt: Prompt) -> list[Message]:
-    return list(prompt.messages)
 
 
 def announce(message: str) -> None:
