@@ -15,11 +15,15 @@ import argparse
 import statistics
 import time
 
-from mfllm.backends import ModelPool
-from mfllm.cli import demo_data_path
-from mfllm.data import load_event, persona_text
-from mfllm.interfaces import LanguageModel, Prompt, SamplingParams
-from mfllm.prompts import policy_prompt
+from mfllm.backends.llamacpp import llama_cpp_module
+
+llama_cpp_module()  # llama.cpp loads the OpenMP runtime first, waiting passively (torch then shares it)
+
+from mfllm.backends import ModelPool  # noqa: E402
+from mfllm.cli import demo_data_path  # noqa: E402
+from mfllm.data import load_event, persona_text  # noqa: E402
+from mfllm.interfaces import LanguageModel, Prompt, SamplingParams  # noqa: E402
+from mfllm.prompts import policy_prompt  # noqa: E402
 
 
 def decode_rate(model: LanguageModel, prompts: list[Prompt], tokens: int, repeats: int) -> float:

@@ -20,16 +20,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-import torch
+from mfllm.backends.llamacpp import llama_cpp_module
 
-from mfllm.backends import ModelPool
-from mfllm.cli import demo_data_path
-from mfllm.data import load_event, persona_text
-from mfllm.data.schema import Event
-from mfllm.interfaces import AgentAction
-from mfllm.manifest import derive_seed
-from mfllm.prompts import mean_field_prompt, policy_prompt
-from mfllm.simulation import RunStore, SimulationConfig, estimate, schedule, simulate
+llama_cpp_module()  # llama.cpp loads the OpenMP runtime first, waiting passively (torch then shares it)
+
+import torch  # noqa: E402
+
+from mfllm.backends import ModelPool  # noqa: E402
+from mfllm.cli import demo_data_path  # noqa: E402
+from mfllm.data import load_event, persona_text  # noqa: E402
+from mfllm.data.schema import Event  # noqa: E402
+from mfllm.interfaces import AgentAction  # noqa: E402
+from mfllm.manifest import derive_seed  # noqa: E402
+from mfllm.prompts import mean_field_prompt, policy_prompt  # noqa: E402
+from mfllm.simulation import RunStore, SimulationConfig, estimate, schedule, simulate  # noqa: E402
 
 AGENT_COUNTS = (64, 256, 1024)
 

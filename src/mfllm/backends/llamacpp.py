@@ -28,15 +28,20 @@ LLAMA_CPP_VERSION = "0.3.36"
 SEED_MODULUS = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "pick a random seed"
 
 
+_SPINNING_OPENMP = False  # set when llama.cpp shares an OpenMP runtime that torch started with busy waiting
+
+
 def llama_cpp_module() -> Any:
     """The ``llama_cpp`` module. On first import its OpenMP threads are set to wait passively (unless
-    ``OMP_WAIT_POLICY`` is set): spinning threads made decoding on a 2-core machine shared with other
-    processes ten times slower. The variable is read when the library loads and is removed again, so
-    other libraries (torch) keep their own setting."""
+    ``OMP_WAIT_POLICY`` is set): busy-waiting threads made decoding on a 2-core machine shared with other
+    processes ten times slower. The policy is read once, when the OpenMP runtime loads; torch ships the
+    same runtime, so if torch was imported first, llama.cpp defaults to one thread instead."""
+    global _SPINNING_OPENMP
     if "llama_cpp" in sys.modules:
         return sys.modules["llama_cpp"]
     if "OMP_WAIT_POLICY" in os.environ:
         return require("llama_cpp", "llamacpp")
+    _SPINNING_OPENMP = "torch" in sys.modules
     os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
     try:
         return require("llama_cpp", "llamacpp")
@@ -61,7 +66,10 @@ class LlamaCppSettings:
 
     @property
     def resolved_threads(self) -> int:
-        return self.threads or available_threads()
+        if self.threads:
+            return self.threads
+        llama_cpp_module()
+        return 1 if _SPINNING_OPENMP else available_threads()
 
 
 @dataclass(frozen=True)

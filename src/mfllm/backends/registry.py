@@ -122,8 +122,12 @@ class ModelPool:
         """What runs ``embedded:`` specs in this pool."""
         if self.engine != "auto":
             return self.engine
-        on_cpu = self.device == "cpu" or (self.device == "auto" and _cuda_absent())
-        return "llamacpp" if on_cpu and llama_cpp_installed() else "transformers"
+        if not llama_cpp_installed():
+            return "transformers"
+        from mfllm.backends.llamacpp import llama_cpp_module
+
+        llama_cpp_module()  # before torch, so both share an OpenMP runtime that waits passively
+        return "llamacpp" if self.device == "cpu" or (self.device == "auto" and _cuda_absent()) else "transformers"
 
     def transformers_model(self, spec: BackendSpec, adapter: str | None, role: str) -> LanguageModel:
         from mfllm.backends.hf import LoadedCausalLM, TransformersModel
