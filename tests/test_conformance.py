@@ -12,7 +12,9 @@ import dataclasses
 import os
 import subprocess
 import sys
+import tempfile
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -24,32 +26,43 @@ from mfllm.backends.hf import clean_output
 from mfllm.interfaces import LanguageModel, SamplingParams
 
 
-@pytest.fixture(scope="module")
-def llama_server() -> Iterator[str]:
-    """llama-cpp-python's OpenAI-compatible server on SmolLM2's GGUF, on a free local port."""
-    require_llama_cpp()
+@contextmanager
+def serve(model_file: Path, alias: str) -> Iterator[str]:
+    """llama-cpp-python's OpenAI-compatible server on ``model_file``, on a free local port; yields its URL."""
     for module in ("fastapi", "uvicorn", "sse_starlette"):
         pytest.importorskip(module, reason="the server needs pip install 'mfllm[llamacpp]' (llama-cpp-python[server])")
     httpx = pytest.importorskip("httpx")
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", "smollm2",
+    log = tempfile.TemporaryFile()
+    server = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(model_file), "--model_alias", alias,
                                "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048", "--n_threads", "2", "--verbose", "false"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
+                              stdout=log, stderr=log, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"})
     url = f"http://127.0.0.1:{port}/v1"
     deadline = time.monotonic() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/models", timeout=2).status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        if server.poll() is not None or time.monotonic() > deadline:
-            server.kill()
-            raise RuntimeError(f"llama_cpp.server did not start: {server.stderr.read().decode()[-2000:] if server.stderr else ''}")
-        time.sleep(0.5)
-    yield url
-    server.terminate()
-    server.wait(timeout=30)
+    try:
+        while True:
+            try:
+                if httpx.get(f"{url}/models", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                log.seek(0)
+                raise RuntimeError(f"llama_cpp.server did not start: {log.read().decode(errors='replace')[-2000:]}")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def llama_server() -> Iterator[str]:
+    """The server on SmolLM2's GGUF for the module's tests."""
+    require_llama_cpp()
+    with serve(smollm2_gguf(), "smollm2") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")
@@ -134,3 +147,46 @@ def test_usage_counts_calls_and_tokens(backend: LanguageModel) -> None:
     assert after["generate_calls"] == before["generate_calls"] + 1 and after["score_calls"] == before["score_calls"] + 1
     assert after["generated_tokens"] > before["generated_tokens"]
     assert backend.count_tokens(PROMPTS[0]) > 0
+
+
+# Measured with bench/engines.py on the demo event's first 32 real reactions (see the README): the
+# largest difference in mean log-prob per token of a continuation between llama.cpp (quantised GGUF)
+# and transformers (the same weights de-quantised to fp32) was MEASURED_GEMMA nats for Gemma-3-270M and
+# MEASURED_SMOLLM2 for SmolLM2-135M; the tests allow a margin above that.
+MEAN_LOGPROB_TOLERANCE = TOLERANCE_VALUE
+
+
+def _zh_reactions(count: int) -> tuple[list, list[str]]:
+    from mfllm.cli import demo_data_path
+    from mfllm.data import load_event, persona_text
+    from mfllm.prompts import policy_prompt
+
+    event, _ = load_event(demo_data_path())
+    reactions = event.reactions[:count]
+    return [policy_prompt(event.source.text, persona_text(r.user, "zh"), "zh") for r in reactions], [r.text for r in reactions]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["gemma-3-270m", "smollm2-135m-instruct"])
+def test_llamacpp_scores_agree_with_transformers_on_the_same_model(model: str) -> None:
+    require_llama_cpp()
+    prompts, texts = _zh_reactions(8) if model.startswith("gemma") else (PROMPTS, CONTINUATIONS)
+    fast = ModelPool(device="cpu", engine="llamacpp").get(f"embedded:{model}").score(prompts, texts)
+    reference = ModelPool(device="cpu", engine="transformers").get(f"embedded:{model}").score(prompts, texts)
+    for a, b in zip(fast, reference):
+        assert a.num_tokens == b.num_tokens
+        assert abs(a.mean_nll - b.mean_nll) < MEAN_LOGPROB_TOLERANCE
+
+
+@pytest.mark.slow
+def test_openai_server_scores_agree_with_transformers(tmp_path: Path) -> None:
+    """The server scores the completion layout, so a base model (Gemma) compares like for like."""
+    require_llama_cpp()
+    from mfllm.backends.embedded import embedded_gguf_file
+
+    prompts, texts = _zh_reactions(8)
+    with serve(embedded_gguf_file("gemma-3-270m"), "gemma") as url:
+        served = ModelPool().get(f"openai:gemma@{url}").score(prompts, texts)
+    reference = ModelPool(device="cpu", engine="transformers").get("embedded:gemma-3-270m").score(prompts, texts)
+    for a, b in zip(served, reference):
+        assert abs(a.logprob / max(b.num_tokens, 1) - b.logprob / max(b.num_tokens, 1)) < MEAN_LOGPROB_TOLERANCE
