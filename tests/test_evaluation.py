@@ -172,13 +172,12 @@ def test_evaluate_run_aligns_labels_and_masks_nll(fake_runs: list[Path]) -> None
     # NLL scores exactly the real texts' tokens under the prompts the simulated agents had
     from mfllm.data import load_event
     from mfllm.evaluation.evaluate import contexts_by_step
-    from mfllm.prompts import policy_prompt
 
     store = RunStore(fake_runs[0])
     config = SimulationConfig(**store.manifest()["config"])
     event, _ = load_event(config.data)
     contexts = contexts_by_step(store, config, event)
-    prompts = [policy_prompt(event.source.text, r["persona"], "zh", "mf", contexts[r["step"]]) for r in rows]
+    prompts = [contexts[r["step"]].prompt(r["persona"]) for r in rows]
     scores = FakeModel().score(prompts, [r["real_text"] for r in rows])
     assert evaluation.nll == pytest.approx(-sum(s.logprob for s in scores) / sum(s.num_tokens for s in scores))
     wrong = FakeModel().score(prompts, [r["sim_text"] for r in rows])
@@ -195,7 +194,7 @@ def test_policy_nll_uses_the_context_the_agent_saw(fake_runs: list[Path]) -> Non
     contexts = contexts_by_step(store, config, event)
     history = {h["step"]: h["text"] for h in store.mean_field_history()}
     for row in store.actions():
-        assert contexts[row["step"]] == history[row["step"] - 1]
+        assert contexts[row["step"]].provider.context() == history[row["step"] - 1]
 
 
 def _synthetic(method: str, event: str, seed: int, kl: float) -> RunEvaluation:
@@ -227,6 +226,29 @@ def test_report_is_a_self_contained_page(fake_runs: list[Path], tmp_path: Path) 
     assert {p.name for p in (tmp_path / "report" / "figures").iterdir()} >= {"kl_by_method.png", "trajectory_4484800548711562_sentiment.png"}
     for name in ("metrics.json", "metrics.csv", "summary.csv", "labels.csv"):
         assert (tmp_path / "report" / name).stat().st_size > 0
+
+
+def test_report_states_label_validity_and_corrected_kl(fake_runs: list[Path], tmp_path: Path) -> None:
+    from mfllm.evaluation.labellers import default_labellers
+    from mfllm.evaluation.report import validity_rows
+
+    intent = BUILTIN_DIMENSIONS["intent"]
+    evaluations = [evaluate_run(run, LabellerChain(default_labellers()), [SENTIMENT, EMOTION, intent]) for run in fake_runs[::2]]
+    first = evaluations[0]
+    assert first.validity["sentiment"]["labeller"] == "linear:zh-sentiment" and first.validity["intent"]["labeller"] is None
+    corrected = first.corrected["sentiment"]
+    assert corrected.kl_raw == pytest.approx(first.dimensions["sentiment"].kl) and corrected.ci_low <= corrected.ci_high
+    page = write_report(evaluations, [SENTIMENT, EMOTION, intent], tmp_path / "report").read_text()
+    assert "Label validity" in page and "weibo2018-sentiment" in page and "corrected KL" in page
+    assert "not validated against human labels" in page  # nothing offline labels intent
+    rows = validity_rows(evaluations)
+    assert any(r["labeller"] == "linear:zh-sentiment" and r["data"] == "weibo2018-sentiment" and not r["warning"] for r in rows)
+    # a labeller no better than the majority class on accuracy is flagged, not hidden
+    weak = {"accuracy": 0.60, "majority_accuracy": 0.70, "macro_f1": 0.40, "majority_macro_f1": 0.20}
+    record = {**first.validity["sentiment"]["validations"][0], **weak}
+    first.validity["sentiment"] = {**first.validity["sentiment"], "validations": [record]}
+    [flagged] = [r for r in validity_rows([first]) if r["dimension"] == "sentiment"]
+    assert flagged["warning"] == "accuracy at or below the majority class"
 
 
 def test_cli_evaluate_labeller_on_rumoureval(shared_data: Path, capsys: pytest.CaptureFixture[str]) -> None:

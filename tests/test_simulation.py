@@ -10,8 +10,9 @@ import pytest
 from mfllm.backends import FakeModel, ModelPool
 from mfllm.data import load_event
 from mfllm.interfaces import AgentAction
-from mfllm.simulation import (PopularK, RecentK, RunStore, SimulationConfig, Simulator, estimate, export_actions, schedule,
-                              simulate)
+from mfllm.simulation import RunStore, SimulationConfig, Simulator, estimate, export_actions, schedule, simulate
+from mfllm.simulation.methods.popular import PopularK
+from mfllm.simulation.methods.recent import RecentK
 from mfllm.simulation.store import ACTIONS, STEPS
 
 SHARED_EVENTS = {
@@ -80,11 +81,11 @@ def test_mean_field_sees_real_actions_in_warmup_and_simulated_ones_after(demo_ev
     mean_field = Recorder()
     config = SimulationConfig(data=str(demo_event_path), policy_model="fake", warmup=5, batch_size=4, num_agents=4)
     simulator = Simulator(config, event, FakeModel(), mean_field)
-    warmup_rows, _ = simulator.run_step(simulator.steps[0])
+    warmup_rows = simulator.run_step(simulator.steps[0])
     assert warmup_rows == [] and event.reactions[0].text[:20] in mean_field.prompts[0]
     assert simulator.steps[1].positions == (4,)  # the partial warm-up batch
     simulator.run_step(simulator.steps[1])
-    rows, _ = simulator.run_step(simulator.steps[2])
+    rows = simulator.run_step(simulator.steps[2])
     assert rows[0]["sim_text"][:10] in mean_field.prompts[-1]
     assert simulator.context.context() is not None
 
@@ -186,7 +187,7 @@ def test_config_from_yaml_with_overrides(tmp_path: Path) -> None:
     path.write_text("data: d\nmethod: recent\nbatch_size: 4\n")
     config = SimulationConfig.from_sources(path, {"batch_size": 8, "warmup": None})
     assert (config.method, config.batch_size, config.warmup) == ("recent", 8, 32)
-    with pytest.raises(ValueError, match="has no mean field"):
+    with pytest.raises(ValueError, match="has no mean-field model"):
         SimulationConfig(data="d", method="state", mean_field_adapter="x")
     with pytest.raises(ValueError, match="extra"):
         SimulationConfig.from_sources(None, {"data": "d", "batch": 3})

@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
+
+if TYPE_CHECKING:
+    from mfllm.data.schema import Event
+    from mfllm.simulation.config import SimulationConfig
 
 
 @dataclass(frozen=True)
@@ -108,7 +112,28 @@ class AgentAction:
 
 
 class ContextProvider(ABC):
-    """What an agent sees of the population before acting: a mean field, recent actions, or nothing."""
+    """What an agent sees of the population before acting: a mean field, recent actions, or nothing.
+
+    A subclass registered with :func:`mfllm.simulation.methods.register` is a simulation *method*: its
+    class attributes say what the method is, :meth:`create` builds it from a run's config, and
+    :meth:`state_dict` / :meth:`load_state_dict` save and restore it, so a run can resume.
+    """
+
+    name: ClassVar[str]
+    """The method's name in configs, on the command line and in run directories."""
+    description: ClassVar[str]
+    """One line for ``--help`` and ``mfllm methods``."""
+    headers: ClassVar[Mapping[str, str]] = {}
+    """Per language, the line above the context in the policy prompt (none for methods without context)."""
+    needs_mean_field_model: ClassVar[bool] = False
+    """Whether :meth:`create` needs a mean-field model to update the context."""
+    is_baseline: ClassVar[bool] = True
+    """Whether the method is a non-mean-field baseline that mean-field methods are compared against."""
+
+    @classmethod
+    @abstractmethod
+    def create(cls, config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> ContextProvider:
+        """The provider for one run. Without a mean-field model a provider can still be restored and read."""
 
     @abstractmethod
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
@@ -116,7 +141,7 @@ class ContextProvider(ABC):
 
     @abstractmethod
     def context(self) -> str | None:
-        """The text placed in the policy prompt, or None for no context."""
+        """The context text shown under the method's header in the policy prompt, or None for no context."""
 
     @abstractmethod
     def state_dict(self) -> dict[str, Any]:
@@ -125,3 +150,19 @@ class ContextProvider(ABC):
     @abstractmethod
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore from :meth:`state_dict`."""
+
+
+class LLMMeanField(ContextProvider):
+    """A context a mean-field model writes: the next summary is sampled from :meth:`update_prompt`.
+
+    Simulation samples it in :meth:`observe`; IB-Tune trains the model that writes it, scoring samples of
+    the same prompt; dry runs stand in for it with a placeholder through :meth:`accept`.
+    """
+
+    @abstractmethod
+    def update_prompt(self, actions: Sequence[AgentAction]) -> Prompt:
+        """The prompt of the next update, from the current state and the latest batch ``actions``."""
+
+    @abstractmethod
+    def accept(self, update: str) -> None:
+        """Take a sampled ``update`` as the new summary."""

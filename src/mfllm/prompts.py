@@ -20,7 +20,6 @@ MAX_ACTION_CHARS = 120
 @dataclass(frozen=True)
 class Templates:
     topic: str
-    context_headers: dict[str, str]
     persona: str
     policy_system: str
     policy_instruction: str
@@ -39,7 +38,6 @@ class Templates:
 TEMPLATES: dict[str, Templates] = {
     "zh": Templates(
         topic="微博原帖：{topic}",
-        context_headers={"mf": "评论区概况：", "recent": "评论区最新的几条评论：", "popular": "评论区最热的几条评论："},
         persona="你的资料：{persona}",
         policy_system="你是一名微博用户。根据原帖、评论区的情况和你的个人资料，写出你会发的一条评论或转发语。",
         policy_instruction="请以你的身份写一条评论或转发语，只写内容本身，一行，不加解释。",
@@ -59,7 +57,6 @@ TEMPLATES: dict[str, Templates] = {
     ),
     "en": Templates(
         topic="Post: {topic}",
-        context_headers={"mf": "What the replies say so far:", "recent": "The latest replies:", "popular": "The most engaged-with replies:"},
         persona="Your profile: {persona}",
         policy_system="You are a social-media user. Given the post, the replies so far and your profile, write the one reply or share comment you would post.",
         policy_instruction="Write your reply or share comment. Output only the text itself, on one line, with no explanation.",
@@ -86,11 +83,9 @@ def _clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def render_context(method: str, language: str, context: str | None) -> str:
-    """The context block for ``method`` ("" for no context)."""
-    if not context:
-        return ""
-    return f"{TEMPLATES[language].context_headers[method]}\n{context}"
+def render_context(header: str, context: str | None) -> str | None:
+    """The context block of a policy prompt: a method's header over its context (None for no context)."""
+    return f"{header}\n{context}" if context else None
 
 
 def render_actions(actions: Sequence[AgentAction], language: str) -> str:
@@ -99,15 +94,15 @@ def render_actions(actions: Sequence[AgentAction], language: str) -> str:
     return "\n".join(f"- [{kinds.get(a.kind, a.kind)}] {_clip(a.text, MAX_ACTION_CHARS)}" for a in actions)
 
 
-def policy_prompt(topic: str, persona: str, language: str, method: str = "mf", context: str | None = None) -> Prompt:
-    """Prompt for agent i's action given (topic, s_i, context). Shared part first: topic, context.
+def policy_prompt(topic: str, persona: str, language: str, context: str | None = None) -> Prompt:
+    """Prompt for agent i's action given (topic, s_i, context block). Shared part first: topic, context.
 
+    ``context`` is the block :func:`render_context` makes (a method's header over its context).
     The completion layout ends inside an opening quote after the persona, so a base model's next
     words are the comment itself; generation stops at the closing quote or the end of the line.
     """
     t = TEMPLATES[language]
-    shared = "\n".join(part for part in (t.topic.format(topic=_clip(topic, MAX_TOPIC_CHARS)),
-                                         render_context(method, language, context)) if part)
+    shared = "\n".join(part for part in (t.topic.format(topic=_clip(topic, MAX_TOPIC_CHARS)), context) if part)
     completion = f"{shared}\n\n{t.policy_cue.format(persona=persona)}"
     user = f"{shared}\n{t.persona.format(persona=persona)}\n\n{t.policy_instruction}"
     return Prompt((Message("system", t.policy_system), Message("user", user)), completion)
@@ -133,11 +128,6 @@ def mean_field_prompt(topic: str, previous: str | None, actions: Sequence[AgentA
         t.mean_field_instruction.format(max_chars=max_chars),
     ))
     return Prompt((Message("system", t.mean_field_system), Message("user", body)), f"{body}\n{t.mean_field_cue}")
-
-
-def mean_field_prior_prompt(topic: str, language: str, max_chars: int) -> Prompt:
-    """p0: the mean-field instruction with no history, the KL anchor of IB-Tune."""
-    return mean_field_prompt(topic, None, (), language, max_chars)
 
 
 LABEL_TEMPLATES = {
@@ -166,3 +156,18 @@ def label_prompt(topic: str, text: str, dimension_name: str, definition: str, la
                             definition=definition, labels=shown)
     completion = f"{task}\n" + (t["cue"].format() if open_json else "")
     return Prompt((Message("system", t["system"]), Message("user", task)), completion)
+
+
+INTERVENTION_TEMPLATES = {
+    "zh": dict(post="置顶微博（{author}）：{text}", notice="平台公告：{text}"),
+    "en": dict(post="Pinned post by {author}: {text}", notice="Notice: {text}"),
+}
+
+
+def render_interventions(posts: Sequence[tuple[str, str]], notices: Sequence[str], language: str) -> str | None:
+    """The interventions an agent sees above the context: pinned ``(author, text)`` posts, then notices
+    (statements the method does not fold into a summary); None when there are none."""
+    t = INTERVENTION_TEMPLATES[language]
+    lines = [t["post"].format(author=_clip(author, MAX_ACTION_CHARS), text=_clip(text, MAX_TOPIC_CHARS)) for author, text in posts]
+    lines += [t["notice"].format(text=_clip(text, MAX_TOPIC_CHARS)) for text in notices]
+    return "\n".join(lines) or None

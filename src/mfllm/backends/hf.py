@@ -6,6 +6,8 @@ stays cheap and a missing extra gives an actionable error.
 
 from __future__ import annotations
 
+import inspect
+
 import importlib
 import json
 from contextlib import nullcontext
@@ -218,11 +220,17 @@ def _pad_after_prefix(token_ids: Sequence[Sequence[int]], shared: int, pad_id: i
     return torch.tensor(rows), torch.tensor(masks)
 
 
+def cache_argument(model: Any) -> str:
+    """The keyword a model takes its KV cache by: ``cache`` in transformers 5 (``past_key_values`` is
+    deprecated there), ``past_key_values`` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
 def _prefix_cache(model: Any, prefix_ids: Any, batch: int) -> Any:
     """KV cache of the shared prefix, computed once and repeated for every prompt of the batch."""
     transformers = require("transformers", "hf")
     cache = transformers.DynamicCache(config=model.config)
-    model(input_ids=prefix_ids, past_key_values=cache, use_cache=True)
+    model(input_ids=prefix_ids, use_cache=True, **{cache_argument(model): cache})
     cache.batch_repeat_interleave(batch)
     return cache
 
@@ -272,7 +280,7 @@ class TransformersModel(LanguageModel):
         with torch.inference_mode(), adapter_context:
             cache = _prefix_cache(model, input_ids[:1, :shared], len(prompts)) if shared else None
             output = model.generate(
-                input_ids=input_ids, attention_mask=attention, past_key_values=cache,
+                input_ids=input_ids, attention_mask=attention, **{cache_argument(model): cache},
                 max_new_tokens=params.max_new_tokens, do_sample=sampling, logits_processor=warper,
                 temperature=1.0 if sampling else None, top_p=1.0 if sampling else None, top_k=0 if sampling else None,
                 stopping_criteria=_stop_criteria(tokenizer, params.stop, prompt_length) if params.stop else None,
@@ -338,7 +346,7 @@ def continuation_logprobs(model: Any, tokenizer: Any, prompt_ids: Sequence[list[
     positions = (attention.cumsum(-1) - 1).clamp(min=0)[:, shared:]
     first = min(end - len(c) - 1 for end, c in zip(ends, continuation_ids))  # first position whose logits are needed
     cache = _prefix_cache(model, input_ids[:1, :shared], len(sequences)) if shared else None
-    logits = model(input_ids=input_ids[:, shared:], attention_mask=attention, position_ids=positions, past_key_values=cache,
+    logits = model(input_ids=input_ids[:, shared:], attention_mask=attention, position_ids=positions, **{cache_argument(model): cache},
                    use_cache=cache is not None, logits_to_keep=width - first).logits.float()
     results = []
     for i, (end, continuation) in enumerate(zip(ends, continuation_ids)):

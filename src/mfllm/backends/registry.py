@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any, Callable, Literal
 
 from mfllm.backends.fake import FakeModel
-from mfllm.backends.wrappers import RetryingModel
 from mfllm.cache import digest
 from mfllm.interfaces import LanguageModel
 
@@ -188,8 +187,8 @@ def _build_openai(pool: ModelPool, spec: BackendSpec, adapter: str | None, role:
     _no_adapter("openai", adapter, "configure them on the server (e.g. vLLM --lora-modules) and name them in the spec")
     from mfllm.backends.openai_http import OpenAICompatibleModel
 
-    return RetryingModel(OpenAICompatibleModel(spec.name, spec.base_url or "", api_key_env=pool.api_key_env,
-                                               max_concurrency=pool.max_concurrency, timeout_s=pool.timeout_s))
+    return OpenAICompatibleModel(spec.name, spec.base_url or "", api_key_env=pool.api_key_env,
+                                 max_concurrency=pool.max_concurrency, request_timeout_s=pool.timeout_s)
 
 
 def _build_embedded(pool: ModelPool, spec: BackendSpec, adapter: str | None, role: str) -> LanguageModel:

@@ -1,9 +1,16 @@
-"""Decorators around any :class:`~mfllm.interfaces.LanguageModel`: retry, cache, rate limit."""
+"""Decorators around any :class:`~mfllm.interfaces.LanguageModel`: retry, cache, rate limit.
+
+Errors: :class:`BackendError` is a backend failing for good (its message is one line, safe to show);
+:class:`TransientBackendError` is one attempt failing in a way worth retrying. :class:`RetryPolicy` is
+the one retry schedule, used both by :class:`RetryingModel` and inside the HTTP backend (which retries
+only the requests that failed, so it is not wrapped again).
+"""
 
 from __future__ import annotations
 
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence, TypeVar
 
@@ -13,8 +20,45 @@ from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingP
 T = TypeVar("T")
 
 
-class TransientBackendError(RuntimeError):
-    """A failure worth retrying (timeout, overloaded server, dropped connection)."""
+class BackendError(RuntimeError):
+    """A backend failed for good (bad key, unknown model, retries exhausted); the message is one line."""
+
+
+class TransientBackendError(BackendError):
+    """A failure worth retrying (timeout, overloaded server, dropped connection, malformed reply).
+
+    ``retry_after_s`` is the wait the server asked for (``Retry-After``), if any.
+    """
+
+    def __init__(self, message: str, retry_after_s: float | None = None):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often to try and how long to wait between attempts.
+
+    The wait after failed attempt ``k`` (0-based) is ``backoff_s * 2**k`` capped at ``max_backoff_s``,
+    or the server's ``Retry-After`` when it sent one, capped at ``max_retry_after_s``.
+    """
+
+    max_attempts: int = 4
+    backoff_s: float = 1.0
+    max_backoff_s: float = 30.0
+    max_retry_after_s: float = 120.0
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be at least 1, got {self.max_attempts}")
+        if min(self.backoff_s, self.max_backoff_s, self.max_retry_after_s) < 0:
+            raise ValueError("retry waits must not be negative")
+
+    def delay_s(self, failed_attempt: int, retry_after_s: float | None = None) -> float:
+        """Seconds to wait after the 0-based ``failed_attempt``."""
+        if retry_after_s is not None:
+            return min(max(retry_after_s, 0.0), self.max_retry_after_s)
+        return min(self.backoff_s * 2**failed_attempt, self.max_backoff_s)
 
 
 class _Wrapper(LanguageModel):
@@ -34,21 +78,23 @@ class _Wrapper(LanguageModel):
 
 
 class RetryingModel(_Wrapper):
-    """Retries :class:`TransientBackendError` with exponential backoff; other errors propagate."""
+    """Retries a whole call on :class:`TransientBackendError` (for backends that fail per call; the HTTP
+    backend retries per request itself). Gives up with :class:`BackendError`; other errors propagate."""
 
     def __init__(self, inner: LanguageModel, attempts: int = 4, backoff_s: float = 1.0, sleep: Callable[[float], None] = time.sleep):
         super().__init__(inner)
-        self.attempts, self.backoff_s, self.sleep = attempts, backoff_s, sleep
+        self.policy = RetryPolicy(max_attempts=attempts, backoff_s=backoff_s)
+        self.sleep = sleep
 
     def _call(self, fn: Callable[[], T]) -> T:
-        for attempt in range(self.attempts):
+        for attempt in range(self.policy.max_attempts):
             try:
                 return fn()
-            except TransientBackendError:
-                if attempt == self.attempts - 1:
-                    raise
-                self.sleep(self.backoff_s * 2**attempt)
-        raise AssertionError("unreachable")
+            except TransientBackendError as exc:
+                error = exc
+            if attempt + 1 < self.policy.max_attempts:
+                self.sleep(self.policy.delay_s(attempt, error.retry_after_s))
+        raise BackendError(f"{self.name}: gave up after {self.policy.max_attempts} attempts: {error}")
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         return self._call(lambda: self.inner.generate(prompts, params))

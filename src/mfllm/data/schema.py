@@ -43,7 +43,7 @@ class Post(BaseModel):
 
     post_id: str
     text: str
-    timestamp: float = Field(description="Unix seconds (UTC).")
+    timestamp: float = Field(description="Unix seconds (UTC).", allow_inf_nan=False)
     user: UserProfile = Field(default_factory=UserProfile)
     reposts_count: int | None = Field(default=None, ge=0)
     comments_count: int | None = Field(default=None, ge=0)

@@ -9,9 +9,10 @@ from typing import Any, Sequence
 import numpy as np
 
 from mfllm.evaluation.evaluate import RunEvaluation
+from mfllm.simulation.methods import baseline_names
 
 METRICS = ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1")
-BASELINES = ("state", "recent", "popular", "sft")
+GAIN_GROUPS = ("comment", "repost", "all")
 
 
 def _event_values(evaluations: Sequence[RunEvaluation], value) -> dict[str, list[float]]:  # type: ignore[no-untyped-def]
@@ -25,16 +26,21 @@ def _event_values(evaluations: Sequence[RunEvaluation], value) -> dict[str, list
 
 def bootstrap_mean(by_event: dict[str, list[float]], resamples: int = 2000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
     """Mean over events of the per-event mean over seeds, with a two-level percentile bootstrap CI:
-    events are resampled with replacement, then seeds within each drawn event."""
-    events = list(by_event.values())
+    events are resampled with replacement, then seeds within each drawn event (vectorised over resamples)."""
+    events = [np.asarray(v, dtype=float) for v in by_event.values()]
     if not events:
         return (math.nan, math.nan, math.nan)
-    point = float(np.mean([np.mean(v) for v in events]))
+    point = float(np.mean([v.mean() for v in events]))
+    sizes = np.array([len(v) for v in events])
+    table = np.zeros((len(events), sizes.max()))
+    for i, values in enumerate(events):
+        table[i, : len(values)] = values
     rng = np.random.default_rng(seed)
-    stats = np.empty(resamples)
-    for b in range(resamples):
-        drawn = [events[i] for i in rng.integers(0, len(events), len(events))]
-        stats[b] = np.mean([np.mean(rng.choice(v, len(v))) for v in drawn])
+    drawn = rng.integers(0, len(events), (resamples, len(events)))  # events of each resample
+    picks = np.floor(rng.random((resamples, len(events), sizes.max())) * sizes[drawn][..., None]).astype(int)  # seeds within them
+    valid = np.arange(sizes.max()) < sizes[drawn][..., None]
+    event_means = np.where(valid, table[drawn[..., None], picks], 0.0).sum(axis=2) / sizes[drawn]
+    stats = event_means.mean(axis=1)
     tail = (1 - level) / 2
     return point, float(np.quantile(stats, tail)), float(np.quantile(stats, 1 - tail))
 
@@ -61,11 +67,15 @@ def method_table(evaluations: Sequence[RunEvaluation], resamples: int = 2000) ->
                 mean, low, high = bootstrap_mean(by_event, resamples)
                 rows.append({"method": method, "dimension": dimension, "metric": metric, "mean": mean, "ci_low": low, "ci_high": high,
                              "events": len(by_event), "runs": sum(len(v) for v in by_event.values())})
-        nll = _event_values(runs, lambda e: e.nll)
-        if nll:
-            mean, low, high = bootstrap_mean(nll, resamples)
-            rows.append({"method": method, "dimension": "(policy)", "metric": "nll", "mean": mean, "ci_low": low, "ci_high": high,
-                         "events": len(nll), "runs": sum(len(v) for v in nll.values())})
+        policy_metrics = {"nll": lambda e: e.nll}
+        for group in GAIN_GROUPS:
+            policy_metrics[f"information_gain.{group}"] = lambda e, g=group: (e.information_gain or {}).get(g, {}).get("gain")
+        for metric, value in policy_metrics.items():
+            by_event = _event_values(runs, value)
+            if by_event:
+                mean, low, high = bootstrap_mean(by_event, resamples)
+                rows.append({"method": method, "dimension": "(policy)", "metric": metric, "mean": mean, "ci_low": low, "ci_high": high,
+                             "events": len(by_event), "runs": sum(len(v) for v in by_event.values())})
     return rows
 
 
@@ -77,7 +87,7 @@ def headline(evaluations: Sequence[RunEvaluation], resamples: int = 2000, seed: 
     """
     mf = {k: float(np.mean(v)) for k, v in _event_values([e for e in evaluations if e.method == "mf"], mean_kl).items()}
     candidates = {}
-    for method in BASELINES:
+    for method in baseline_names():
         values = {k: float(np.mean(v)) for k, v in _event_values([e for e in evaluations if e.method == method], mean_kl).items()}
         shared = sorted(set(values) & set(mf))
         if shared:
@@ -87,7 +97,7 @@ def headline(evaluations: Sequence[RunEvaluation], resamples: int = 2000, seed: 
     best = min(candidates, key=lambda m: candidates[m][0])
     _, baseline, shared = candidates[best]
     mf_values, base_values = np.array([mf[k] for k in shared]), np.array([baseline[k] for k in shared])
-    reduction = 1 - mf_values.mean() / base_values.mean()
+    reduction = 1 - mf_values.mean() / base_values.mean() if base_values.mean() > 0 else math.nan
     rng = np.random.default_rng(seed)
     draws = []
     for _ in range(resamples):
@@ -98,3 +108,39 @@ def headline(evaluations: Sequence[RunEvaluation], resamples: int = 2000, seed: 
     return {"best_baseline": best, "mf_kl": float(mf_values.mean()), "baseline_kl": float(base_values.mean()),
             "relative_kl_reduction": float(reduction), "ci_low": low, "ci_high": high, "events": len(shared),
             "all_baselines": {m: float(c[0]) for m, c in candidates.items()}}
+
+
+def paired_comparisons(evaluations: Sequence[RunEvaluation], resamples: int = 2000) -> list[dict[str, Any]]:
+    """Each mean-field method against each baseline, paired by (event, seed): the mean difference
+    (method minus baseline) of mean KL, NLL and information gain over all actions, with a two-level
+    bootstrap 95% CI (events, then seeds within them). Negative KL/NLL differences favour the method."""
+    from mfllm.simulation.methods import get_method
+
+    by_key = {(e.method, e.event_id, e.seed): e for e in evaluations}
+    present = sorted({e.method for e in evaluations})
+    known = [m for m in present if _registered(m)]
+    challengers = [m for m in known if not get_method(m).is_baseline]
+    baselines = [m for m in known if get_method(m).is_baseline]
+    metrics = {"mean_kl": mean_kl, "nll": lambda e: e.nll,
+               "information_gain.all": lambda e: (e.information_gain or {}).get("all", {}).get("gain")}
+    rows = []
+    for method in challengers:
+        for baseline in baselines:
+            pairs = [(by_key[k], by_key[(baseline, k[1], k[2])]) for k in by_key if k[0] == method and (baseline, k[1], k[2]) in by_key]
+            for metric, value in metrics.items():
+                by_event: dict[str, list[float]] = {}
+                for ours, theirs in pairs:
+                    a, b = value(ours), value(theirs)
+                    if a is not None and b is not None and not (math.isnan(a) or math.isnan(b)):
+                        by_event.setdefault(ours.event_id, []).append(float(a) - float(b))
+                if by_event:
+                    mean, low, high = bootstrap_mean(by_event, resamples)
+                    rows.append({"method": method, "baseline": baseline, "metric": metric, "difference": mean, "ci_low": low,
+                                 "ci_high": high, "events": len(by_event), "pairs": sum(len(v) for v in by_event.values())})
+    return rows
+
+
+def _registered(method: str) -> bool:
+    from mfllm.simulation.methods import method_names
+
+    return method in method_names()

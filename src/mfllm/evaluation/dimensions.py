@@ -30,6 +30,8 @@ class Dimension:
 
 BUILTIN_DIMENSIONS: dict[str, Dimension] = {d.name: d for d in (
     Dimension("sentiment", ("negative", "neutral", "positive"), "the polarity of the feeling the text expresses", ordinal=True),
+    # emotion matches SMP2020-EWECT's six classes one to one, with our "calm" for its "neutral" (无情绪, no
+    # emotion); see mfllm.evaluation.validate.EWECT_TO_EMOTION, which the shipped zh-emotion model is trained on
     Dimension("emotion", ("angry", "calm", "happy", "sad", "fear", "surprise"), "the dominant emotion the text expresses"),
     Dimension("stance", ("oppose", "neutral", "support"), "the author's stance toward the claim in the source post", ordinal=True),
     Dimension("belief", ("doubt", "believe"), "whether the author believes the claim in the source post is true", ordinal=True),

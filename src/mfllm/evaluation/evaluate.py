@@ -9,12 +9,15 @@ from typing import Any, Sequence
 from mfllm.data.loaders import load_event
 from mfllm.data.schema import Event
 from mfllm.evaluation.dimensions import Dimension
+from mfllm.evaluation.information_gain import information_gain
 from mfllm.evaluation.labellers import LabelItem, Labeller
-from mfllm.evaluation.metrics import DEFAULT_ALPHA, DimensionMetrics, compare_streams, window_ids
+from mfllm.evaluation.metrics import (DEFAULT_ALPHA, CorrectedMetrics, DimensionMetrics, compare_streams, corrected_comparison,
+                                     pooled_confusion, window_ids)
 from mfllm.interfaces import LanguageModel
-from mfllm.prompts import policy_prompt
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import make_context
+from mfllm.simulation.interventions import scheduled_from_manifest
+from mfllm.simulation.step import Agent, StepContext
 from mfllm.simulation.store import RunStore
 
 
@@ -33,14 +36,30 @@ class RunEvaluation:
     nll: float | None = None
     nll_per_action: float | None = None
     labels: list[dict[str, Any]] = field(default_factory=list)
+    failed_actions: int = 0
+    """Rows whose generation failed (no action): left out of every distribution."""
+    unpaired_actions: int = 0
+    """Rows with no real reaction beside them (e.g. agents drawn from a population): nothing to compare."""
+    information_gain: dict[str, dict[str, Any]] | None = None
+    """Per action group, nats per token the method's context saves the policy on the real next actions
+    (see :mod:`mfllm.evaluation.information_gain`)."""
+    # per dimension: the labeller that labelled it, its note and its stored validations against human labels
+    validity: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # per dimension: raw and confusion-corrected KL (present where the labeller's validation covers every label)
+    corrected: dict[str, CorrectedMetrics] = field(default_factory=dict)
 
     def summary(self) -> dict[str, Any]:
         """Flat metrics (no per-window series, no labels), for tables."""
         out: dict[str, Any] = {k: getattr(self, k) for k in ("run", "event_id", "method", "seed", "agents", "window_scheme",
-                                                              "alpha", "labeller", "nll", "nll_per_action")}
+                                                              "alpha", "labeller", "nll", "nll_per_action",
+                                                              "failed_actions", "unpaired_actions")}
         for name, metrics in self.dimensions.items():
             for key in ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1"):
                 out[f"{name}.{key}"] = getattr(metrics, key)
+        for group, gain in (self.information_gain or {}).items():
+            out[f"information_gain.{group}"] = gain["gain"]
+        for name, corrected in self.corrected.items():
+            out[f"{name}.kl_corrected"] = corrected.kl_corrected
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -64,30 +83,44 @@ def label_run(rows: Sequence[dict[str, Any]], topic: str, language: str, labelle
     return result.labels[:n], result.labels[n:], failed
 
 
-def contexts_by_step(store: RunStore, config: SimulationConfig, event: Any) -> dict[int, str | None]:
-    """The context each rollout step's agents saw, restored from the journal's saved states."""
-    provider = make_context(config, event, None)
-    contexts: dict[int, str | None] = {}
+def contexts_by_step(store: RunStore, config: SimulationConfig, event: Event) -> dict[int, StepContext]:
+    """The shared context each step's agents saw, restored from the journal's saved states (no model needed),
+    with the statements of interventions starting at the step folded in as the engine did."""
+    contexts: dict[int, StepContext] = {}
     previous: dict[str, Any] | None = None
+    scheduled = scheduled_from_manifest(store.manifest())
     for step in store.committed_steps():
+        provider = make_context(config, event, None)
         if previous is not None:
             provider.load_state_dict(previous)
-        contexts[step["step"]] = provider.context() if previous is not None else None
+        contexts[step["step"]] = StepContext(event, provider)
+        active = [s for s in scheduled if s.active(step["step"])]
+        if active:
+            contexts[step["step"]].begin(step["step"], active)
         previous = step["context_state"]
     return contexts
 
 
 def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = None) -> tuple[float, float]:
     """(token-weighted mean NLL per token, mean over actions of per-token NLL) of the real actions,
-    teacher-forced under ``policy`` with the same prompt (topic, persona, simulated context) the
-    simulated agent had. Only the action's tokens count."""
+    teacher-forced under ``policy`` with the same prompt (topic, persona, simulated context, the
+    interventions that reached the agent) the simulated agent had. Only the action's tokens count;
+    rows without a real reaction are skipped."""
     manifest = store.manifest()
     config = SimulationConfig(**manifest["config"])
     if event is None:
         event, _ = load_event(config.data, config.event_id, config.data_format)
     contexts = contexts_by_step(store, config, event)
-    rows = store.actions()
-    prompts = [policy_prompt(event.source.text, r["persona"], event.language, config.method, contexts[r["step"]]) for r in rows]
+    scheduled = scheduled_from_manifest(manifest)
+    rows = [r for r in store.actions() if r.get("real_text") is not None]
+    prompts = []
+    for r in rows:
+        active = [s for s in scheduled if s.active(r["step"])]
+        if active:
+            agent = Agent.of(event.reactions[r["position"]], r["position"])
+            prompts.append(contexts[r["step"]].prompts([agent], active)[0])
+        else:
+            prompts.append(contexts[r["step"]].prompt(r["persona"]))
     scores = policy.score(prompts, [r["real_text"] for r in rows])
     tokens = sum(s.num_tokens for s in scores)
     per_action = [s.mean_nll for s in scores if s.num_tokens]
@@ -95,26 +128,47 @@ def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = Non
 
 
 def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[Dimension], window_scheme: str = "step",
-                 alpha: float = DEFAULT_ALPHA, policy: LanguageModel | None = None) -> RunEvaluation:
+                 alpha: float = DEFAULT_ALPHA, policy: LanguageModel | None = None,
+                 gain_models: tuple[LanguageModel, LanguageModel | None] | None = None) -> RunEvaluation:
+    """Compare the run's simulated actions with the real reactions beside them, dimension by dimension and
+    window by window; failed generations and rows without a real reaction are counted, not compared.
+    With ``policy``: the NLL of the real actions; with ``gain_models`` (the run's policy and mean-field
+    model): the information gain of the run's method along the real history."""
     store = RunStore(run_dir)
     manifest = store.manifest()
-    rows = store.actions()
-    if not rows:
+    all_rows = store.actions()
+    if not all_rows:
         raise ValueError(f"{run_dir}: the run has no simulated actions yet")
+    failed = sum("failure" in r for r in all_rows)
+    unpaired = sum(r.get("real_text") is None for r in all_rows)
+    rows = [r for r in all_rows if "failure" not in r and r.get("real_text") is not None]
+    if not rows:
+        raise ValueError(f"{run_dir}: no simulated action has a real reaction beside it to compare with "
+                         f"({failed} failed generations, {unpaired} actions without a real reaction)")
     config = manifest["config"]
     event, _ = load_event(config["data"], config["event_id"], config["data_format"])
     windows = window_ids(rows, window_scheme)
     evaluation = RunEvaluation(str(run_dir), manifest["event"]["event_id"], config["method"], config["seed"], len(rows),
-                               window_scheme, alpha, labeller.name)
+                               window_scheme, alpha, labeller.name, failed_actions=failed, unpaired_actions=unpaired)
     per_row: list[dict[str, Any]] = [{"position": r["position"], "step": r["step"], "window": w} for r, w in zip(rows, windows)]
     for dimension in dimensions:
         real, sim, failed = label_run(rows, event.source.text, event.language, labeller, dimension)
         evaluation.unlabelled[dimension.name] = failed
         for entry, r_label, s_label in zip(per_row, real, sim):
             entry[f"{dimension.name}.real"], entry[f"{dimension.name}.sim"] = r_label, s_label
+        chosen = labeller.chosen(dimension, event.language)
+        records = chosen.validations(dimension, event.language) if chosen is not None else []
+        evaluation.validity[dimension.name] = {"labeller": chosen.name if chosen is not None else None, "language": event.language,
+                                               "note": getattr(chosen, "note", ""), "validations": records}
         if any(label is not None for label in real) and any(label is not None for label in sim):
             evaluation.dimensions[dimension.name] = compare_streams(real, sim, windows, dimension, alpha)
+            confusion = pooled_confusion(records, dimension)
+            corrected = corrected_comparison(real, sim, windows, dimension, confusion, alpha) if confusion is not None else None
+            if corrected is not None:
+                evaluation.corrected[dimension.name] = corrected
     evaluation.labels = per_row
     if policy is not None:
         evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy, event)
+    if gain_models is not None:
+        evaluation.information_gain = information_gain(SimulationConfig(**config), event, *gain_models)
     return evaluation

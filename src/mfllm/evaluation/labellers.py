@@ -6,17 +6,25 @@ unlabelled (with a reason) and every other item's label in place.
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
 
 from mfllm.cache import JsonlCache, digest
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.interfaces import LanguageModel, SamplingParams
 from mfllm.prompts import label_prompt
+
+if TYPE_CHECKING:
+    from importlib.resources.abc import Traversable
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,15 @@ class LabelResult:
 class Labeller(ABC):
     name: str
 
+    def chosen(self, dimension: Dimension, language: str) -> Labeller | None:
+        """The labeller that labels ``dimension`` in ``language`` (itself, or None when it does not cover it)."""
+        return self if self.covers(dimension, language) else None
+
+    def validations(self, dimension: Dimension, language: str) -> list[dict[str, Any]]:
+        """Stored agreement with human labels for ``dimension`` in ``language`` (``Validation.to_json``
+        records); empty when this labeller was never validated there."""
+        return []
+
     @abstractmethod
     def covers(self, dimension: Dimension, language: str) -> bool:
         """Whether this labeller can label ``dimension`` in ``language``."""
@@ -57,6 +74,7 @@ class KindLabeller(Labeller):
     """Behaviour from the action's kind: a repost is a share, a comment or reply is a comment."""
 
     name = "kind"
+    note = "read from the action's recorded kind (a repost is a share), exact wherever the kind is recorded"
 
     def covers(self, dimension: Dimension, language: str) -> bool:
         return dimension.name == "behaviour"
@@ -91,6 +109,9 @@ class LexiconLabeller(Labeller):
 
     def covers(self, dimension: Dimension, language: str) -> bool:
         return (dimension.name, language) in {("sentiment", "zh"), ("sentiment", "en"), ("emotion", "zh")}
+
+    def validations(self, dimension: Dimension, language: str) -> list[dict[str, Any]]:
+        return [v for v in _shipped_json(LEXICON_VALIDATION_FILE) if v["dimension"] == dimension.name and v["language"] == language]
 
     def _tool(self, name: str) -> Any:
         if name not in self._tools:
@@ -140,6 +161,133 @@ class LexiconLabeller(Labeller):
         return result
 
 
+MODELS_FOLDER = "labeller_models"  # inside the mfllm.evaluation package
+LEXICON_VALIDATION_FILE = "lexicon_validation.json"
+JUDGE_VALIDATION_FILE = "judge_validation.json"
+MODEL_SUFFIX = ".model.json"
+
+
+def _models_folder() -> Traversable:
+    return resources.files("mfllm.evaluation") / MODELS_FOLDER
+
+
+def _shipped_json(name: str) -> Any:
+    """A JSON file shipped in ``mfllm/evaluation/labeller_models`` ([] when absent)."""
+    resource = _models_folder() / name
+    return json.loads(resource.read_text(encoding="utf-8")) if resource.is_file() else []
+
+
+def _sklearn_hashing() -> Any:
+    try:
+        from sklearn.feature_extraction.text import HashingVectorizer
+    except ImportError as exc:
+        raise ImportError("the trained labellers need scikit-learn: pip install 'mfllm[labellers]'") from exc
+    return HashingVectorizer
+
+
+def hashed_counts(texts: Sequence[str], features: dict[str, Any]) -> Any:
+    """Sparse n-gram counts (rows = texts) in ``2 ** features["hash_bits"]`` hashed columns."""
+    vectorizer = _sklearn_hashing()(analyzer=features["analyzer"], ngram_range=tuple(features["ngram_range"]),
+                                    n_features=2 ** features["hash_bits"], alternate_sign=False, norm=None,
+                                    lowercase=features["lowercase"])
+    return vectorizer.transform(texts)
+
+
+def tfidf_rows(counts: Any, columns: np.ndarray, idf: np.ndarray) -> Any:
+    """Kept ``columns`` of hashed counts, sublinear tf (1 + ln tf) times ``idf``, each row scaled to unit length."""
+    from scipy.sparse import diags
+
+    kept = counts[:, columns].tocsr().astype(np.float64)
+    kept.data = 1.0 + np.log(kept.data)
+    weighted = (kept @ diags(idf.astype(np.float64))).tocsr()
+    norms = np.sqrt(np.asarray(weighted.multiply(weighted).sum(axis=1)).ravel())
+    norms[norms == 0] = 1.0
+    return diags(1.0 / norms) @ weighted
+
+
+class LinearTextLabeller(Labeller):
+    """A linear classifier over hashed character n-grams (tf-idf), trained on human labels and shipped
+    with its weights (``<name>.npz``: kept hashed columns, idf, coefficients, intercepts; loaded with
+    ``allow_pickle=False``) and a spec (``<name>.model.json``: features, labels, training recipe,
+    attribution and validation figures). See :mod:`mfllm.training.labeller` for how they are made.
+
+    A model predicts its own labels on ``dimension``; ``derived`` maps them onto further dimensions
+    (the English SDQC model also gives 3-way stance: deny is oppose, query and comment are neutral).
+    """
+
+    def __init__(self, spec_path: Path | Traversable):
+        self.spec_path = spec_path
+        self.spec: dict[str, Any] = json.loads(spec_path.read_text(encoding="utf-8"))
+        self.name = f"linear:{self.spec['name']}"
+        self._weights: dict[str, np.ndarray] | None = None
+
+    def _mapping(self, dimension: Dimension) -> dict[str, str] | None:
+        if dimension.name == self.spec["dimension"]:
+            mapping = {label: label for label in self.spec["labels"]}
+        else:
+            mapping = self.spec.get("derived", {}).get(dimension.name)
+        if mapping is None or not set(mapping.values()) <= set(dimension.labels):
+            return None
+        return mapping
+
+    def covers(self, dimension: Dimension, language: str) -> bool:
+        return language == self.spec["language"] and self._mapping(dimension) is not None
+
+    def validations(self, dimension: Dimension, language: str) -> list[dict[str, Any]]:
+        return [v for v in self.spec.get("validations", []) if v["dimension"] == dimension.name and v["language"] == language]
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._weights is None:
+            weights_path = self.spec_path.parent / self.spec["weights"]
+            raw = weights_path.read_bytes()
+            if hashlib.sha256(raw).hexdigest() != self.spec["weights_sha256"]:
+                raise ValueError(f"{weights_path}: weights do not match {self.spec['name']}{MODEL_SUFFIX} (sha256); retrain both with "
+                                 "mfllm.training.labeller.train_labeller")
+            with np.load(io.BytesIO(raw), allow_pickle=False) as data:
+                self._weights = {key: data[key] for key in ("columns", "idf", "coef", "intercept")}
+            if self._weights["coef"].shape != (len(self.spec["labels"]), len(self._weights["columns"])):
+                raise ValueError(f"{weights_path}: coefficient shape {self._weights['coef'].shape} does not match "
+                                 f"{len(self.spec['labels'])} labels and {len(self._weights['columns'])} columns")
+        return self._weights
+
+    def predict(self, texts: Sequence[str]) -> list[str]:
+        """The model's own label (``spec["labels"]``) for each text."""
+        if not texts:
+            return []
+        weights = self._load()
+        rows = tfidf_rows(hashed_counts(texts, self.spec["features"]), weights["columns"], weights["idf"])
+        scores = rows @ weights["coef"].astype(np.float64).T + weights["intercept"]
+        return [self.spec["labels"][k] for k in np.asarray(scores).argmax(axis=1)]
+
+    def label(self, items: Sequence[LabelItem], dimension: Dimension) -> LabelResult:
+        mapping = self._mapping(dimension)
+        result = LabelResult([None] * len(items))
+        todo = []
+        for i, item in enumerate(items):
+            if mapping is None or item.language != self.spec["language"]:
+                result.failures[i] = f"{self.name} has no {dimension.name} for language {item.language!r}"
+            elif not item.text.strip():
+                result.failures[i] = "empty text"
+            else:
+                todo.append(i)
+        for i, label in zip(todo, self.predict([items[i].text for i in todo])):
+            result.labels[i] = mapping[label]  # type: ignore[index]
+        return result
+
+
+def shipped_labellers() -> list[LinearTextLabeller]:
+    """The trained labellers shipped in the package, in file-name order."""
+    folder = _models_folder()
+    if not folder.is_dir():
+        return []
+    return [LinearTextLabeller(entry) for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(MODEL_SUFFIX)]
+
+
+def default_labellers() -> list[Labeller]:
+    """The offline chain: action kind (behaviour), then the shipped trained models, then the lexicons."""
+    return [KindLabeller(), *shipped_labellers(), LexiconLabeller()]
+
+
 _JSON_OBJECT = re.compile(r"\{[^{}]*\}")
 
 
@@ -181,6 +329,11 @@ class LLMJudgeLabeller(Labeller):
 
     def covers(self, dimension: Dimension, language: str) -> bool:
         return language in ("zh", "en")
+
+    def validations(self, dimension: Dimension, language: str) -> list[dict[str, Any]]:
+        """Stored validations of this very judge (same mode and model), e.g. the embedded default's."""
+        return [v for v in _shipped_json(JUDGE_VALIDATION_FILE)
+                if v["labeller"] == self.name and v["dimension"] == dimension.name and v["language"] == language]
 
     def _key(self, item: LabelItem, dimension: Dimension) -> str:
         return digest(item.text, item.topic, dimension.name, dimension.labels, dimension.definition, self.name)
@@ -255,6 +408,10 @@ class LabellerChain(Labeller):
 
     def chosen(self, dimension: Dimension, language: str) -> Labeller | None:
         return next((lab for lab in self.labellers if lab.covers(dimension, language)), None)
+
+    def validations(self, dimension: Dimension, language: str) -> list[dict[str, Any]]:
+        labeller = self.chosen(dimension, language)
+        return labeller.validations(dimension, language) if labeller is not None else []
 
     def label(self, items: Sequence[LabelItem], dimension: Dimension) -> LabelResult:
         result = LabelResult([None] * len(items))

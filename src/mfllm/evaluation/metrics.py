@@ -27,6 +27,7 @@ from typing import Sequence
 
 import numpy as np
 from scipy.spatial.distance import jensenshannon
+from scipy.special import rel_entr
 from scipy.stats import entropy, wasserstein_distance
 
 from mfllm.evaluation.dimensions import Dimension
@@ -166,3 +167,112 @@ def window_ids(rows: Sequence[dict], scheme: str) -> list[int]:
         start = min(float(r["timestamp"]) for r in rows)
         return [int((float(r["timestamp"]) - start) // float(value)) for r in rows]
     raise ValueError(f"unknown window scheme {scheme!r}: use step, count:N or time:SECONDS")
+
+
+# ---------------------------------------------------------------- correction for the labeller's known confusion
+#
+# With R[g, k] = P(labeller says k | human says g), estimated from a validation confusion matrix, the
+# shares q the labeller reports relate to the true shares pi by q = R^T pi. Adjusted classify-and-count
+# recovers pi as the point of the probability simplex that best explains q:
+#     pi_hat = argmin_{pi >= 0, sum pi = 1} || R^T pi - q ||^2
+# (non-negative least squares with the sum constraint as a heavily weighted extra row, then
+# renormalised); where R is invertible and R^-T q is a distribution this equals the matrix inversion.
+# Corrected KL applies the usual smoothing to the corrected counts n * pi_hat. Its interval resamples
+# the validation confusion (each human-label row drawn again from a multinomial with its own total),
+# so it carries the labeller's uncertainty; the same seed gives the same confusion draws in every run,
+# so runs labelled by one labeller can be pooled draw by draw.
+
+DEFAULT_CORRECTION_RESAMPLES = 200
+_SUM_WEIGHT = 100.0
+
+
+def pooled_confusion(validations: Sequence[dict], dimension: Dimension) -> np.ndarray | None:
+    """Sum of the validation confusion counts (human label x predicted label, unlabelled column dropped)
+    over records on ``dimension``'s labels; None unless every label has human-labelled rows."""
+    total = np.zeros((len(dimension.labels), len(dimension.labels)))
+    for record in validations:
+        if record["dimension"] == dimension.name and list(record["labels"]) == list(dimension.labels):
+            total += np.asarray(record["confusion"], dtype=float)[:, :len(dimension.labels)]
+    return total if (total.sum(axis=1) > 0).all() else None
+
+
+def confusion_rates(confusion: np.ndarray, pseudo_count: float = DEFAULT_ALPHA) -> np.ndarray:
+    """Row-normalised confusion R[g, k] = P(predicted k | gold g), each cell smoothed by ``pseudo_count``."""
+    smoothed_rows = confusion + pseudo_count
+    return smoothed_rows / smoothed_rows.sum(axis=1, keepdims=True)
+
+
+def corrected_shares(predicted_counts: np.ndarray, rates: np.ndarray) -> np.ndarray:
+    """True label shares implied by the labeller's counts and its confusion rates (see the note above)."""
+    from scipy.optimize import nnls
+
+    total = predicted_counts.sum()
+    if total <= 0:
+        raise ValueError("cannot correct an empty window")
+    k = len(predicted_counts)
+    system = np.vstack([rates.T, np.full((1, k), _SUM_WEIGHT)])
+    target = np.concatenate([predicted_counts / total, [_SUM_WEIGHT]])
+    shares, _ = nnls(system, target)
+    return shares / shares.sum()
+
+
+@dataclass(frozen=True)
+class CorrectedMetrics:
+    """Raw and confusion-corrected window KL of one dimension, with the corrected KL's interval."""
+
+    dimension: str
+    kl_raw: float
+    kl_corrected: float
+    ci_low: float
+    ci_high: float
+    windows: int
+    validation_rows: int
+    real_corrected_proportions: list[list[float]]
+    sim_corrected_proportions: list[list[float]]
+    kl_corrected_draws: list[float]
+
+
+def _windowed_counts(real: Sequence[str | None], sim: Sequence[str | None], windows: Sequence[int],
+                     dimension: Dimension) -> list[tuple[np.ndarray, np.ndarray]]:
+    pairs = []
+    for window in sorted(set(windows)):
+        members = [i for i, w in enumerate(windows) if w == window]
+        c_real, c_sim = counts([real[i] for i in members], dimension), counts([sim[i] for i in members], dimension)
+        if c_real.sum() and c_sim.sum():
+            pairs.append((c_real, c_sim))
+    return pairs
+
+
+def _corrected_kl(pairs: list[tuple[np.ndarray, np.ndarray]], rates: np.ndarray, alpha: float) -> tuple[float, list, list]:
+    kls, real_shares, sim_shares = [], [], []
+    for c_real, c_sim in pairs:
+        p, q = corrected_shares(c_real, rates), corrected_shares(c_sim, rates)
+        kls.append(float(rel_entr(smoothed(p * c_real.sum(), alpha), smoothed(q * c_sim.sum(), alpha)).sum()))  # KL, as kl_divergence
+        real_shares.append(p)
+        sim_shares.append(q)
+    return float(np.mean(kls)), real_shares, sim_shares
+
+
+def corrected_comparison(real: Sequence[str | None], sim: Sequence[str | None], windows: Sequence[int], dimension: Dimension,
+                         confusion: np.ndarray, alpha: float = DEFAULT_ALPHA, resamples: int = DEFAULT_CORRECTION_RESAMPLES,
+                         level: float = 0.95, seed: int = 0) -> CorrectedMetrics | None:
+    """Window KL before and after correcting both streams for the labeller's ``confusion`` (counts,
+    human label x predicted). None when no window holds labelled real and simulated actions."""
+    if not (len(real) == len(sim) == len(windows)):
+        raise ValueError(f"misaligned streams: {len(real)} real, {len(sim)} simulated, {len(windows)} window ids")
+    pairs = _windowed_counts(real, sim, windows, dimension)
+    if not pairs:
+        return None
+    raw = float(np.mean([kl_divergence(smoothed(r, alpha), smoothed(s, alpha)) for r, s in pairs]))
+    point, real_shares, sim_shares = _corrected_kl(pairs, confusion_rates(confusion), alpha)
+    rng = np.random.default_rng(seed)
+    row_totals = confusion.sum(axis=1).astype(int)
+    row_shares = confusion / confusion.sum(axis=1, keepdims=True)
+    draws = []
+    for _ in range(resamples):
+        drawn = np.array([rng.multinomial(n, shares) for n, shares in zip(row_totals, row_shares)], dtype=float)
+        draws.append(_corrected_kl(pairs, confusion_rates(drawn), alpha)[0])
+    tail = (1 - level) / 2
+    return CorrectedMetrics(dimension.name, raw, point, float(np.quantile(draws, tail)), float(np.quantile(draws, 1 - tail)),
+                            len(pairs), int(confusion.sum()), [list(map(float, p)) for p in real_shares],
+                            [list(map(float, q)) for q in sim_shares], [float(d) for d in draws])

@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mfllm.evaluation.aggregate import headline, method_table
+from mfllm.evaluation.aggregate import bootstrap_mean, headline, method_table
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.evaluate import RunEvaluation
 from mfllm.simulation.store import RunStore
@@ -76,6 +76,7 @@ def trajectory_figure(evaluations: Sequence[RunEvaluation], event_id: str, dimen
         return None
     fig, axes = plt.subplots(1, len(dimension.labels), figsize=(3.2 * len(dimension.labels), 3.0), sharey=True, squeeze=False)
     reference = runs[0].dimensions[dimension.name].real_proportions
+    marks = intervention_marks(runs)
     for k, label in enumerate(dimension.labels):
         ax = axes[0][k]
         ax.plot(range(len(reference)), [p[k] for p in reference], color=COLOURS["real"], linewidth=2, label="real")
@@ -88,6 +89,7 @@ def trajectory_figure(evaluations: Sequence[RunEvaluation], event_id: str, dimen
             x = np.arange(len(mean))
             ax.plot(x, mean, color=COLOURS.get(method, None), label=f"{method} (n={len(series)} seeds)")
             ax.fill_between(x, mean - half, mean + half, color=COLOURS.get(method, None), alpha=0.2)
+        mark_steps(ax, marks)
         ax.set_title(label)
         ax.set_xlabel(f"window ({runs[0].window_scheme})")
         ax.set_ylim(-0.02, 1.02)
@@ -99,6 +101,27 @@ def trajectory_figure(evaluations: Sequence[RunEvaluation], event_id: str, dimen
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def intervention_marks(runs: Sequence[RunEvaluation]) -> list[tuple[int, str]]:
+    """(x, id) of every intervention of ``runs`` on a trajectory's window axis: the window of the first
+    evaluated action at or after the step the intervention starts."""
+    marks: dict[str, int] = {}
+    for e in runs:
+        scheduled = RunStore(e.run).manifest().get("interventions", {}).get("scheduled", [])
+        windows = sorted({row["window"] for row in e.labels})
+        for item in scheduled:
+            later = [row["window"] for row in e.labels if row["step"] >= item["start_step"]]
+            if later and item["id"] not in marks:
+                marks[item["id"]] = windows.index(later[0])
+    return sorted(((x, name) for name, x in marks.items()), key=lambda mark: mark[0])
+
+
+def mark_steps(ax: Any, marks: Sequence[tuple[int, str]]) -> None:
+    """Dashed vertical lines at the given x positions, labelled (interventions, a branch point)."""
+    for x, label in marks:
+        ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
+        ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), fontsize=6, rotation=90, va="top", ha="right", color="dimgrey")
 
 
 def metric_figure(table: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
@@ -138,9 +161,96 @@ def _fmt(value: float) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
 
 
+def validity_rows(evaluations: Sequence[RunEvaluation]) -> list[dict[str, Any]]:
+    """One row per (dimension, language, labeller, gold set) behind the evaluated labels, with a warning where
+    the labeller is no better than always answering the majority class, or was never checked against people."""
+    rows: dict[tuple, dict[str, Any]] = {}
+    for e in evaluations:
+        for dimension, validity in e.validity.items():
+            base = {"dimension": dimension, "language": validity["language"], "labeller": validity["labeller"] or "(none)"}
+            if not validity["validations"]:
+                warning = "" if validity["note"] else "not validated against human labels: agreement unknown"
+                rows.setdefault((dimension, validity["language"], base["labeller"], ""), {**base, "data": validity["note"] or "–",
+                                                                                         "warning": warning})
+            for record in validity["validations"]:
+                below = []
+                if record["accuracy"] <= record["majority_accuracy"]:
+                    below.append("accuracy")
+                if record["macro_f1"] <= record["majority_macro_f1"]:
+                    below.append("macro-F1")
+                warning = f"{' and '.join(below)} at or below the majority class" if below else ""
+                rows.setdefault((dimension, validity["language"], base["labeller"], record["data"]), {
+                    **base, "data": record["data"], "protocol": record["protocol"], "items": record["items"],
+                    "accuracy": record["accuracy"], "macro_f1": record["macro_f1"], "majority_label": record["majority_label"],
+                    "majority_accuracy": record["majority_accuracy"], "majority_macro_f1": record["majority_macro_f1"],
+                    "warning": warning})
+    return list(rows.values())
+
+
+def corrected_rows(evaluations: Sequence[RunEvaluation], resamples: int = 2000, seed: int = 0) -> list[dict[str, Any]]:
+    """Per method and dimension: raw KL and KL corrected for the labeller's confusion, means over events.
+    The corrected interval resamples events and seeds and, with each, one draw of the labeller's confusion."""
+    rows = []
+    rng = np.random.default_rng(seed)
+    for method in sorted({e.method for e in evaluations}, key=lambda m: (m != "mf", m)):
+        runs = [e for e in evaluations if e.method == method]
+        for dimension in sorted({d for e in runs for d in e.corrected}):
+            by_event: dict[str, list[Any]] = {}
+            for e in runs:
+                if dimension in e.corrected:
+                    by_event.setdefault(e.event_id, []).append(e.corrected[dimension])
+            raw, raw_low, raw_high = bootstrap_mean({k: [c.kl_raw for c in v] for k, v in by_event.items()}, resamples)
+            point = float(np.mean([np.mean([c.kl_corrected for c in v]) for v in by_event.values()]))
+            events = list(by_event.values())
+            stats = []
+            for b in range(resamples):
+                drawn = [events[i] for i in rng.integers(0, len(events), len(events))]
+                stats.append(np.mean([np.mean([c.kl_corrected_draws[b % len(c.kl_corrected_draws)] for c in
+                                               (v[j] for j in rng.integers(0, len(v), len(v)))]) for v in drawn]))
+            rows.append({"method": method, "dimension": dimension, "kl_raw": raw, "kl_raw_ci_low": raw_low, "kl_raw_ci_high": raw_high,
+                         "kl_corrected": point, "kl_corrected_ci_low": float(np.quantile(stats, 0.025)),
+                         "kl_corrected_ci_high": float(np.quantile(stats, 0.975)), "events": len(by_event),
+                         "runs": sum(len(v) for v in events)})
+    return rows
+
+
+def _validity_html(rows: list[dict[str, Any]]) -> list[str]:
+    parts = ["<h2>Label validity</h2><p>How far each dimension's labels agree with human labels (figures on rows the labeller "
+             "was not trained on), beside always answering the most common human label. Distances on a dimension whose labeller is "
+             "no better than that baseline measure the labeller more than the population.</p>",
+             "<table><tr><th>dimension</th><th>lang</th><th>labeller</th><th>human-labelled data</th><th>items</th><th>accuracy</th>"
+             "<th>macro-F1</th><th>majority class: accuracy</th><th>macro-F1</th><th>warning</th></tr>"]
+    for r in rows:
+        style = " style='background:#fdd'" if r["warning"] else ""
+        parts.append(f"<tr{style}><td class=t>{html.escape(r['dimension'])}</td><td class=t>{html.escape(r['language'])}</td>"
+                     f"<td class=t>{html.escape(r['labeller'])}</td><td class=t>{html.escape(r['data'])}"
+                     + (f"<br><small>{html.escape(r['protocol'])}</small>" if r.get("protocol") else "") + "</td>"
+                     f"<td>{r.get('items', '–')}</td><td>{_fmt(r.get('accuracy'))}</td><td>{_fmt(r.get('macro_f1'))}</td>"
+                     f"<td>{_fmt(r.get('majority_accuracy'))}</td><td>{_fmt(r.get('majority_macro_f1'))}</td>"
+                     f"<td class=t>{html.escape(r['warning'])}</td></tr>")
+    parts.append("</table>")
+    return parts
+
+
+def _corrected_html(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["<p>No dimension's labeller has a validation covering all its labels, so no KL is corrected for label errors.</p>"]
+    parts = ["<h2>KL raw and corrected for labeller errors</h2><p>Corrected: each window's label shares, real and simulated, "
+             "adjusted for the labeller's confusion on human labels (adjusted classify-and-count); the interval also resamples that "
+             "confusion, so it includes the labeller's uncertainty.</p><table><tr><th>method</th><th>dimension</th><th>raw KL</th>"
+             "<th>95% CI</th><th>corrected KL</th><th>95% CI (incl. labeller)</th><th>events</th><th>runs</th></tr>"]
+    parts.extend(f"<tr><td class=t>{r['method']}</td><td class=t>{r['dimension']}</td><td>{_fmt(r['kl_raw'])}</td>"
+                 f"<td>{_fmt(r['kl_raw_ci_low'])} – {_fmt(r['kl_raw_ci_high'])}</td><td>{_fmt(r['kl_corrected'])}</td>"
+                 f"<td>{_fmt(r['kl_corrected_ci_low'])} – {_fmt(r['kl_corrected_ci_high'])}</td><td>{r['events']}</td><td>{r['runs']}</td></tr>"
+                 for r in rows)
+    parts.append("</table>")
+    return parts
+
+
 def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dimension], output: str | Path,
-                 max_events: int = 4, samples: int = 8) -> Path:
-    """Write metrics files, PNG figures and ``index.html`` (figures embedded, so the page stands alone)."""
+                 max_events: int = 4, samples: int = 8, sections: Sequence[str] = ()) -> Path:
+    """Write metrics files, PNG figures and ``index.html`` (figures embedded, so the page stands alone).
+    ``sections``: extra HTML placed after the metrics table (e.g. a backtest's paired comparisons)."""
     out = Path(output)
     figures_dir = out / "figures"
     figures_dir.mkdir(parents=True, exist_ok=True)
@@ -170,12 +280,16 @@ def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dime
                      f"<b>{top['best_baseline']}</b> {top['baseline_kl']:.3f}: relative KL reduction "
                      f"<b>{top['relative_kl_reduction']:.0%}</b> (95% CI {top['ci_low']:.0%} to {top['ci_high']:.0%}, "
                      f"{top['events']} events; the MF-LLM paper reports 47%).</p>")
+    parts.extend(_validity_html(validity_rows(evaluations)))
+    parts.extend(_corrected_html(corrected_rows(evaluations)))
     parts.append("<h2>Metrics by method</h2><table><tr><th>method</th><th>dimension</th><th>metric</th><th>mean</th>"
                  "<th>95% CI</th><th>events</th><th>runs</th></tr>")
     for r in table:
         parts.append(f"<tr><td class=t>{r['method']}</td><td class=t>{r['dimension']}</td><td class=t>{r['metric']}</td>"
                      f"<td>{_fmt(r['mean'])}</td><td>{_fmt(r['ci_low'])} – {_fmt(r['ci_high'])}</td><td>{r['events']}</td><td>{r['runs']}</td></tr>")
-    parts.append("</table><h2>Figures</h2>")
+    parts.append("</table>")
+    parts.extend(sections)
+    parts.append("<h2>Figures</h2>")
     parts.extend(_img(f) for f in figures)
     parts.append("<h2>Unlabelled items</h2><ul>")
     for e in evaluations[:20]:
@@ -186,7 +300,7 @@ def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dime
     for e in [e for e in evaluations if e.event_id == events[0]][:5]:
         rows = RunStore(e.run).actions()[:samples]
         parts.append(f"<h3>{html.escape(e.event_id)} · {e.method} · seed {e.seed}</h3><table><tr><th>agent</th><th>real</th><th>simulated</th></tr>")
-        parts.extend(f"<tr><td>{r['position']}</td><td class=t>{html.escape(r['real_text'])}</td><td class=t>{html.escape(r['sim_text'])}</td></tr>"
+        parts.extend(f"<tr><td>{r['position']}</td><td class=t>{html.escape(r['real_text'] or '')}</td><td class=t>{html.escape(r['sim_text'])}</td></tr>"
                      for r in rows)
         parts.append("</table>")
     parts.append("</body></html>")

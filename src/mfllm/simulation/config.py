@@ -2,14 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mfllm.configuration import YamlConfig
-
-Method = Literal["mf", "state", "recent", "popular", "sft"]
-METHODS: tuple[str, ...] = ("mf", "state", "recent", "popular", "sft")
+from mfllm.simulation.methods import get_method
 
 
 class SimulationConfig(YamlConfig):
@@ -18,8 +14,8 @@ class SimulationConfig(YamlConfig):
     data: str = Field(description="Dataset directory or file (see `mfllm data list`).")
     data_format: str | None = Field(default=None, description="Reader name; detected from the path when omitted.")
     event_id: str | None = Field(default=None, description="Event to simulate; the first event when omitted.")
-    method: Method = Field(default="mf", description="mf = mean field; state = profile only; recent = last k actions; "
-                                                      "popular = top k by engagement; sft = tuned policy, no context.")
+    method: str = Field(default="mf", description="What agents see of the population: a registered method (`mfllm methods` lists "
+                                                  "them: mf, state, recent, popular, sft, ...).")
     policy_model: str = Field(default="embedded:gemma-3-270m", description="Policy model spec (embedded:NAME, hf:PATH, openai:MODEL@URL, fake).")
     mean_field_model: str | None = Field(default=None, description="Mean-field model spec; the policy model when omitted.")
     policy_adapter: str | None = Field(default=None, description="LoRA adapter directory for the policy.")
@@ -33,15 +29,29 @@ class SimulationConfig(YamlConfig):
     temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_action_tokens: int = Field(default=48, ge=1, description="Upper bound on an action; generation stops at the end of the line first.")
-    max_mean_field_tokens: int = Field(default=128, ge=8, description="Upper bound on a mean-field update.")
+    max_mean_field_tokens: int = Field(default=128, ge=8, description="Upper bound on a mean-field update (tokens).")
+    mean_field_temperature: float | None = Field(default=None, ge=0.0, description="Temperature of mean-field updates; the policy's "
+                                                                                     "temperature when omitted.")
+    mean_field_top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus mass of mean-field updates; top_p when omitted.")
+    max_generation_attempts: int = Field(default=3, ge=1, description="Tries per agent when the policy returns an empty reply (a new "
+                                                                      "seed each, recorded in the row); then the action is recorded as failed.")
     mean_field_max_chars: int = Field(default=120, ge=20, description="Length the mean-field prompt asks for (characters in zh, words in en).")
+    interventions: list[str] = Field(default=[], description="YAML files of interventions (injected posts, statements, "
+                                                                        "moderation, targeted at subgroups; see README 'What-if').")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
     dtype: str = Field(default="auto", description="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16.")
 
+    @field_validator("method")
+    @classmethod
+    def _registered(cls, method: str) -> str:
+        get_method(method)
+        return method
+
     @model_validator(mode="after")
     def _check(self) -> SimulationConfig:
-        if self.method != "mf" and (self.mean_field_model or self.mean_field_adapter):
-            raise ValueError(f"method {self.method!r} has no mean field: drop mean_field_model / mean_field_adapter")
+        mean_field_settings = ("mean_field_model", "mean_field_adapter", "mean_field_temperature", "mean_field_top_p")
+        if not get_method(self.method).needs_mean_field_model and any(getattr(self, f) is not None for f in mean_field_settings):
+            raise ValueError(f"method {self.method!r} has no mean-field model: drop {', '.join(f for f in mean_field_settings if getattr(self, f) is not None)}")
         return self
 
     @property

@@ -1,7 +1,7 @@
-"""The MF-LLM loop: warm up on real reactions, then step through batches of real users acting via the policy.
+"""The MF-LLM engine: runs a scenario step by step, committing each step to the run directory.
 
-The :class:`Simulator` owns time (the step schedule) and randomness (a seed per model call derived
-from the run seed and the step), so a resumed run reproduces an uninterrupted one exactly.
+The :class:`Simulator` owns time (the scenario's steps) and randomness (a seed per model call derived
+from the run seed, the step and the role), so a resumed run reproduces an uninterrupted one exactly.
 Measurement is kept out of it: it writes rows; evaluation reads them.
 """
 
@@ -10,105 +10,103 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
-from mfllm.data.loaders import WEIBO_DEFAULT_REPOST_TEXT, load_event
-from mfllm.data.personas import persona_text
-from mfllm.data.schema import Event, LoadReport, Reaction
-from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel, SamplingParams
+from mfllm.data.loaders import load_event
+from mfllm.data.schema import Event, LoadReport
+from mfllm.interfaces import ContextProvider, LanguageModel, LLMMeanField, Prompt, SamplingParams
 from mfllm.manifest import base_manifest, derive_seed
-from mfllm.prompts import policy_prompt, policy_stop
+from mfllm.prompts import policy_stop
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.context import MeanField, NoContext, PopularK, RecentK
+from mfllm.simulation.methods import get_method
+from mfllm.simulation.methods.mean_field import mean_field_sampling
+from mfllm.simulation.interventions import Scheduled, file_digest, schedule_interventions
+from mfllm.simulation.scenario import Intervened, Replay, Scenario
+from mfllm.simulation.step import Agent, Step, StepContext, action_row
 from mfllm.simulation.store import RunStore
 
 ProgressFactory = Callable[[int, str], Any]
-
-
-@dataclass(frozen=True)
-class Step:
-    """One step of the schedule: which reactions (by position in the event) act, and in which phase."""
-
-    index: int
-    phase: str  # "warmup" (real actions feed the context) or "rollout" (agents act through the policy)
-    positions: tuple[int, ...]
-
-
-def schedule(num_reactions: int, warmup: int, batch_size: int, num_agents: int | None) -> list[Step]:
-    """Warm-up over the first ``warmup`` reactions (last chunk may be partial), then rollout batches."""
-    if warmup >= num_reactions:
-        raise ValueError(f"warm-up of {warmup} leaves no reaction to simulate (the event has {num_reactions})")
-    end = num_reactions if num_agents is None else min(num_reactions, warmup + num_agents)
-    steps: list[Step] = []
-    for phase, lo, hi in (("warmup", 0, warmup), ("rollout", warmup, end)):
-        for start in range(lo, hi, batch_size):
-            steps.append(Step(len(steps), phase, tuple(range(start, min(start + batch_size, hi)))))
-    return steps
+FAILED_EMPTY = "empty completion"
 
 
 def make_context(config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> ContextProvider:
-    """The context provider of ``config.method`` (a mean field without a model can only be restored and read)."""
-    if config.method == "mf":
-        params = SamplingParams(config.max_mean_field_tokens, config.temperature, config.top_p, ("\n",))
-        return MeanField(mean_field_model, event.source.text, event.language, params, config.mean_field_max_chars)  # type: ignore[arg-type]
-    if config.method == "recent":
-        return RecentK(event.language, config.context_k)
-    if config.method == "popular":
-        return PopularK(event.language, config.context_k, config.popular_window)
-    return NoContext()
-
-
-def infer_kind(text: str) -> str:
-    """A simulated action's kind: a bare repost (empty or the platform's default text) or a comment."""
-    stripped = text.strip().lower()
-    return "repost" if stripped in ("", WEIBO_DEFAULT_REPOST_TEXT, "转发", "repost", "retweet", "rt") else "comment"
+    """The context provider of ``config.method`` (without a mean-field model it can only be restored and read)."""
+    return get_method(config.method).create(config, event, mean_field_model)
 
 
 class Simulator:
-    """Runs one event with one method and seed, writing every step to a :class:`RunStore`."""
+    """Runs one event with one method and seed under a scenario (replay by default), writing every step
+    to a :class:`RunStore`."""
 
-    def __init__(self, config: SimulationConfig, event: Event, policy: LanguageModel, mean_field_model: LanguageModel | None = None):
-        if config.method == "mf" and mean_field_model is None:
-            raise ValueError("method 'mf' needs a mean-field model")
+    def __init__(self, config: SimulationConfig, event: Event, policy: LanguageModel, mean_field_model: LanguageModel | None = None,
+                 scenario: Scenario | None = None):
+        method = get_method(config.method)
+        if method.needs_mean_field_model and mean_field_model is None:
+            raise ValueError(f"method {config.method!r} needs a mean-field model")
         self.config, self.event, self.policy, self.mean_field_model = config, event, policy, mean_field_model
-        self.language = event.language
-        self.steps = schedule(len(event.reactions), config.warmup, config.batch_size, config.num_agents)
+        self.scenario = scenario or Replay(event, config.warmup, config.batch_size, config.num_agents)
+        self.steps = self.scenario.steps()
         self.context = make_context(config, event, mean_field_model)
+        self.step_context = StepContext(event, self.context)
 
-    def persona(self, reaction: Reaction, short: bool = False) -> str:
-        return persona_text(reaction.user, self.language, short=short)
+    def _policy_params(self, step: Step, attempt: int) -> SamplingParams:
+        seed = derive_seed(self.config.seed, step.index, "policy") if attempt == 0 else derive_seed(self.config.seed, step.index, "policy", attempt)
+        return SamplingParams(self.config.max_action_tokens, self.config.temperature, self.config.top_p, policy_stop(self.event.language), seed)
 
-    def _action(self, position: int, text: str, kind: str) -> AgentAction:
-        reaction = self.event.reactions[position]
-        return AgentAction(self.persona(reaction, short=True), text, kind, reaction.engagement, position)
+    def _generate(self, step: Step, prompts: list[Prompt]) -> tuple[list[str], dict[int, dict[str, Any]]]:
+        """One text per prompt. An empty reply is a failed generation: it is asked again, alone, with a
+        new seed per attempt (recorded in its row); after the last attempt it is recorded as a failure."""
+        texts = self.policy.generate(prompts, self._policy_params(step, 0))
+        notes: dict[int, dict[str, Any]] = {}
+        failed = [i for i, text in enumerate(texts) if not text.strip()]
+        for attempt in range(1, self.config.max_generation_attempts):
+            if not failed:
+                break
+            params = self._policy_params(step, attempt)
+            for i, text in zip(failed, self.policy.generate([prompts[i] for i in failed], params)):
+                texts[i] = text
+                notes[i] = {"attempts": attempt + 1, "seed": params.seed}
+            failed = [i for i in failed if not texts[i].strip()]
+        for i in failed:
+            notes[i] = {**notes.get(i, {"attempts": 1}), "failure": FAILED_EMPTY}
+        return texts, notes
 
-    def run_step(self, step: Step) -> tuple[list[dict[str, Any]], list[AgentAction]]:
-        """Act (rollout) or replay (warm-up) one step and update the context; returns rows and actions."""
-        reactions = [self.event.reactions[p] for p in step.positions]
+    def run_step(self, step: Step) -> list[dict[str, Any]]:
+        """Replay (warm-up) or act (rollout) one step and update the context; returns the step's rows.
+
+        Interventions in effect at the step act through the step context: those starting now reach the
+        shared context first, pinned posts and notices appear in the prompts of the agents they reach, and
+        actions a moderation removes are kept out of the context (their rows say which moderation)."""
+        agents: list[Agent] = self.scenario.agents(step)
+        active = list(self.scenario.interventions(step))
+        injected = self.step_context.begin(step.index, active) if active else []
+        mean_field_seed = derive_seed(self.config.seed, step.index, "mean_field")
         if step.phase == "warmup":
-            actions = [self._action(p, r.text, r.kind) for p, r in zip(step.positions, reactions)]
-            self.context.observe(actions, derive_seed(self.config.seed, step.index, "mean_field"))
-            return [], actions
-        context = self.context.context()
-        prompts = [policy_prompt(self.event.source.text, self.persona(r), self.language, self.config.method, context) for r in reactions]
-        params = SamplingParams(self.config.max_action_tokens, self.config.temperature, self.config.top_p, policy_stop(self.language),
-                                derive_seed(self.config.seed, step.index, "policy"))
-        texts = self.policy.generate(prompts, params)
+            actions = [self.step_context.action(a, a.real.text, a.real.kind) for a in agents
+                       if a.real is not None and not (active and self.step_context.removed_by(a, a.real.text, a.real.kind, active))]
+            self.step_context.observe([*injected, *actions], mean_field_seed)
+            return []
+        prompts = self.step_context.prompts(agents, active)
+        texts, notes = self._generate(step, prompts)
         rows = []
-        for position, reaction, prompt, text in zip(step.positions, reactions, prompts, texts):
-            rows.append({
-                "step": step.index, "position": position, "reaction_id": reaction.post_id, "user_id": reaction.user.user_id,
-                "timestamp": reaction.timestamp, "persona": self.persona(reaction), "real_kind": reaction.kind,
-                "real_text": reaction.text, "sim_kind": infer_kind(text), "sim_text": text,
-                "prompt_chars": len(prompt.completion), "prompt_tokens": self.policy.count_tokens(prompt),
-            })
-        actions = [self._action(p, row["sim_text"], row["sim_kind"]) for p, row in zip(step.positions, rows)]
-        self.context.observe(actions, derive_seed(self.config.seed, step.index, "mean_field"))
-        return rows, actions
+        for i, (agent, prompt, text) in enumerate(zip(agents, prompts, texts)):
+            row = action_row(step.index, agent, self.step_context.persona(agent), prompt, text, self.policy)
+            if i in notes:
+                row.update(notes[i])
+                if "failure" in notes[i]:
+                    row["sim_kind"] = None
+            elif active and (moderation := self.step_context.removed_by(agent, text, row["sim_kind"], active)):
+                row["moderated"] = moderation
+            rows.append(row)
+        actions = [self.step_context.action(agent, row["sim_text"], row["sim_kind"])
+                   for agent, row in zip(agents, rows) if "failure" not in row and "moderated" not in row]
+        self.step_context.observe([*injected, *actions], mean_field_seed)
+        return rows
 
     def run(self, store: RunStore, progress: ProgressFactory | None = None) -> dict[str, Any]:
         """Run (or continue) the schedule, committing each step; returns throughput figures."""
-        committed = store.rollback_to_committed()
+        records_mean_field = not get_method(self.config.method).is_baseline  # every mean field, model-written or not
+        committed = store.rollback_to_committed(self.steps, records_mean_field)
         if committed:
             self.context.load_state_dict(committed[-1]["context_state"])
         remaining = self.steps[len(committed):]
@@ -116,12 +114,14 @@ class Simulator:
         bar = progress(rollout_agents, f"{self.event.event_id} {self.config.method}") if progress else None
         started, simulated = time.perf_counter(), 0
         for step in remaining:
-            rows, _ = self.run_step(step)
-            context = self.context.context()
-            entry = {"step": step.index, "phase": step.phase, "after_position": step.positions[-1], "text": context} \
-                if self.config.method == "mf" else None
-            store.commit({"step": step.index, "phase": step.phase, "positions": list(step.positions),
-                          "context_state": self.context.state_dict()}, rows, entry)
+            rows = self.run_step(step)
+            entry = {"step": step.index, "phase": step.phase, "after_position": step.positions[-1], "text": self.context.context()} \
+                if records_mean_field else None
+            record = {"step": step.index, "phase": step.phase, "positions": list(step.positions)}
+            starting = [s.id for s in self.scenario.interventions(step) if s.start == step.index]
+            if starting:
+                record["interventions"] = starting
+            store.commit({**record, "context_state": self.context.state_dict()}, rows, entry)
             simulated += len(rows)
             if bar is not None and rows:
                 bar.update(len(rows))
@@ -142,84 +142,193 @@ def _manifest(config: SimulationConfig, event: Event, report: LoadReport, simula
                           "mean_field": simulator.mean_field_model.describe() if simulator.mean_field_model else None}
     manifest["schedule"] = {"steps": len(simulator.steps), "warmup_steps": sum(s.phase == "warmup" for s in simulator.steps),
                             "rollout_agents": sum(len(s.positions) for s in simulator.steps if s.phase == "rollout")}
+    manifest["scenario"] = simulator.scenario.describe()
+    if simulator.mean_field_model is not None:
+        sampling = mean_field_sampling(config)
+        manifest["mean_field_sampling"] = {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
+                                           "top_p": sampling.top_p, "top_k": sampling.top_k}
     manifest["status"] = "running"
     return manifest
 
 
-def _comparable(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in config.items() if k not in ("device",)}
+def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A recorded config as the current code reads it (fields added since take their defaults), less
+    the fields a resumed run may change (the device; intervention files may move: their content is compared)."""
+    return {k: v for k, v in SimulationConfig(**config).model_dump().items() if k not in ("device", "interventions")}
 
 
 def build_models(config: SimulationConfig, pool: Any) -> tuple[LanguageModel, LanguageModel | None]:
-    """The policy and (for ``mf``) the mean-field backend, sharing weights when they share a base model."""
+    """The policy and (for methods that need one) the mean-field backend, sharing weights when they share a base model."""
     policy = pool.get(config.policy_model, adapter=config.policy_adapter, role="policy")
     mean_field = None
-    if config.method == "mf":
+    if get_method(config.method).needs_mean_field_model:
         mean_field = pool.get(config.resolved_mean_field_model, adapter=config.mean_field_adapter, role="mean_field")
     return policy, mean_field
 
 
+@dataclass(frozen=True)
+class BranchPoint:
+    """Where a branch starts: the first ``at`` committed steps of the ``parent`` run are copied (byte for byte,
+    no model call), and the branch continues from there. ``added`` are the intervention files of the change
+    (the branch's config lists them after the parent's own); they may not start before ``at``."""
+
+    parent: Path
+    at: int
+    added: tuple[str, ...] = ()
+
+    def describe(self) -> dict[str, Any]:
+        return {"parent": str(self.parent), "at": self.at, "added_interventions": list(self.added)}
+
+
+def place_interventions(config: SimulationConfig, event: Event, scenario: Scenario, branch: BranchPoint | None = None) -> list[Scheduled]:
+    """The interventions of ``config.interventions`` on ``scenario``'s schedule. A branch's added files start at
+    or after the branch point (an entry without a start takes it); the parent's own files keep their steps."""
+    added = set(branch.added) if branch else set()
+    own = [f for f in config.interventions if f not in added]
+    steps, source_time = scenario.steps(), event.source.timestamp
+    scheduled = schedule_interventions(own, steps, scenario.agents, source_time)
+    if branch is not None and branch.added:
+        scheduled += schedule_interventions(branch.added, steps, scenario.agents, source_time, default_step=branch.at, earliest_step=branch.at)
+    ids = [s.id for s in scheduled]
+    if len(set(ids)) != len(ids):
+        twice = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"intervention ids used in more than one file: {', '.join(twice)}")
+    return scheduled
+
+
+def _intervention_record(scheduled: Sequence[Scheduled]) -> list[dict[str, Any]]:
+    """What a resumed run must find unchanged: each intervention's content and steps (not where its file lives)."""
+    return [{k: v for k, v in s.describe().items() if k != "file"} for s in scheduled]
+
+
+def _check_branch(config: SimulationConfig, branch: BranchPoint, event: Event, steps: Sequence[Step]) -> None:
+    """The parent must be this config's run (up to seed and added interventions) on the same data, with ``at`` steps committed."""
+    parent = RunStore(branch.parent)
+    manifest = parent.manifest()
+    ignored = ("seed", "interventions", "data")
+    recorded = {k: v for k, v in comparable_config(manifest["config"]).items() if k not in ignored}
+    mine = {k: v for k, v in comparable_config(config.model_dump()).items() if k not in ignored}
+    if recorded != mine:
+        changed = sorted(k for k in recorded if recorded[k] != mine.get(k))
+        raise ValueError(f"{branch.parent}: a branch keeps its parent's config except seed and interventions (changed: {', '.join(changed)})")
+    own = [f for f in config.interventions if f not in set(branch.added)]
+    if own != list(manifest["config"].get("interventions", [])):
+        raise ValueError(f"{branch.parent}: a branch keeps its parent's intervention files ({manifest['config'].get('interventions', [])})")
+    if manifest["data_hash"] != event.content_hash():
+        raise ValueError(f"{branch.parent}: the event data changed since the parent ran; cannot branch")
+    committed = len(parent.committed_steps())
+    if not 0 <= branch.at < len(steps):
+        raise ValueError(f"{branch.parent}: branch point {branch.at} is outside the run's steps 0..{len(steps) - 1}")
+    if branch.at > committed:
+        raise ValueError(f"{branch.parent}: branch point {branch.at} is past the parent's {committed} committed steps")
+
+
 def simulate(config: SimulationConfig, output_dir: str | Path, pool: Any = None, resume: bool = False,
-             progress: ProgressFactory | None = None) -> Path:
-    """Run one simulation into ``output_dir`` (or resume it); returns the run directory."""
+             progress: ProgressFactory | None = None, scenario: Callable[[Event], Scenario] | None = None,
+             branch: BranchPoint | None = None) -> Path:
+    """Run one simulation into ``output_dir`` (or resume it); returns the run directory.
+
+    ``scenario`` builds the run's scenario from the loaded event (default: replay of the event); the
+    interventions of ``config.interventions`` are placed on it. With ``branch``, the run starts as a copy of
+    the parent's first ``branch.at`` steps and continues from there.
+    """
     from mfllm.backends import ModelPool
 
     store = RunStore(output_dir)
-    if store.exists() and not resume:
-        raise FileExistsError(f"{output_dir} already holds a run; pass resume=True (--resume) to continue it")
-    if resume and store.exists():
-        previous = store.manifest()
-        if _comparable(previous["config"]) != _comparable(config.model_dump()):
-            changed = sorted(k for k in config.model_dump() if previous["config"].get(k) != config.model_dump()[k])
-            raise ValueError(f"{output_dir}: cannot resume with a different config (changed: {', '.join(changed)})")
-    event, report = load_event(config.data, config.event_id, config.data_format)
-    if resume and store.exists() and store.manifest()["data_hash"] != event.content_hash():
-        raise ValueError(f"{output_dir}: the event data changed since the run started; cannot resume")
-    pool = pool or ModelPool(config.device, config.dtype)
-    policy, mean_field = build_models(config, pool)
-    simulator = Simulator(config, event, policy, mean_field)
-    if not store.exists():
-        store.write_manifest(_manifest(config, event, report, simulator))
-    throughput = simulator.run(store, progress)
-    usage = {"policy": policy.usage.as_dict(), "mean_field": mean_field.usage.as_dict() if mean_field else None}
-    store.update_manifest(status="completed", throughput=throughput, usage=usage)
+    with store.lock():
+        store.check_resumable(resume)
+        previous = store.manifest() if resume and store.exists() else None
+        if previous is not None:
+            if comparable_config(previous["config"]) != comparable_config(config.model_dump()):
+                new = comparable_config(config.model_dump())
+                changed = sorted(k for k, v in comparable_config(previous["config"]).items() if new.get(k) != v)
+                raise ValueError(f"{output_dir}: cannot resume with a different config (changed: {', '.join(changed)})")
+            if previous.get("branch") != (branch.describe() if branch else None):
+                raise ValueError(f"{output_dir}: cannot resume with a different branch point (the run has {previous.get('branch')})")
+        event, report = load_event(config.data, config.event_id, config.data_format)
+        if previous is not None and previous["data_hash"] != event.content_hash():
+            raise ValueError(f"{output_dir}: the event data changed since the run started; cannot resume")
+        base = scenario(event) if scenario else Replay(event, config.warmup, config.batch_size, config.num_agents)
+        scheduled = place_interventions(config, event, base, branch)
+        if previous is not None and previous.get("interventions", {}).get("scheduled", []) != _intervention_record(scheduled):
+            raise ValueError(f"{output_dir}: cannot resume with different interventions (an intervention file changed since the run started)")
+        if branch is not None:
+            _check_branch(config, branch, event, base.steps())
+        pool = pool or ModelPool(config.device, config.dtype)
+        policy, mean_field = build_models(config, pool)
+        simulator = Simulator(config, event, policy, mean_field, Intervened(base, scheduled) if scheduled else base)
+        if not store.exists():
+            manifest = _manifest(config, event, report, simulator)
+            if scheduled:
+                manifest["interventions"] = {"sha256": file_digest(config.interventions), "scheduled": _intervention_record(scheduled)}
+            if branch is not None:
+                manifest["branch"] = branch.describe()
+            store.write_manifest(manifest)
+        if branch is not None and len(store.committed_steps()) < branch.at:
+            store.copy_prefix(RunStore(branch.parent), branch.at)
+        throughput = simulator.run(store, progress)
+        usage = {"policy": policy.usage.as_dict(), "mean_field": mean_field.usage.as_dict() if mean_field else None}
+        failures = sum(1 for row in store.actions() if "failure" in row)
+        moderated = sum(1 for row in store.actions() if "moderated" in row)
+        store.update_manifest(status="completed", throughput=throughput, usage=usage, **({"failed_actions": failures} if failures else {}),
+                              **({"moderated_actions": moderated} if moderated else {}))
     return Path(output_dir)
+
+
+class _StandIn(LanguageModel):
+    """A mean-field model for dry runs: every update is ``text`` (the longest one allowed)."""
+
+    def __init__(self, text: str, counter: LanguageModel):
+        self.text, self.counter, self.usage = text, counter, counter.usage
+
+    def generate(self, prompts: Any, params: SamplingParams) -> list[str]:
+        return [self.text for _ in prompts]
+
+    def score(self, prompts: Any, continuations: Any) -> list[Any]:
+        raise NotImplementedError("a dry run scores nothing")
 
 
 def estimate(config: SimulationConfig, event: Event, policy: LanguageModel) -> dict[str, Any]:
     """Model calls and prompt tokens a run will need, without generating anything (``--dry-run``).
 
-    Mean fields are stood in for by a placeholder of the maximum update length (an upper bound),
-    recent/popular contexts by the real reactions. ``full_history_tokens`` is what a prompt holding
-    every earlier reaction would cost at the same step: the growth the mean field avoids.
+    The schedule runs through the same step code as a simulation (interventions included); mean-field
+    updates are stood in for by a placeholder of the maximum update length (an upper bound), simulated
+    actions by the real reactions of their slots. ``full_history_tokens`` is what a prompt holding every earlier reaction would cost at
+    the same step: the growth the mean field avoids.
     """
-    from mfllm.prompts import mean_field_prompt, render_actions
+    from mfllm.prompts import policy_prompt, render_actions, render_context
+    from mfllm.simulation.methods.recent import RecentK
 
-    simulator = Simulator(config, event, policy, policy if config.method == "mf" else None)
+    method = get_method(config.method)
     placeholder = ("某" if event.language == "zh" else "word ") * config.max_mean_field_tokens
+    replay = Replay(event, config.warmup, config.batch_size, config.num_agents)
+    scheduled = place_interventions(config, event, replay)
+    simulator = Simulator(config, event, policy, _StandIn(placeholder, policy) if method.needs_mean_field_model else None,
+                          Intervened(replay, scheduled) if scheduled else replay)
+    step_context, provider = simulator.step_context, simulator.context
+    if isinstance(provider, LLMMeanField):  # the longest summary stands in for the summary before the first update too
+        provider.accept(placeholder)
     per_step, mean_field_tokens = [], 0
     for step in simulator.steps:
-        actions = [simulator._action(p, event.reactions[p].text, event.reactions[p].kind) for p in step.positions]
-        if config.method == "mf":
-            mean_field_tokens += policy.count_tokens(mean_field_prompt(event.source.text, placeholder, actions, event.language,
-                                                                       config.mean_field_max_chars))
+        agents = simulator.scenario.agents(step)
+        active = simulator.scenario.interventions(step)
+        injected = step_context.begin(step.index, active) if active else []
+        actions = [*injected, *step_context.real_actions(agents)]
+        if isinstance(provider, LLMMeanField):
+            mean_field_tokens += policy.count_tokens(provider.update_prompt(actions))
         if step.phase == "rollout":
-            context = placeholder if config.method == "mf" else simulator.context.context()
-            history = render_actions([simulator._action(p, event.reactions[p].text, event.reactions[p].kind)
-                                      for p in range(step.positions[0])], event.language)
-            tokens, full = [], []
-            for p in step.positions:
-                persona = simulator.persona(event.reactions[p])
-                tokens.append(policy.count_tokens(policy_prompt(event.source.text, persona, event.language, config.method, context)))
-                full.append(policy.count_tokens(policy_prompt(event.source.text, persona, event.language, "recent", history)))
-            per_step.append({"step": step.index, "agents": len(step.positions), "policy_prompt_tokens": round(sum(tokens) / len(tokens), 1),
+            prompts = step_context.prompts(agents, active)
+            earlier = [a for batch in (simulator.scenario.agents(s) for s in simulator.steps if s.index < step.index) for a in batch]
+            history = render_context(RecentK.headers[event.language], render_actions(step_context.real_actions(earlier), event.language))
+            full = [policy.count_tokens(policy_prompt(step_context.topic, step_context.persona(a), event.language, history)) for a in agents]
+            tokens = [policy.count_tokens(p) for p in prompts]
+            per_step.append({"step": step.index, "agents": len(agents), "policy_prompt_tokens": round(sum(tokens) / len(tokens), 1),
                              "full_history_tokens": round(sum(full) / len(full), 1)})
-        if config.method in ("recent", "popular"):
-            simulator.context.observe(actions, 0)
+        step_context.observe(actions, 0)
     rollout_steps = [s for s in simulator.steps if s.phase == "rollout"]
     return {
         "event_id": event.event_id, "method": config.method, "agents": sum(len(s.positions) for s in rollout_steps),
-        "policy_calls": len(rollout_steps), "mean_field_calls": len(simulator.steps) if config.method == "mf" else 0,
+        "policy_calls": len(rollout_steps), "mean_field_calls": len(simulator.steps) if method.needs_mean_field_model else 0,
         "policy_prompt_tokens": round(sum(s["policy_prompt_tokens"] * s["agents"] for s in per_step)),
         "mean_field_prompt_tokens": mean_field_tokens, "max_new_tokens_per_action": config.max_action_tokens,
         "per_step": per_step,

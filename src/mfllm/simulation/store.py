@@ -1,37 +1,68 @@
-"""The run directory: manifest, actions, mean-field history, and a step journal for resume.
+"""The run directory: manifest, actions, mean-field history, a step journal for resume, and a lock.
 
 Each completed step is written in order: its action rows, its mean-field entry, then one line in
 ``steps.jsonl`` that commits it (with the context state needed to continue). A run killed at any
-point resumes from the last committed step: rows of uncommitted steps are discarded, a torn last
-line is ignored, so nothing is lost or duplicated.
+point resumes from the last committed step whose rows are all present: rows of uncommitted steps are
+discarded and a torn last line (a write cut short, even inside a multi-byte character) is ignored, so
+nothing is lost or duplicated. One process at a time holds a run's lock (``run.lock``, naming host and
+process); a second one is refused.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import socket
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
-MANIFEST, STEPS, ACTIONS, MEAN_FIELD = "manifest.json", "steps.jsonl", "actions.jsonl", "mean_field.jsonl"
+if TYPE_CHECKING:
+    from mfllm.simulation.step import Step
+
+MANIFEST, STEPS, ACTIONS, MEAN_FIELD, LOCK = "manifest.json", "steps.jsonl", "actions.jsonl", "mean_field.jsonl", "run.lock"
+STALE_LOCK_SECONDS = 600.0
+"""A lock whose holder has not written for this long, on another host, is taken as abandoned."""
+logger = logging.getLogger(__name__)
+
+
+class RunLockedError(RuntimeError):
+    """Another process holds the run directory."""
 
 
 def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Complete JSON lines of ``path``; a torn final line (crash mid-write) is ignored."""
+    """Complete JSON lines of ``path``. A final line without its newline is a write cut short and is
+    ignored; any other bad line is an error naming the file and line."""
     if not path.exists():
         return []
     records = []
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = path.read_bytes().split(b"\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            if number >= len(lines) - 1:  # only the last line may be torn
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            if number == len(lines):  # no newline after it: torn
                 break
-            raise ValueError(f"{path}: line {number} is corrupt: {exc.msg}") from exc
+            reason = exc.msg if isinstance(exc, json.JSONDecodeError) else "not UTF-8"
+            raise ValueError(f"{path}: line {number} is corrupt ({reason})") from exc
+        if not isinstance(record, dict):  # a torn piece that happens to parse (e.g. a digit)
+            if number == len(lines):
+                break
+            raise ValueError(f"{path}: line {number} is corrupt (not a JSON object)")
+        records.append(record)
     return records
+
+
+def _step_of(line: bytes, path: Path, number: int) -> int:
+    """The ``step`` of one complete JSON line of ``path``; a bad line is an error naming the file and line."""
+    try:
+        return int(json.loads(line.decode("utf-8"))["step"])
+    except (UnicodeDecodeError, json.JSONDecodeError, TypeError, KeyError, ValueError) as exc:
+        raise ValueError(f"{path}: line {number} is corrupt or has no step") from exc
 
 
 def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
@@ -52,6 +83,16 @@ def _append_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
         os.fsync(handle.fileno())
 
 
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 class RunStore:
     """Reads and writes one run directory."""
 
@@ -60,6 +101,75 @@ class RunStore:
 
     def exists(self) -> bool:
         return (self.root / MANIFEST).is_file()
+
+    # -------------------------------------------------------------- lock
+
+    @contextmanager
+    def lock(self, stale_after: float = STALE_LOCK_SECONDS) -> Iterator[None]:
+        """Hold the run's lock for the block; refuse (:class:`RunLockedError`) while another process holds
+        it. A lock left by a dead process on this host, or not refreshed for ``stale_after`` seconds on
+        another host (the holder refreshes it at every commit), is taken over."""
+        if self.root.exists() and not self.root.is_dir():
+            raise NotADirectoryError(f"{self.root}: a file stands where the run directory should be")
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.root / LOCK
+        mine = {"host": socket.gethostname(), "pid": os.getpid(), "started": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._stale_holder(path, stale_after)
+                if holder is not None:
+                    raise RunLockedError(f"{self.root} is in use by process {holder.get('pid')} on {holder.get('host')} "
+                                         f"(lock {path}); wait for it to finish, or delete the lock if that process is gone") from None
+                continue
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(mine, handle)
+            break
+        else:
+            raise RunLockedError(f"{self.root}: another process took the lock at the same moment; try again")
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+    def _stale_holder(self, path: Path, stale_after: float) -> dict[str, Any] | None:
+        """The live holder of the lock at ``path``; None after removing a stale lock."""
+        try:
+            holder = json.loads(path.read_text(encoding="utf-8") or "{}")
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return None
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            holder, age = {}, time.time() - path.stat().st_mtime
+        same_host = holder.get("host") == socket.gethostname()
+        alive = _process_alive(int(holder["pid"])) if same_host and isinstance(holder.get("pid"), int) else age < stale_after
+        if alive:
+            return holder
+        logger.warning("%s: taking over the lock of %s (process gone or lock not refreshed for %.0f s)", self.root, holder, age)
+        path.unlink(missing_ok=True)
+        return None
+
+    def _refresh_lock(self) -> None:
+        lock = self.root / LOCK
+        if lock.exists():
+            os.utime(lock)
+
+    # -------------------------------------------------------------- resume
+
+    def check_resumable(self, resume: bool) -> None:
+        """Refuse to start over a run, or to resume one whose journal cannot be trusted."""
+        present = [name for name in (MANIFEST, STEPS, ACTIONS, MEAN_FIELD) if (self.root / name).exists()]
+        if not present:
+            return
+        if not resume:
+            raise FileExistsError(f"{self.root} already holds a run ({', '.join(present)}); pass resume=True (--resume) to continue it")
+        if MANIFEST not in present:
+            raise ValueError(f"{self.root}: {MANIFEST} is missing, so the run's config cannot be checked; refusing to resume "
+                             f"(move the directory away to start again)")
+        if STEPS not in present and any((self.root / name).exists() and (self.root / name).stat().st_size for name in (ACTIONS, MEAN_FIELD)):
+            raise ValueError(f"{self.root}: {STEPS} (the commit journal) is missing but rows were written; refusing to resume "
+                             f"(move the directory away to start again)")
 
     def manifest(self) -> dict[str, Any]:
         path = self.root / MANIFEST
@@ -85,13 +195,38 @@ class RunStore:
                 raise ValueError(f"{self.root / STEPS}: step {step['step']} found where step {expected} was expected")
         return steps
 
-    def rollback_to_committed(self) -> list[dict[str, Any]]:
-        """Drop rows of uncommitted steps and repair torn lines; return the committed steps."""
+    def rollback_to_committed(self, schedule: Sequence[Step] | None = None, records_mean_field: bool = False) -> list[dict[str, Any]]:
+        """Drop rows of uncommitted steps and repair torn lines; return the committed steps.
+
+        With the run's ``schedule``, each committed step must be the scheduled one (same positions) and
+        have all its rows (and its mean-field entry when the run ``records_mean_field``); the journal is
+        cut back before the first step that lacks some (a cut file), so that step runs again and nothing
+        is lost.
+        """
         steps = self.committed_steps()
+        rows = _read_jsonl(self.root / ACTIONS)
+        mean_field = _read_jsonl(self.root / MEAN_FIELD)
+        if schedule is not None:
+            if len(steps) > len(schedule):
+                raise ValueError(f"{self.root / STEPS}: {len(steps)} steps committed but the run has {len(schedule)}")
+            counts: dict[int, int] = {}
+            for row in rows:
+                counts[row["step"]] = counts.get(row["step"], 0) + 1
+            entries = {entry["step"] for entry in mean_field}
+            for committed, planned in zip(list(steps), schedule):
+                if committed["positions"] != list(planned.positions):
+                    raise ValueError(f"{self.root / STEPS}: step {planned.index} covered positions {committed['positions'][:3]}... "
+                                     f"but this config schedules {list(planned.positions)[:3]}...; cannot resume")
+                expected = len(planned.positions) if planned.phase == "rollout" else 0
+                if counts.get(planned.index, 0) != expected or (records_mean_field and planned.index not in entries):
+                    logger.warning("%s: step %d lacks rows or its mean-field entry (file cut?); resuming from before it", self.root,
+                                   planned.index)
+                    steps = steps[: planned.index]
+                    break
         done = len(steps)
         _write_jsonl(self.root / STEPS, steps)
-        for name in (ACTIONS, MEAN_FIELD):
-            _write_jsonl(self.root / name, [r for r in _read_jsonl(self.root / name) if r["step"] < done])
+        _write_jsonl(self.root / ACTIONS, [r for r in rows if r["step"] < done])
+        _write_jsonl(self.root / MEAN_FIELD, [r for r in mean_field if r["step"] < done])
         return steps
 
     def commit(self, step: dict[str, Any], rows: list[dict[str, Any]], mean_field: dict[str, Any] | None) -> None:
@@ -100,6 +235,26 @@ class RunStore:
         if mean_field is not None:
             _append_jsonl(self.root / MEAN_FIELD, [mean_field])
         _append_jsonl(self.root / STEPS, [step])
+        self._refresh_lock()
+
+    def copy_prefix(self, parent: RunStore, steps: int) -> None:
+        """Make this run's rows, mean-field entries and journal the first ``steps`` committed steps of
+        ``parent``, byte for byte (the journal last: it commits the copy, so a copy cut short is redone)."""
+        committed = len(parent.committed_steps())
+        if committed < steps:
+            raise ValueError(f"{parent.root}: {committed} steps committed, fewer than the {steps} to copy")
+        _write_jsonl(self.root / STEPS, [])  # an empty journal first: a copy cut short leaves a run that resumes (and copies again)
+        for name in (ACTIONS, MEAN_FIELD, STEPS):
+            source = parent.root / name
+            lines = source.read_bytes().split(b"\n")[:-1] if source.exists() else []  # the last piece is empty or torn
+            kept = b"".join(line + b"\n" for number, line in enumerate(lines, start=1)
+                            if line.strip() and _step_of(line, source, number) < steps)
+            tmp = self.root / (name + ".tmp")
+            with tmp.open("wb") as handle:
+                handle.write(kept)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, self.root / name)
 
     def actions(self) -> list[dict[str, Any]]:
         return _read_jsonl(self.root / ACTIONS)

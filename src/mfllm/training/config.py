@@ -8,6 +8,9 @@ import yaml
 from pydantic import Field, model_validator
 
 from mfllm.configuration import YamlConfig
+from mfllm.interfaces import LLMMeanField
+from mfllm.simulation.config import SimulationConfig
+from mfllm.simulation.methods import get_method
 
 Task = Literal["mean-field", "policy", "sft"]
 
@@ -41,7 +44,13 @@ class TrainConfig(YamlConfig):
     beta: float = Field(default=0.05, ge=0.0, description="mean-field: weight of KL(q || p0), p0 = base model prompted without history.")
     sample_temperature: float = Field(default=1.0, gt=0, description="mean-field: temperature of the sampled summaries.")
     max_action_tokens: int = Field(default=48, ge=1, description="Longest action kept in training examples (tokens).")
-    max_mean_field_tokens: int = Field(default=96, ge=8, description="Longest mean-field summary (tokens).")
+    method: str = Field(default="mf", description="mean-field and policy tasks: the mean-field method whose language-model part is "
+                                                "trained or whose mean fields the policy learns from (its steps are the simulator's).")
+    max_mean_field_tokens: int = Field(default=128, ge=8, description="Longest mean-field summary (tokens), as in simulation.")
+    mean_field_temperature: float | None = Field(default=None, ge=0.0, description="Temperature of the mean fields the policy is trained "
+                                                                                     "on and evaluation samples; simulation's default when omitted.")
+    mean_field_top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus mass of those mean fields; simulation's "
+                                                                                      "default when omitted.")
     mean_field_max_chars: int = Field(default=120, ge=20, description="Length the mean-field prompt asks for.")
     max_length: int = Field(default=768, ge=64, description="Longest training sequence (tokens); longer prompts are cut from the left.")
     dtype: str = Field(default="auto", description="auto (bf16 on GPU, fp32 on CPU), fp32, bf16.")
@@ -62,9 +71,21 @@ class TrainConfig(YamlConfig):
             raise ValueError("mean_field_adapter is only used by the policy task")
         if self.task != "mean-field" and self.policy_adapter:
             raise ValueError("policy_adapter is only used by the mean-field task")
+        if self.task != "sft" and not issubclass(get_method(self.method), LLMMeanField):
+            raise ValueError(f"method {self.method!r} has no language-model mean field for the {self.task} task to train or use")
         if self.base_model.startswith(("openai:", "fake")):
             raise ValueError(f"training needs local weights: base_model must be embedded:NAME or hf:PATH, got {self.base_model!r}")
         return self
+
+
+    def simulation_config(self) -> SimulationConfig:
+        """The simulator settings that shape a step (method, batch, mean-field prompt and sampling), so
+        training builds its steps exactly as simulation does."""
+        method = "sft" if self.task == "sft" else self.method
+        mean_field = {} if method == "sft" else {"mean_field_temperature": self.mean_field_temperature, "mean_field_top_p": self.mean_field_top_p}
+        return SimulationConfig(data=self.data, data_format=self.data_format, method=method, policy_model=self.base_model,
+                                batch_size=self.batch_size, max_action_tokens=self.max_action_tokens, max_mean_field_tokens=self.max_mean_field_tokens,
+                                mean_field_max_chars=self.mean_field_max_chars, seed=self.seed, **mean_field)
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """Training data built from events with the simulator's own prompts and batch size.
 
-Events are split into train/validation/test by event, never by reaction. The mean fields a policy
-is trained on are produced by the mean-field model itself, run over the real history in batches of
-``batch_size``, exactly as during warm-up in simulation.
+Events are split into train/validation/test by event, never by reaction. Every prompt comes from the
+simulator's own step (:class:`~mfllm.simulation.step.StepContext`): the mean fields a policy is trained
+on are written by the mean-field model over the real history in batches of ``batch_size``, with the
+simulation's prompts and sampling settings, exactly as during warm-up.
 """
 
 from __future__ import annotations
@@ -10,14 +11,15 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Callable, Sequence
 
 from mfllm.data.loaders import get_reader
-from mfllm.data.personas import persona_text
-from mfllm.data.schema import Event, Reaction
-from mfllm.interfaces import AgentAction, LanguageModel, SamplingParams
+from mfllm.data.schema import Event
+from mfllm.interfaces import LanguageModel, Prompt
 from mfllm.manifest import derive_seed
-from mfllm.prompts import mean_field_prompt, policy_prompt, policy_stop
+from mfllm.prompts import policy_stop
+from mfllm.simulation.engine import make_context
+from mfllm.simulation.step import Agent, StepContext, real_batches, replay
 from mfllm.training.config import TrainConfig
 
 
@@ -48,57 +50,46 @@ def load_training_events(config: TrainConfig) -> tuple[dict[str, list[Event]], d
     return {name: [events[i] for i in members] for name, members in split.items()}, split
 
 
-def batches(event: Event, batch_size: int, limit: int | None = None) -> list[list[Reaction]]:
-    chunks = [event.reactions[i:i + batch_size] for i in range(0, len(event.reactions), batch_size)]
-    return chunks[:limit] if limit else chunks
+def step_context(config: TrainConfig, event: Event, mean_field_model: LanguageModel | None) -> StepContext:
+    """The simulator's step for ``event`` under the training config's method (no context for sft)."""
+    return StepContext(event, make_context(config.simulation_config(), event, mean_field_model))
 
 
-def actions_of(reactions: Sequence[Reaction], language: str) -> list[AgentAction]:
-    return [AgentAction(persona_text(r.user, language, short=True), r.text, r.kind, r.engagement) for r in reactions]
+def history(config: TrainConfig, event: Event) -> list[list[Agent]]:
+    """The batches of real history a training run uses from ``event``."""
+    return real_batches(event, config.batch_size, config.max_steps_per_event)
 
 
-def mean_field_params(config: TrainConfig, seed: int | None, temperature: float = 0.0) -> SamplingParams:
-    return SamplingParams(config.max_mean_field_tokens, temperature, 1.0, ("\n",), seed)
-
-
-def mean_field_chain(model: LanguageModel, event: Event, config: TrainConfig) -> list[str | None]:
-    """m before each batch of the real history: ``chain[t]`` summarises batches ``0..t-1`` (greedy)."""
-    chain: list[str | None] = [None]
-    for t, batch in enumerate(batches(event, config.batch_size, config.max_steps_per_event)[:-1]):
-        prompt = mean_field_prompt(event.source.text, chain[-1], actions_of(batch, event.language), event.language, config.mean_field_max_chars)
-        update = model.generate([prompt], mean_field_params(config, derive_seed(config.seed, event.event_id, t)))[0]
-        chain.append(update or chain[-1])
-    return chain
+def mean_field_seed(config: TrainConfig, event: Event, role: str = "mean_field") -> Callable[[int], int]:
+    """The seed of the mean-field update after batch t of ``event``."""
+    return lambda t: derive_seed(config.seed, role, event.event_id, t)
 
 
 @dataclass(frozen=True)
 class PolicyExample:
     event_id: str
     position: int
-    prompt: Any  # mfllm.interfaces.Prompt
+    prompt: Prompt
     action: str
     language: str
 
 
 def policy_examples(events: Sequence[Event], config: TrainConfig, mean_field_model: LanguageModel | None,
                     progress: str | None = None) -> list[PolicyExample]:
-    """(prompt, real action) pairs: with the mean field before each batch (policy) or no context (sft).
+    """(prompt, real action) pairs along each event's real history, built by the simulator's step: with
+    the mean field the mean-field model writes, sampled as in simulation (policy), or no context (sft).
     The first batch of an event has no mean field yet and is left out of policy training, as in
     simulation, where agents act only after warm-up. ``progress``: a progress bar's description."""
     from tqdm.auto import tqdm
 
     examples = []
     for event in tqdm(events, desc=progress, unit="event", disable=progress is None or mean_field_model is None):
-        chunks = batches(event, config.batch_size, config.max_steps_per_event)
-        chain = mean_field_chain(mean_field_model, event, config) if mean_field_model is not None else [None] * len(chunks)
-        position = 0
-        for t, chunk in enumerate(chunks):
-            for reaction in chunk:
-                if mean_field_model is None or t > 0:
-                    method = "mf" if mean_field_model is not None else "sft"
-                    prompt = policy_prompt(event.source.text, persona_text(reaction.user, event.language), event.language, method, chain[t])
-                    examples.append(PolicyExample(event.event_id, position, prompt, reaction.text, event.language))
-                position += 1
+        step = step_context(config, event, mean_field_model)
+        for t, batch in replay(step, history(config, event), mean_field_seed(config, event)):
+            if step.provider.needs_mean_field_model and t == 0:
+                continue
+            for agent, prompt in zip(batch, step.prompts(batch)):
+                examples.append(PolicyExample(event.event_id, agent.position, prompt, agent.real.text, event.language))  # type: ignore[union-attr]
     return examples
 
 

@@ -26,12 +26,13 @@ from contextlib import nullcontext
 from typing import Any, Callable, Sequence
 
 from mfllm.backends.hf import LoadedCausalLM, TransformersModel, continuation_logprobs, require
-from mfllm.data.personas import persona_text
-from mfllm.data.schema import Event, Reaction
+from mfllm.data.schema import Event
+from mfllm.interfaces import LanguageModel, LLMMeanField, Prompt, SamplingParams
 from mfllm.manifest import derive_seed
-from mfllm.prompts import mean_field_prior_prompt, mean_field_prompt, policy_prompt
+from mfllm.simulation.methods.mean_field import UPDATE_STOP
+from mfllm.simulation.step import Agent, StepContext
 from mfllm.training.config import TrainConfig
-from mfllm.training.data import actions_of, batches, mean_field_params
+from mfllm.training.data import history, mean_field_seed, step_context
 
 MEAN_FIELD_ADAPTER = "mean_field"
 POLICY_ADAPTER = "policy"
@@ -74,7 +75,7 @@ class MeanFieldTrainer:
         self.sampler = TransformersModel(loaded, config.base_model, adapter=MEAN_FIELD_ADAPTER)
         self.optimizer = torch.optim.AdamW(self._trainable(), lr=config.learning_rate)
         self.step_count = 0
-        self.chains: dict[str, tuple[int, str | None]] = {}  # event id -> (next step t, m_{t-1})
+        self.chains: dict[str, tuple[int, dict[str, Any] | None]] = {}  # event id -> (next step t, mean-field state)
 
     # -------------------------------------------------------------- model views
 
@@ -110,47 +111,71 @@ class MeanFieldTrainer:
             per_token = continuation_logprobs(self.loaded.model, self.loaded.tokenizer, prompt_ids, continuation_ids, self.loaded.device)
         return torch.stack([t.sum() for t in per_token])
 
-    def predictive(self, event: Event, next_batch: Sequence[Reaction], summaries: Sequence[str]) -> tuple[Any, int]:
-        """sum_i log pi(a*_i | s_i, m) for each summary m, and the number of action tokens per summary."""
-        torch = require("torch", "hf")
+    def _step(self, event: Event, model: LanguageModel | None = None, state: dict[str, Any] | None = None) -> tuple[StepContext, LLMMeanField]:
+        """The simulator's step for ``event``; its mean field restored to ``state`` (a fresh one when None)."""
+        step = step_context(self.config, event, model)
+        assert isinstance(step.provider, LLMMeanField)  # TrainConfig admits only such methods
+        if state is not None:
+            step.provider.load_state_dict(state)
+        return step, step.provider
+
+    def _sample_params(self, seed: int) -> SamplingParams:
+        """Summaries scored by the estimator come from q itself: full distribution at ``sample_temperature``."""
+        return SamplingParams(self.config.max_mean_field_tokens, self.config.sample_temperature, 1.0, UPDATE_STOP, seed)
+
+    def _policy_logprob(self, step: StepContext, next_batch: Sequence[Agent]) -> tuple[Any, int]:
+        """sum_i log pi(a*_i | s_i, context) of the next batch's real actions under the step's current context."""
         policy = POLICY_ADAPTER if self.config.policy_adapter else None
-        actions = [self.loaded.tokenizer(r.text, add_special_tokens=False).input_ids[: self.config.max_action_tokens] for r in next_batch]
-        totals = []
+        actions = [self.loaded.tokenizer(a.real.text, add_special_tokens=False).input_ids[: self.config.max_action_tokens]  # type: ignore[union-attr]
+                   for a in next_batch]
+        prompts = [self._ids(prompt) for prompt in step.prompts(next_batch)]
+        return self._sum_logprobs(prompts, actions, policy, grad=False).sum(), sum(len(a) for a in actions)
+
+    def predictive(self, step: StepContext, state: dict[str, Any], next_batch: Sequence[Agent], summaries: Sequence[str]) -> tuple[Any, int]:
+        """sum_i log pi(a*_i | s_i, m) for each summary m accepted on top of ``state``, and the action tokens per summary."""
+        torch = require("torch", "hf")
+        provider = step.provider
+        assert isinstance(provider, LLMMeanField)
+        totals, tokens = [], 0
         for summary in summaries:
-            prompts = [self._ids(policy_prompt(event.source.text, persona_text(r.user, event.language), event.language, "mf", summary))
-                       for r in next_batch]
-            totals.append(self._sum_logprobs(prompts, actions, policy, grad=False).sum())
-        return torch.stack(totals), sum(len(a) for a in actions)
+            provider.load_state_dict(state)
+            provider.accept(summary)
+            total, tokens = self._policy_logprob(step, next_batch)
+            totals.append(total)
+        provider.load_state_dict(state)
+        return torch.stack(totals), tokens
 
     # -------------------------------------------------------------- one step
 
-    def context_prompt(self, event: Event, previous: str | None, batch: Sequence[Reaction]) -> Any:
-        return mean_field_prompt(event.source.text, previous, actions_of(batch, event.language), event.language, self.config.mean_field_max_chars)
-
-    def rewards(self, event: Event, prompt: Any, summaries: Sequence[str], next_batch: Sequence[Reaction], adapter: str | None,
-                grad: bool) -> dict[str, Any]:
+    def rewards(self, step: StepContext, state: dict[str, Any], prompt: Prompt, summaries: Sequence[str], next_batch: Sequence[Agent],
+                adapter: str | None, grad: bool) -> dict[str, Any]:
         """log q(m_k | context) under ``adapter`` (None: the base model), the predictive term, the KL
-        estimate log q - log p0 and the reward R_k of each summary; ``action_tokens`` per summary."""
+        estimate log q - log p0 and the reward R_k of each summary; ``action_tokens`` per summary.
+        p0 is the same mean field's update prompt with no history."""
         sample_ids = self._text_ids(summaries)
-        prior = mean_field_prior_prompt(event.source.text, event.language, self.config.mean_field_max_chars)
+        _, fresh = self._step(step.event)
+        prior = fresh.update_prompt(())
         log_q = self._sum_logprobs([self._ids(prompt)] * len(summaries), sample_ids, adapter, grad=grad)
         log_p0 = self._sum_logprobs([self._ids(prior)] * len(summaries), sample_ids, None, grad=False)
-        predictive, action_tokens = self.predictive(event, next_batch, summaries)
+        predictive, action_tokens = self.predictive(step, state, next_batch, summaries)
         kl = log_q.detach() - log_p0
         return {"log_q": log_q, "predictive": predictive, "kl": kl, "reward": predictive - self.config.beta * kl,
                 "action_tokens": action_tokens, "summary_tokens": sum(len(s) for s in sample_ids) / len(sample_ids)}
 
-    def step(self, event: Event, t: int, previous: str | None) -> tuple[dict[str, Any], str]:
-        """One RLOO update on (event, step t); returns the logged stats and the next m (sample 1)."""
+    def step(self, event: Event, t: int, state: dict[str, Any] | None) -> tuple[dict[str, Any], dict[str, Any]]:
+        """One RLOO update on (event, step t) from the mean field's ``state``; returns the logged stats and
+        the state after taking sample 1 as the update (the chain carries the model's own m)."""
         torch = require("torch", "hf")
         config = self.config
-        chunks = batches(event, config.batch_size, config.max_steps_per_event)
-        prompt = self.context_prompt(event, previous, chunks[t])
-        params = mean_field_params(config, derive_seed(config.seed, "ib", self.step_count), config.sample_temperature)
+        chunks = history(config, event)
+        step, provider = self._step(event, state=state)
+        before = provider.state_dict()
+        prompt = provider.update_prompt(step.real_actions(chunks[t]))
         self.loaded.model.eval()
-        summaries = [s or "…" for s in self.sampler.generate([prompt] * config.num_samples, params)]
+        summaries = [s or "…" for s in self.sampler.generate([prompt] * config.num_samples,
+                                                              self._sample_params(derive_seed(config.seed, "ib", self.step_count)))]
         self.loaded.model.train()
-        scored = self.rewards(event, prompt, summaries, chunks[t + 1], MEAN_FIELD_ADAPTER, grad=True)
+        scored = self.rewards(step, before, prompt, summaries, chunks[t + 1], MEAN_FIELD_ADAPTER, grad=True)
         loss = score_function_loss(scored["log_q"], scored["reward"])
         self.optimizer.zero_grad()
         loss.backward()
@@ -163,21 +188,22 @@ class MeanFieldTrainer:
                  "predictive_nll_per_token": float(-scored["predictive"].mean()) / max(scored["action_tokens"], 1),
                  "kl_estimate": float(scored["kl"].mean()), "grad_norm": grad_norm, "beta": config.beta, "lr": config.learning_rate,
                  "summary_tokens": scored["summary_tokens"]}
-        return stats, summaries[0]
+        provider.accept(summaries[0])
+        return stats, provider.state_dict()
 
-    def next_context(self) -> tuple[Event, int, str | None]:
+    def next_context(self) -> tuple[Event, int, dict[str, Any] | None]:
         """Walk each training event's real history in order; the chain carries the model's own m."""
         event = self.events[self.step_count % len(self.events)]
-        t, previous = self.chains.get(event.event_id, (0, None))
-        if t + 1 >= len(batches(event, self.config.batch_size, self.config.max_steps_per_event)):
-            t, previous = 0, None
-        return event, t, previous
+        t, state = self.chains.get(event.event_id, (0, None))
+        if t + 1 >= len(history(self.config, event)):
+            t, state = 0, None
+        return event, t, state
 
     def train(self, log: Callable[[dict[str, Any]], None], save: Callable[[], None], progress: Any = None) -> None:
         while self.step_count < self.config.max_steps:
-            event, t, previous = self.next_context()
-            stats, sample = self.step(event, t, previous)
-            self.chains[event.event_id] = (t + 1, sample)
+            event, t, state = self.next_context()
+            stats, after = self.step(event, t, state)
+            self.chains[event.event_id] = (t + 1, after)
             if self.step_count % self.config.log_every == 0:
                 log(stats)
             if self.step_count % self.config.save_every == 0 or self.step_count == self.config.max_steps:
@@ -190,35 +216,38 @@ class MeanFieldTrainer:
 
     def evaluate(self, events: Sequence[Event], adapter: str | None, samples: int = 0, max_steps: int = 3,
                  progress: str | None = None) -> dict[str, float]:
-        """Walk each event's first ``max_steps`` steps of real history with greedy mean fields from the
-        mean-field model (``adapter``; None = the untuned base). Returns ``nll``: the token-weighted NLL of
-        each next batch's real actions under the policy given the greedy summary, and, when ``samples`` >
-        0, ``reward``: the mean IB reward of that many summaries sampled at each context. Sampling seeds
-        depend only on (seed, event, step), so before/after comparisons use common random numbers.
-        ``progress``: the description of a progress bar (none when omitted)."""
+        """Walk each event's first ``max_steps`` steps of real history with the mean field the mean-field
+        model (``adapter``; None = the untuned base) writes through the simulator's step and sampler.
+        Returns ``nll``: the token-weighted NLL of each next batch's real actions under the policy given
+        the mean field, and, when ``samples`` > 0, ``reward``: the mean IB reward of that many summaries
+        sampled at each context. Seeds depend only on (seed, event, step), so before/after comparisons
+        use common random numbers. ``progress``: the description of a progress bar (none when omitted)."""
         torch = require("torch", "hf")
         from tqdm.auto import tqdm
 
         config = self.config
-        chunks_of = {event.event_id: batches(event, config.batch_size, config.max_steps_per_event) for event in events}
+        chunks_of = {event.event_id: history(config, event) for event in events}
         contexts = [(event, t) for event in events for t in range(min(max_steps, len(chunks_of[event.event_id]) - 1))]
         self.loaded.model.eval()
         view = TransformersModel(self.loaded, config.base_model, adapter=adapter)
         total, tokens, rewards = 0.0, 0, []
-        previous: str | None = None
+        step: StepContext | None = None
         with torch.no_grad():
             for event, t in tqdm(contexts, desc=progress, unit="context", disable=progress is None):
                 chunks = chunks_of[event.event_id]
-                previous = None if t == 0 else previous
-                prompt = self.context_prompt(event, previous, chunks[t])
+                if t == 0:
+                    step, _ = self._step(event, view)
+                assert step is not None and isinstance(step.provider, LLMMeanField)
+                state = step.provider.state_dict()
+                actions = step.real_actions(chunks[t])
                 if samples:
-                    params = mean_field_params(config, derive_seed(config.seed, "eval-sample", event.event_id, t), config.sample_temperature)
+                    prompt = step.provider.update_prompt(actions)
+                    params = self._sample_params(derive_seed(config.seed, "eval-sample", event.event_id, t))
                     summaries = [s or "…" for s in view.generate([prompt] * samples, params)]
-                    rewards.append(float(self.rewards(event, prompt, summaries, chunks[t + 1], adapter, grad=False)["reward"].mean()))
-                params = mean_field_params(config, derive_seed(config.seed, "eval", event.event_id, t))
-                previous = view.generate([prompt], params)[0] or previous or "…"
-                predictive, n = self.predictive(event, chunks[t + 1], [previous])
-                total, tokens = total - float(predictive[0]), tokens + n
+                    rewards.append(float(self.rewards(step, state, prompt, summaries, chunks[t + 1], adapter, grad=False)["reward"].mean()))
+                step.observe(actions, mean_field_seed(config, event, "eval")(t))
+                logprob, n = self._policy_logprob(step, chunks[t + 1])
+                total, tokens = total - float(logprob), tokens + n
         self._use(MEAN_FIELD_ADAPTER)
         result = {"nll": total / max(tokens, 1)}
         if rewards:

@@ -123,7 +123,7 @@ def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any
 
 def _mean_field_metrics(trainer: MeanFieldTrainer, scored: dict[str, list[Any]], adapter: str | None, when: str,
                         progress: bool) -> dict[str, float]:
-    """Greedy next-batch NLL on every scored split; the expected reward on the training events."""
+    """Next-batch NLL given the mean field on every scored split; the expected reward on the training events."""
     metrics = {}
     for name, group in scored.items():
         result = trainer.evaluate(group, adapter, samples=trainer.config.eval_samples if name == "train" else 0,

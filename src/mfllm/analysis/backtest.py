@@ -1,0 +1,184 @@
+"""The backtest: the paper's main table on a set of real events.
+
+Every method (each mean-field variant, state, recent, popular, and sft when an adapter is given) x seed
+is simulated on every event, then evaluated (label distributions per window, NLL of the real actions,
+information gain), and one report compares them: per-dimension distances with bootstrap CIs over events
+and seeds, paired comparisons of each mean-field method with each baseline, and the relative KL
+reduction against the best baseline. Optional grids over warm-up, batch size and temperature repeat the
+whole table per grid point to show how sensitive the result is. Completed runs and evaluations are
+reused, so an interrupted backtest continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import html
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+
+from mfllm.configuration import YamlConfig
+from mfllm.data.loaders import get_reader
+from mfllm.evaluation.aggregate import headline, paired_comparisons
+from mfllm.evaluation.config import EvaluationConfig
+from mfllm.evaluation.dimensions import resolve_dimensions
+from mfllm.evaluation.evaluate import RunEvaluation
+from mfllm.evaluation.metrics import CorrectedMetrics, DimensionMetrics
+from mfllm.evaluation.pipeline import evaluate_runs
+from mfllm.evaluation.report import write_report
+from mfllm.simulation.config import SimulationConfig
+from mfllm.simulation.engine import ProgressFactory
+from mfllm.simulation.methods import get_method, method_names
+from mfllm.simulation.sweep import simulate_many, sweep_configs, sweep_plan
+
+EVALUATION_FILE = "evaluation.json"
+
+
+class BacktestConfig(YamlConfig):
+    """Events, methods, seeds, models and schedule of a backtest."""
+
+    data: str = Field(description="Dataset directory or file.")
+    data_format: str | None = Field(default=None, description="Reader name; detected from the path when omitted.")
+    events: list[str] | None = Field(default=None, description="Event ids; else the first max_events events with enough reactions.")
+    max_events: int = Field(default=8, ge=1, description="Events taken when none are listed.")
+    min_reactions: int = Field(default=64, ge=2, description="Events with fewer reactions are skipped when none are listed.")
+    methods: list[str] | None = Field(default=None, description="Methods to compare (default: every registered method; sft only "
+                                                                "with sft_adapter).")
+    seeds: list[int] = Field(default=[0, 1, 2], description="One run per seed.")
+    policy_model: str = Field(default="embedded:gemma-3-270m", description="Policy model spec (also the mean-field model).")
+    mean_field_model: str | None = Field(default=None, description="Mean-field model spec; the policy model when omitted.")
+    sft_adapter: str | None = Field(default=None, description="Policy adapter of the sft baseline (`mfllm train sft`).")
+    num_agents: int = Field(default=32, ge=1, description="Agents simulated per run after warm-up.")
+    warmup: int = Field(default=16, ge=0, description="Real reactions fed to the context before simulation starts.")
+    batch_size: int = Field(default=16, ge=1, description="Agents per step.")
+    temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature of the policy (and of the mean field).")
+    dimensions: list[str] = Field(default=["sentiment", "emotion", "behaviour"], description="Dimensions to evaluate.")
+    judge_model: str | None = Field(default=None, description="LLM judge for dimensions the offline labellers do not cover.")
+    information_gain: bool = Field(default=True, description="Measure each run's information gain (loads the mean-field model).")
+    grid_warmup: list[int] | None = Field(default=None, description="Sensitivity: repeat the backtest for each of these warm-ups.")
+    grid_batch_size: list[int] | None = Field(default=None, description="Sensitivity: ... for each of these batch sizes.")
+    grid_temperature: list[float] | None = Field(default=None, description="Sensitivity: ... for each of these temperatures.")
+    device: str = Field(default="auto", description="auto, cpu, cuda, ...")
+    dtype: str = Field(default="auto", description="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16.")
+    output: str = Field(default="backtest", description="Root of the runs, evaluations and the report.")
+
+    def resolved_methods(self) -> list[str]:
+        return self.methods or [m for m in method_names() if m != "sft" or self.sft_adapter]
+
+    def resolved_events(self) -> list[str]:
+        if self.events:
+            return self.events
+        reader = get_reader(self.data, self.data_format)
+        chosen = []
+        for event_id in reader.list_events(Path(self.data)):
+            event, _ = reader.load_event(Path(self.data), event_id)
+            if len(event.reactions) >= max(self.min_reactions, self.warmup + 1):
+                chosen.append(event_id)
+            if len(chosen) == self.max_events:
+                break
+        if not chosen:
+            raise ValueError(f"{self.data}: no event with at least {self.min_reactions} reactions")
+        return chosen
+
+    def grid(self) -> list[dict[str, Any]]:
+        """The grid points (one, the base schedule, without grids)."""
+        axes = {"warmup": self.grid_warmup or [self.warmup], "batch_size": self.grid_batch_size or [self.batch_size],
+                "temperature": self.grid_temperature or [self.temperature]}
+        return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
+
+
+def _evaluation_from_json(data: dict[str, Any]) -> RunEvaluation:
+    data = dict(data)
+    data["dimensions"] = {k: DimensionMetrics(**v) for k, v in data["dimensions"].items()}
+    data["corrected"] = {k: CorrectedMetrics(**v) for k, v in data.get("corrected", {}).items()}
+    return RunEvaluation(**data)
+
+
+def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any) -> tuple[list[RunEvaluation], Any]:
+    """Evaluate runs, reusing each run's saved evaluation when it was made with the same settings."""
+    key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    cached: dict[Path, RunEvaluation] = {}
+    for run in runs:
+        path = run / EVALUATION_FILE
+        if path.exists():
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if saved.get("settings") == key:
+                cached[run] = _evaluation_from_json(saved["evaluation"])
+    todo = [run for run in runs if run not in cached]
+    fresh, dimensions = evaluate_runs(todo, config, pool) if todo else ([], resolve_dimensions(config.dimensions, config.dimensions_file))
+    for run, evaluation in zip(todo, fresh):
+        (run / EVALUATION_FILE).write_text(json.dumps({"settings": key, "evaluation": evaluation.to_json()}, ensure_ascii=False),
+                                           encoding="utf-8")
+        cached[run] = evaluation
+    return [cached[run] for run in runs], dimensions
+
+
+def _paired_section(evaluations: list[RunEvaluation]) -> str:
+    rows = paired_comparisons(evaluations)
+    parts = ["<h2>Paired comparisons (method minus baseline, same event and seed)</h2>",
+             "<table><tr><th>method</th><th>baseline</th><th>metric</th><th>difference</th><th>95% CI</th><th>events</th><th>pairs</th></tr>"]
+    parts += [f"<tr><td class=t>{html.escape(r['method'])}</td><td class=t>{html.escape(r['baseline'])}</td><td class=t>{r['metric']}</td>"
+              f"<td>{r['difference']:.4f}</td><td>{r['ci_low']:.4f} – {r['ci_high']:.4f}</td><td>{r['events']}</td><td>{r['pairs']}</td></tr>"
+              for r in rows]
+    return "\n".join(parts + ["</table>"])
+
+
+def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory | None = None) -> dict[str, Any]:
+    """Run (or continue) the backtest; returns {"report": index page, "points": per grid point, the
+    headline and the paired comparisons}. Results are also in ``<output>/backtest.json``."""
+    from mfllm.backends import ModelPool
+
+    pool = pool or ModelPool(config.device, config.dtype)
+    events, methods = config.resolved_events(), config.resolved_methods()
+    evaluation = EvaluationConfig(dimensions=config.dimensions, judge_model=config.judge_model, nll=True,
+                                  information_gain=config.information_gain, device=config.device)
+    points: list[dict[str, Any]] = []
+    grid = config.grid()
+    for point in grid:
+        name = "base" if len(grid) == 1 else "_".join(f"{k}{v}" for k, v in point.items())
+        base = SimulationConfig(data=config.data, data_format=config.data_format, policy_model=config.policy_model,
+                                mean_field_model=None, num_agents=config.num_agents, device=config.device, dtype=config.dtype, **point)
+        configs = []
+        for method in methods:
+            update: dict[str, Any] = {"method": method}
+            if method == "sft":
+                update["policy_adapter"] = config.sft_adapter
+            if get_method(method).needs_mean_field_model:
+                update["mean_field_model"] = config.mean_field_model
+            configs += sweep_configs(SimulationConfig(**{**base.model_dump(), **update}), events, [None], config.seeds)
+        runs = simulate_many(sweep_plan(configs, Path(config.output) / "runs" / name), pool=pool, resume=True, progress=progress)
+        evaluations, dimensions = _evaluate_cached(runs, evaluation, pool)
+        report = write_report(evaluations, dimensions, Path(config.output) / "report" / name if len(grid) > 1 else Path(config.output) / "report",
+                              sections=[_paired_section(evaluations)])
+        points.append({"point": point, "name": name, "report": str(report), "headline": headline(evaluations),
+                       "paired": paired_comparisons(evaluations)})
+    if len(grid) > 1:
+        index = Path(config.output) / "report" / "index.html"
+        index.write_text(_sensitivity_page(points), encoding="utf-8")
+    else:
+        index = Path(points[0]["report"])
+    summary = {"report": str(index), "events": events, "methods": methods, "seeds": config.seeds, "points": points}
+    (Path(config.output) / "backtest.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
+    return summary
+
+
+def _sensitivity_page(points: list[dict[str, Any]]) -> str:
+    """An index over grid points: the headline of each, linking its full report."""
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>mfllm backtest: sensitivity</title></head><body>",
+             "<h1>Backtest sensitivity</h1><table border=1><tr><th>grid point</th><th>best baseline</th><th>mf mean KL</th>"
+             "<th>baseline mean KL</th><th>relative KL reduction</th><th>95% CI</th></tr>"]
+    for p in points:
+        top = p["headline"]
+        link = f"<a href='{html.escape(p['name'])}/index.html'>{html.escape(json.dumps(p['point']))}</a>"
+        if top:
+            parts.append(f"<tr><td>{link}</td><td>{top['best_baseline']}</td><td>{top['mf_kl']:.3f}</td><td>{top['baseline_kl']:.3f}</td>"
+                         f"<td>{top['relative_kl_reduction']:.0%}</td><td>{top['ci_low']:.0%} – {top['ci_high']:.0%}</td></tr>")
+        else:
+            parts.append(f"<tr><td>{link}</td><td colspan=5>no mean-field method with a baseline to compare</td></tr>")
+    return "\n".join(parts + ["</table></body></html>"])
+
+
+__all__ = ["BacktestConfig", "backtest"]

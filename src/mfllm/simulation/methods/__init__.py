@@ -1,0 +1,67 @@
+"""Simulation methods: what an agent sees of the population before acting.
+
+A method is one :class:`~mfllm.interfaces.ContextProvider` subclass in one module of this package,
+decorated with :func:`register`. Every module here is imported the first time the registry is read,
+so a new file is all it takes: the config's ``method`` field, the CLI's choices, dry-run estimates,
+evaluation and the baselines of the headline comparison read the registry. Other packages can add
+methods through the ``mfllm.methods`` entry-point group (each entry point names a module to import).
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import pkgutil
+from typing import TypeVar
+
+from mfllm.interfaces import ContextProvider
+
+ENTRY_POINT_GROUP = "mfllm.methods"
+_REGISTRY: dict[str, type[ContextProvider]] = {}
+_discovered = False
+MethodClass = TypeVar("MethodClass", bound=type[ContextProvider])
+
+
+def register(cls: MethodClass) -> MethodClass:
+    """Class decorator: register ``cls`` under ``cls.name`` (names are unique)."""
+    for attribute in ("name", "description"):
+        if not isinstance(getattr(cls, attribute, None), str):
+            raise TypeError(f"method class {cls.__qualname__} must set the class attribute {attribute!r}")
+    registered = _REGISTRY.get(cls.name)
+    if registered is not None and registered.__qualname__ != cls.__qualname__:
+        raise ValueError(f"method name {cls.name!r} is taken by {registered.__module__}.{registered.__qualname__}")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def _discover() -> None:
+    global _discovered
+    if _discovered:
+        return
+    for module in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{module.name}")
+    for entry_point in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        importlib.import_module(entry_point.value)
+    _discovered = True
+
+
+def get_method(name: str) -> type[ContextProvider]:
+    """The method registered as ``name``; a ValueError lists the registered names."""
+    _discover()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(method_names())}")
+    return _REGISTRY[name]
+
+
+def method_names() -> tuple[str, ...]:
+    """Registered method names, mean-field methods first, then baselines, each alphabetically."""
+    _discover()
+    return tuple(sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].is_baseline, n)))
+
+
+def baseline_names() -> tuple[str, ...]:
+    """The methods that mean-field methods are compared against."""
+    return tuple(name for name in method_names() if _REGISTRY[name].is_baseline)
+
+
+__all__ = ["ENTRY_POINT_GROUP", "baseline_names", "get_method", "method_names", "register"]

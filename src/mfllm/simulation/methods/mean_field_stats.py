@@ -1,0 +1,123 @@
+"""The statistics-grounded mean field: label shares of the population so far, no model call.
+
+Each action taken in is labelled on behaviour (from its kind: comment or repost) and, with the shipped
+offline labellers, on sentiment and emotion. Shares are carried recursively with exponential
+forgetting: after each step, ``weight(label) <- forgetting * weight(label) + count in the step``, so a
+step t steps ago weighs ``forgetting**t`` (0.7 by default: the last 3 steps carry ~2/3 of the weight).
+The context renders those shares in the event's language, with the most recent distinct comments.
+Labelling depends only on the texts, so the context is deterministic and resumes exactly.
+
+Caveat: evaluation's default labellers are the same ones, so a fidelity KL of this method on sentiment or
+emotion is not independent of its input; its information gain (an NLL of the real actions) is.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Sequence
+
+from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel
+from mfllm.prompts import render_actions
+from mfllm.simulation.methods import register
+
+if TYPE_CHECKING:
+    from mfllm.data.schema import Event
+    from mfllm.evaluation.labellers import Labeller
+    from mfllm.simulation.config import SimulationConfig
+
+FORGETTING = 0.7
+"""Weight a step keeps per later step."""
+SHOWN_COMMENTS = 3
+LABEL_WORDS = {
+    "zh": {"repost": "转发", "comment": "评论", "negative": "负面", "neutral": "中性", "positive": "正面", "angry": "愤怒", "calm": "平静",
+           "happy": "高兴", "sad": "悲伤", "fear": "恐惧", "surprise": "惊讶"},
+    "en": {},
+}
+LINES = {
+    "zh": {"volume": "已有约{n}人反应（近期的权重更大）。", "behaviour": "行为：{shares}。", "sentiment": "情感倾向：{shares}。",
+           "emotion": "主要情绪：{shares}。", "comments": "近期的评论："},
+    "en": {"volume": "About {n} people have reacted (recent ones weigh more).", "behaviour": "Behaviour: {shares}.",
+           "sentiment": "Sentiment: {shares}.", "emotion": "Emotions: {shares}.", "comments": "Recent comments:"},
+}
+
+
+@register
+class StatisticsMeanField(ContextProvider):
+    """Label shares with forgetting, plus a few recent comments (see the module docstring)."""
+
+    name = "mf-stats"
+    description = "statistics mean field: label shares (behaviour, sentiment, emotion) with forgetting, and recent comments; no model call"
+    headers = {"zh": "评论区概况：", "en": "What the replies say so far:"}
+    is_baseline = False
+
+    def __init__(self, topic: str, language: str, labeller: Labeller | None, forgetting: float = FORGETTING):
+        self.topic, self.language, self.labeller, self.forgetting = topic, language, labeller, forgetting
+        self.weights: dict[str, dict[str, float]] = {}
+        self.seen = 0
+        self.comments: list[AgentAction] = []
+
+    @classmethod
+    def create(cls, config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> StatisticsMeanField:
+        from mfllm.evaluation.labellers import LabellerChain, default_labellers
+
+        return cls(event.source.text, event.language, LabellerChain(default_labellers()))
+
+    def _labels(self, actions: Sequence[AgentAction]) -> dict[str, list[str | None]]:
+        from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS
+        from mfllm.evaluation.labellers import LabelItem
+
+        labels: dict[str, list[str | None]] = {"behaviour": ["repost" if a.kind == "repost" else "comment" for a in actions]}
+        if self.labeller is None:
+            raise RuntimeError("this statistics mean field was restored without a labeller: it can be read, not updated")
+        texts = [LabelItem(a.text, self.topic, self.language, a.kind) for a in actions]
+        for name in ("sentiment", "emotion"):
+            dimension = BUILTIN_DIMENSIONS[name]
+            if self.labeller.covers(dimension, self.language):
+                labels[name] = self.labeller.label([t for t in texts], dimension).labels
+        return labels
+
+    def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
+        if not actions:
+            return
+        for name in self.weights:
+            self.weights[name] = {label: w * self.forgetting for label, w in self.weights[name].items()}
+        for name, labels in self._labels(actions).items():
+            shares = self.weights.setdefault(name, {})
+            for label in labels:
+                if label is not None:
+                    shares[label] = shares.get(label, 0.0) + 1.0
+        self.seen += len(actions)
+        fresh = [a for a in actions if a.kind != "repost" and a.text.strip()]
+        self.comments = [a for a in self.comments if a.text not in {f.text for f in fresh}] + fresh
+        self.comments = list({a.text: a for a in self.comments}.values())[-SHOWN_COMMENTS:]
+
+    def _shares(self, name: str) -> str | None:
+        weights = self.weights.get(name, {})
+        total = sum(weights.values())
+        if total <= 0:
+            return None
+        words = LABEL_WORDS.get(self.language, {})
+        ranked = sorted(weights.items(), key=lambda item: -item[1])
+        separator = "，" if self.language == "zh" else ", "
+        return separator.join(f"{words.get(label, label)} {w / total:.0%}" for label, w in ranked if w / total >= 0.05)
+
+    def context(self) -> str | None:
+        if not self.seen:
+            return None
+        lines = LINES.get(self.language, LINES["en"])
+        parts = [lines["volume"].format(n=self.seen)]
+        for name in ("behaviour", "sentiment", "emotion"):
+            shares = self._shares(name)
+            if shares:
+                parts.append(lines[name].format(shares=shares))
+        if self.comments:
+            parts.append(lines["comments"] + "\n" + render_actions(self.comments, self.language))
+        return "\n".join(parts)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"weights": self.weights, "seen": self.seen,
+                "comments": [{"persona": a.persona, "text": a.text, "kind": a.kind} for a in self.comments]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.weights = {name: dict(w) for name, w in state["weights"].items()}
+        self.seen = state["seen"]
+        self.comments = [AgentAction(c["persona"], c["text"], c["kind"]) for c in state["comments"]]

@@ -1,0 +1,157 @@
+"""The one owner of an MF-LLM step: who acts, the context they see, and what the context takes in.
+
+Simulation, dry-run estimates, training data, IB-Tune and evaluation all build their prompts and
+feed their context providers through :class:`StepContext`, so the step is written once. Interventions
+in effect at a step (see :mod:`mfllm.simulation.interventions`) go through it too: what each agent sees
+of them (per agent when an intervention targets a subgroup) and what the shared context takes in.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Sequence
+
+from mfllm.data.loaders import WEIBO_DEFAULT_REPOST_TEXT
+from mfllm.data.personas import persona_text
+from mfllm.data.schema import Event, Reaction, UserProfile
+from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel, LLMMeanField, Prompt
+from mfllm.prompts import policy_prompt, render_context, render_interventions
+from mfllm.simulation.interventions import InjectedPost, Scheduled, Statement
+
+
+@dataclass(frozen=True)
+class Step:
+    """One step of the schedule: which slots (positions in the event) act, and in which phase."""
+
+    index: int
+    phase: str  # "warmup" (real actions feed the context) or "rollout" (agents act through the policy)
+    positions: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Agent:
+    """Who acts in one slot of a step; ``real`` is the recorded reaction in that slot, when there is one."""
+
+    position: int
+    user: UserProfile
+    timestamp: float | None = None
+    engagement: int = 0
+    real: Reaction | None = None
+
+    @classmethod
+    def of(cls, reaction: Reaction, position: int) -> Agent:
+        """The real user of ``reaction``, in slot ``position``, with that reaction beside them."""
+        return cls(position, reaction.user, reaction.timestamp, reaction.engagement, reaction)
+
+
+def schedule(num_reactions: int, warmup: int, batch_size: int, num_agents: int | None) -> list[Step]:
+    """Warm-up over the first ``warmup`` reactions (last chunk may be partial), then rollout batches."""
+    if warmup >= num_reactions:
+        raise ValueError(f"warm-up of {warmup} leaves no reaction to simulate (the event has {num_reactions})")
+    end = num_reactions if num_agents is None else min(num_reactions, warmup + num_agents)
+    steps: list[Step] = []
+    for phase, lo, hi in (("warmup", 0, warmup), ("rollout", warmup, end)):
+        for start in range(lo, hi, batch_size):
+            steps.append(Step(len(steps), phase, tuple(range(start, min(start + batch_size, hi)))))
+    return steps
+
+
+def real_batches(event: Event, batch_size: int, limit: int | None = None) -> list[list[Agent]]:
+    """The event's real history as consecutive batches of agents (at most ``limit`` batches)."""
+    agents = [Agent.of(r, p) for p, r in enumerate(event.reactions)]
+    chunks = [agents[i:i + batch_size] for i in range(0, len(agents), batch_size)]
+    return chunks[:limit] if limit else chunks
+
+
+def infer_kind(text: str) -> str:
+    """A simulated action's kind: a bare repost (empty or the platform's default text) or a comment."""
+    stripped = text.strip().lower()
+    return "repost" if stripped in ("", WEIBO_DEFAULT_REPOST_TEXT, "转发", "repost", "retweet", "rt") else "comment"
+
+
+class StepContext:
+    """An event seen through one context provider: the policy prompts of a step and the actions the
+    provider takes in. The provider's state is the only thing that changes between steps."""
+
+    def __init__(self, event: Event, provider: ContextProvider):
+        self.event, self.provider = event, provider
+        self.topic, self.language = event.source.text, event.language
+
+    def persona(self, agent: Agent, short: bool = False) -> str:
+        return persona_text(agent.user, self.language, short=short)
+
+    def context_block(self) -> str | None:
+        """The context as the policy sees it (the method's header over the provider's context)."""
+        return render_context(self.provider.headers.get(self.language, ""), self.provider.context())
+
+    def prompt(self, persona: str) -> Prompt:
+        """The policy prompt of an agent described by ``persona`` under the current context."""
+        return policy_prompt(self.topic, persona, self.language, self.context_block())
+
+    def prompts(self, agents: Sequence[Agent], active: Sequence[Scheduled] = ()) -> list[Prompt]:
+        """Each agent's policy prompt under the current context and the interventions ``active`` at the step
+        (pinned posts and notices that reach the agent, above the context)."""
+        block = self.context_block()
+        if not active:
+            return [policy_prompt(self.topic, self.persona(agent), self.language, block) for agent in agents]
+        return [policy_prompt(self.topic, self.persona(agent), self.language,
+                              "\n".join(part for part in (self.exposure_block(agent, active), block) if part) or None) for agent in agents]
+
+    def absorbs(self, scheduled: Scheduled) -> bool:
+        """Whether the shared context folds a statement into its own text: an LLM mean field does, for a
+        statement to everyone; otherwise agents see the statement as a notice."""
+        return isinstance(self.provider, LLMMeanField) and scheduled.shared
+
+    def exposure_block(self, agent: Agent, active: Sequence[Scheduled]) -> str | None:
+        """What ``agent`` sees of the interventions ``active`` at the step: pinned posts and notices that reach it."""
+        reaching = [s for s in active if s.reaches(agent.user)]
+        posts = [(s.spec.author, s.spec.text) for s in reaching if isinstance(s.spec, InjectedPost) and s.spec.pinned]
+        notices = [s.spec.text for s in reaching if isinstance(s.spec, Statement) and not self.absorbs(s)]
+        return render_interventions(posts, notices, self.language)
+
+    def begin(self, step_index: int, active: Sequence[Scheduled]) -> list[AgentAction]:
+        """Apply the interventions that start at ``step_index`` to the shared context before agents act:
+        statements an LLM mean field folds into its summary now; returns the injected posts (to everyone)
+        the context takes in with the step's actions."""
+        starting = [s for s in active if s.start == step_index]
+        provider = self.provider
+        for scheduled in starting:
+            if isinstance(scheduled.spec, Statement) and scheduled.shared and isinstance(provider, LLMMeanField):
+                current = provider.context()
+                provider.accept(f"{current} {scheduled.spec.text}" if current else scheduled.spec.text)
+        return [action for action in (s.injected_action() for s in starting) if action is not None]
+
+    def removed_by(self, agent: Agent, text: str, kind: str, active: Sequence[Scheduled]) -> str | None:
+        """The id of the moderation in effect that removes ``agent``'s action, or None."""
+        return next((s.id for s in active if s.removes(agent.user, text, kind)), None)
+
+    def action(self, agent: Agent, text: str, kind: str) -> AgentAction:
+        """An action as the context provider takes it in."""
+        return AgentAction(self.persona(agent, short=True), text, kind, agent.engagement, agent.position)
+
+    def real_actions(self, agents: Sequence[Agent]) -> list[AgentAction]:
+        """The recorded actions of agents that have one."""
+        return [self.action(a, a.real.text, a.real.kind) for a in agents if a.real is not None]
+
+    def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
+        self.provider.observe(actions, seed)
+
+
+def replay(step: StepContext, batches: Sequence[Sequence[Agent]], seed_of: Callable[[int], int]) -> Iterator[tuple[int, Sequence[Agent]]]:
+    """Teacher forcing along the real history: yields ``(t, batch)`` while the provider holds the context
+    before batch ``t`` (it has taken in batches ``0..t-1``, each with seed ``seed_of(t)``)."""
+    for t, batch in enumerate(batches):
+        yield t, batch
+        if t + 1 < len(batches):
+            step.observe(step.real_actions(batch), seed_of(t))
+
+
+def action_row(step_index: int, agent: Agent, persona: str, prompt: Prompt, text: str, policy: LanguageModel) -> dict[str, Any]:
+    """One simulated action, with the real reaction of its slot beside it when there is one."""
+    real = agent.real
+    return {
+        "step": step_index, "position": agent.position, "reaction_id": real.post_id if real else None, "user_id": agent.user.user_id,
+        "timestamp": agent.timestamp, "persona": persona, "real_kind": real.kind if real else None,
+        "real_text": real.text if real else None, "sim_kind": infer_kind(text), "sim_text": text,
+        "prompt_chars": len(prompt.completion), "prompt_tokens": policy.count_tokens(prompt),
+    }

@@ -1,0 +1,55 @@
+"""Information gain: NLL of the real next actions without minus with a method's context, by action group."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mfllm.backends import FakeModel
+from mfllm.data import load_event
+from mfllm.evaluation import KindLabeller, LabellerChain, evaluate_run, method_table, resolve_dimensions
+from mfllm.evaluation.information_gain import information_gain
+from mfllm.interfaces import ContinuationScore
+from mfllm.simulation import SimulationConfig, simulate
+
+
+class Recogniser(FakeModel):
+    """Scores a continuation's characters -0.1 nats each when the continuation appears in the prompt's
+    context, -3 otherwise: a policy that profits exactly from seeing what others wrote."""
+
+    def score(self, prompts, continuations):  # type: ignore[no-untyped-def]
+        return [ContinuationScore(tuple(-0.1 if c and c in p.completion else -3.0 for _ in c)) for p, c in zip(prompts, continuations)]
+
+
+def config(data: Path, method: str) -> SimulationConfig:
+    return SimulationConfig(data=str(data), method=method, policy_model="fake", warmup=16, batch_size=8, num_agents=48, context_k=8)
+
+
+def test_state_has_no_gain_and_a_context_that_shows_repeats_has_some(demo_event_path: Path) -> None:
+    event, _ = load_event(demo_event_path)
+    state = information_gain(config(demo_event_path, "state"), event, Recogniser())
+    assert state["all"]["gain"] == 0 and state["all"]["actions"] == 48
+    recent = information_gain(config(demo_event_path, "recent"), event, Recogniser())
+    assert recent["all"]["gain"] > 0  # the sample repeats reactions (reposts' default text, copied comments)
+    assert recent["comment"]["tokens"] + recent["repost"]["tokens"] == recent["all"]["tokens"] == state["all"]["tokens"]
+    repeated = sum(1 for p in range(16, 64) if any(event.reactions[p].text == event.reactions[q].text for q in range(p - 8 - p % 8, p - p % 8)))
+    assert recent["all"]["nll_with"] == pytest.approx(recent["all"]["nll_without"] - 2.9 * sum(
+        len(event.reactions[p].text) for p in range(16, 64)
+        if any(event.reactions[p].text == event.reactions[q].text for q in range(max(0, p - p % 8 - 8), p - p % 8))))
+    assert repeated > 0
+
+
+def test_mean_field_gain_needs_its_model_and_lands_in_the_evaluation(demo_event_path: Path, tmp_path: Path) -> None:
+    event, _ = load_event(demo_event_path)
+    with pytest.raises(ValueError, match="needs its mean-field model"):
+        information_gain(config(demo_event_path, "mf"), event, Recogniser())
+    gains = information_gain(config(demo_event_path, "mf"), event, Recogniser(), FakeModel())
+    assert gains["all"]["actions"] == 48 and gains["all"]["gain"] is not None
+    assert gains == information_gain(config(demo_event_path, "mf"), event, Recogniser(), FakeModel())  # seeded as simulation
+    run = simulate(config(demo_event_path, "mf"), tmp_path / "run")
+    evaluation = evaluate_run(run, LabellerChain([KindLabeller()]), resolve_dimensions(["behaviour"]), gain_models=(Recogniser(), FakeModel()))
+    assert evaluation.information_gain == gains
+    assert evaluation.summary()["information_gain.comment"] == gains["comment"]["gain"]
+    rows = {r["metric"]: r for r in method_table([evaluation]) if r["dimension"] == "(policy)"}
+    assert rows["information_gain.all"]["mean"] == pytest.approx(gains["all"]["gain"])
