@@ -32,8 +32,9 @@ from mfllm.data import load_event, persona_text  # noqa: E402
 from mfllm.data.schema import Event  # noqa: E402
 from mfllm.interfaces import AgentAction  # noqa: E402
 from mfllm.manifest import derive_seed  # noqa: E402
-from mfllm.prompts import mean_field_prompt, policy_prompt  # noqa: E402
+from mfllm.prompts import mean_field_prompt, policy_prompt, render_context  # noqa: E402
 from mfllm.simulation import RunStore, SimulationConfig, estimate, schedule, simulate  # noqa: E402
+from mfllm.simulation.methods.mean_field import MeanField  # noqa: E402
 
 AGENT_COUNTS = (64, 256, 1024)
 
@@ -63,7 +64,8 @@ def original_style(model: Any, tokenizer: Any, event: Event, warmup: int, batch:
     for step in schedule(len(event.reactions), warmup, batch, agents):
         reactions = [event.reactions[p] for p in step.positions]
         if step.phase == "rollout":
-            prompts = [policy_prompt(event.source.text, persona_text(r.user, "zh"), "zh", "mf", mean_field).completion for r in reactions]
+            context = render_context(MeanField.headers["zh"], mean_field)
+            prompts = [policy_prompt(event.source.text, persona_text(r.user, "zh"), "zh", context).completion for r in reactions]
             texts = sample(prompts, 50)
             done += len(texts)
         else:

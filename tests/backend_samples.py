@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from mfllm.prompts import policy_prompt
+from mfllm.prompts import policy_prompt, render_context
 
 TOPIC = "The city council announced that all schools will close tomorrow because of the storm."
 MEAN_FIELD = "Most people share the news and worry about parents who work; a few doubt the source."
 PERSONAS = ("gender: female; 1200 followers; a nurse", "gender: male; 30 followers", "verified news account")
-PROMPTS = [policy_prompt(TOPIC, persona, "en", "mf", MEAN_FIELD) for persona in PERSONAS]
+PROMPTS = [policy_prompt(TOPIC, persona, "en", render_context("What the replies say so far:", MEAN_FIELD)) for persona in PERSONAS]
 CONTINUATIONS = ["Stay safe everyone.", "Is this confirmed?", "Schools close tomorrow, details below."]
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -151,9 +151,10 @@ def test_usage_counts_calls_and_tokens(backend: LanguageModel) -> None:
 
 # Measured with bench/engines.py on the demo event's first 32 real reactions (see the README): the
 # largest difference in mean log-prob per token of a continuation between llama.cpp (quantised GGUF)
-# and transformers (the same weights de-quantised to fp32) was MEASURED_GEMMA nats for Gemma-3-270M and
-# MEASURED_SMOLLM2 for SmolLM2-135M; the tests allow a margin above that.
-MEAN_LOGPROB_TOLERANCE = TOLERANCE_VALUE
+# and transformers (the same weights de-quantised to fp32) was 0.232 nats for Gemma-3-270M (median
+# 0.030) and 0.078 for SmolLM2-135M (median 0.011); single tokens differ by up to 1.7 nats. The tests
+# allow a margin above the largest mean difference.
+MEAN_LOGPROB_TOLERANCE = 0.35
 
 
 def _zh_reactions(count: int) -> tuple[list, list[str]]:

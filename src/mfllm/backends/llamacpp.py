@@ -226,7 +226,7 @@ class LoadedGGUF:
     def clear(self) -> None:
         """Forget every cached token of every sequence."""
         llama_cpp = llama_cpp_module()
-        llama_cpp.llama_memory_clear(self.context.memory, True)
+        llama_cpp.llama_memory_clear(self.context.memory, False)
 
     def copy_sequence(self, source: int, targets: Sequence[int]) -> None:
         """Give every target sequence a copy of the source sequence's cache."""
