@@ -22,7 +22,7 @@ GREEDY = SamplingParams(max_new_tokens=10, temperature=0.0, stop=())
 @pytest.fixture(scope="module")
 def smollm2() -> LoadedGGUF:
     require_llama_cpp()
-    return LoadedGGUF(smollm2_gguf(), LlamaCppSettings(threads=2, n_ctx=4096))
+    return LoadedGGUF(smollm2_gguf(), LlamaCppSettings(n_ctx=4096))
 
 
 def test_shared_prefix_gives_the_same_output_and_scores(smollm2: LoadedGGUF) -> None:
@@ -35,9 +35,9 @@ def test_shared_prefix_gives_the_same_output_and_scores(smollm2: LoadedGGUF) -> 
 
 def test_batches_with_more_prompts_than_sequences_run_in_groups_with_the_same_results(smollm2: LoadedGGUF) -> None:
     longest = max(LlamaCppModel(smollm2, "m").count_tokens(p) for p in PROMPTS)
-    two = LoadedGGUF(smollm2.model_file, LlamaCppSettings(threads=2, n_ctx=longest + GREEDY.max_new_tokens, max_sequences=2))
+    two = LoadedGGUF(smollm2.model_file, LlamaCppSettings(n_ctx=longest + GREEDY.max_new_tokens, max_sequences=2))
     assert LlamaCppModel(two, "two").generate(PROMPTS, GREEDY) == LlamaCppModel(smollm2, "big").generate(PROMPTS, GREEDY)
-    tiny = LoadedGGUF(smollm2.model_file, LlamaCppSettings(threads=2, n_ctx=32, max_sequences=2))
+    tiny = LoadedGGUF(smollm2.model_file, LlamaCppSettings(n_ctx=32, max_sequences=2))
     with pytest.raises(ValueError, match="raise n_ctx"):
         LlamaCppModel(tiny, "tiny").generate(PROMPTS[:1], GREEDY)
 
@@ -57,7 +57,8 @@ def test_chat_prompts_get_the_same_token_ids_as_transformers(smollm2: LoadedGGUF
 def test_describe_records_the_engine_and_its_settings(smollm2: LoadedGGUF) -> None:
     description = LlamaCppModel(smollm2, "llamacpp:smollm2").describe()
     assert description["backend"] == "llamacpp" and description["model_file"] == str(smollm2.model_file)
-    assert (description["threads"], description["n_ctx"], description["n_batch"], description["max_sequences"]) == (2, 4096, 512, 16)
+    assert description["threads"] == smollm2.settings.resolved_threads >= 1
+    assert (description["n_ctx"], description["n_batch"], description["max_sequences"]) == (4096, 512, 16)
 
 
 def test_specs_and_engine_choice() -> None:
@@ -93,7 +94,7 @@ def _random_lora(tmp_path: Path, **lora_options: object) -> Path:
 def test_a_converted_lora_adapter_changes_only_its_own_view(tmp_path: Path) -> None:
     require_llama_cpp()
     adapter = _random_lora(tmp_path)
-    pool = ModelPool(device="cpu", threads=2, n_ctx=4096)
+    pool = ModelPool(device="cpu", n_ctx=4096)
     spec = f"llamacpp:{smollm2_gguf()}"
     base = pool.get(spec)
     before = base.score(PROMPTS, CONTINUATIONS)
