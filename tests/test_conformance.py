@@ -83,7 +83,9 @@ def backend(request: pytest.FixtureRequest, backends: dict[str, LanguageModel], 
             require_llama_cpp()
             backends[kind] = ModelPool(device="cpu", n_ctx=4096).get(f"llamacpp:{smollm2_gguf()}")
         else:
-            backends[kind] = ModelPool().get(f"openai:smollm2@{request.getfixturevalue('llama_server')}")
+            # llama-cpp-python's server runs one request at a time and reuses the previous request's cache:
+            # concurrent requests arrive in a varying order and the same seed then gave different texts
+            backends[kind] = ModelPool(max_concurrency=1).get(f"openai:smollm2@{request.getfixturevalue('llama_server')}")
     return backends[kind]
 
 
@@ -180,14 +182,20 @@ def test_llamacpp_scores_agree_with_transformers_on_the_same_model(model: str) -
 
 
 @pytest.mark.slow
-def test_openai_server_scores_agree_with_transformers(tmp_path: Path) -> None:
-    """The server scores the completion layout, so a base model (Gemma) compares like for like."""
-    require_llama_cpp()
-    from mfllm.backends.embedded import embedded_gguf_file
+@pytest.mark.xfail(strict=True, reason="llama-cpp-python 0.3.36's server returns wrong echo log-probs (' The cat sat on the mat. The cat': "
+                   "-10.8 and -7.8 nats for the last two tokens where transformers gives -2.1 and -1.1)")
+def test_openai_server_scores_agree_with_transformers(llama_server: str) -> None:
+    """The server scores the completion layout (``/completions`` with ``echo``), so transformers scores the
+    same text here. SmolLM2: llama-cpp-python's server ranks the whole vocabulary in Python for every echoed
+    token, which takes minutes on Gemma's 262k entries."""
+    from mfllm.backends import local_source, parse_spec
+    from mfllm.backends.hf import LoadedCausalLM, continuation_logprobs
 
-    prompts, texts = _zh_reactions(8)
-    with serve(embedded_gguf_file("gemma-3-270m"), "gemma") as url:
-        served = ModelPool().get(f"openai:gemma@{url}").score(prompts, texts)
-    reference = ModelPool(device="cpu", engine="transformers").get("embedded:gemma-3-270m").score(prompts, texts)
+    served = ModelPool().get(f"openai:smollm2@{llama_server}").score(PROMPTS, CONTINUATIONS)
+    loaded = LoadedCausalLM(local_source(parse_spec("embedded:smollm2-135m-instruct")), "cpu")
+    tokenizer = loaded.tokenizer
+    reference = continuation_logprobs(loaded.model, tokenizer, [tokenizer(p.completion).input_ids for p in PROMPTS],
+                                      [tokenizer(c, add_special_tokens=False).input_ids for c in CONTINUATIONS], "cpu")
     for a, b in zip(served, reference):
-        assert abs(a.logprob / max(b.num_tokens, 1) - b.logprob / max(b.num_tokens, 1)) < MEAN_LOGPROB_TOLERANCE
+        assert a.num_tokens == len(b)
+        assert abs(a.logprob - float(b.sum())) / len(b) < MEAN_LOGPROB_TOLERANCE
