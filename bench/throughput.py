@@ -1,11 +1,14 @@
-"""Simulated actions per second: mfllm's loop vs a loop in the style of the original MF-LLM code.
+"""Simulated actions per second: a loop in the style of the original MF-LLM code vs mfllm on
+transformers vs mfllm on llama.cpp, side by side in one process, on the same event, model and schedule.
 
-Both run side by side in one process on the same model, event, prompts and schedule. The original
-style: HF ``generate`` with batch 16, a fixed 50 new tokens per action (cut at the first newline
-afterwards), 200-token mean-field updates, the stock top-p sampler. mfllm: stop at the end of the
-line, a shared-prefix KV cache, top-k-then-top-p sampling. Prints medians over ``--repeats`` runs.
+The original style: HF ``generate`` on the de-quantised fp32 model with batch 16, a fixed 50 new
+tokens per action (cut at the first newline afterwards), 200-token mean-field updates, the stock
+top-p sampler. mfllm (both engines): stop at the end of the line, the step's shared prompt prefix
+computed once, top-k-then-top-p sampling; on llama.cpp the model runs from its quantised GGUF file.
+Prints medians over ``--repeats`` runs and the ratios, then the policy prompt tokens per action for
+64, 256 and 1024 agents (the mean field keeps them flat; a prompt with the full history grows).
 
-    python bench/throughput.py [--model embedded:gemma-3-270m] [--agents 32] [--repeats 3]
+    python bench/throughput.py [--model gemma-3-270m] [--agents 32] [--repeats 3] [--threads N]
 """
 
 from __future__ import annotations
@@ -15,20 +18,28 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-import torch
+from mfllm.backends.llamacpp import llama_cpp_module
 
-from mfllm.backends import ModelPool
-from mfllm.cli import demo_data_path
-from mfllm.data import load_event, persona_text
-from mfllm.interfaces import AgentAction
-from mfllm.manifest import derive_seed
-from mfllm.prompts import mean_field_prompt, policy_prompt
-from mfllm.simulation import RunStore, SimulationConfig, simulate
-from mfllm.simulation.engine import schedule
+llama_cpp_module()  # llama.cpp loads the OpenMP runtime first, waiting passively (torch then shares it)
+
+import torch  # noqa: E402
+
+from mfllm.backends import ModelPool  # noqa: E402
+from mfllm.cli import demo_data_path  # noqa: E402
+from mfllm.data import load_event, persona_text  # noqa: E402
+from mfllm.data.schema import Event  # noqa: E402
+from mfllm.interfaces import AgentAction  # noqa: E402
+from mfllm.manifest import derive_seed  # noqa: E402
+from mfllm.prompts import mean_field_prompt, policy_prompt, render_context  # noqa: E402
+from mfllm.simulation import RunStore, SimulationConfig, estimate, schedule, simulate  # noqa: E402
+from mfllm.simulation.methods.mean_field import MeanField  # noqa: E402
+
+AGENT_COUNTS = (64, 256, 1024)
 
 
-def original_style(model, tokenizer, event, warmup: int, batch: int, agents: int, seed: int) -> tuple[float, float]:
+def original_style(model: Any, tokenizer: Any, event: Event, warmup: int, batch: int, agents: int, seed: int) -> tuple[float, float]:
     """Returns (actions/s, share of generated tokens thrown away)."""
     tokenizer.padding_side = "left"
     mean_field, generated, kept = None, 0, 0
@@ -53,7 +64,8 @@ def original_style(model, tokenizer, event, warmup: int, batch: int, agents: int
     for step in schedule(len(event.reactions), warmup, batch, agents):
         reactions = [event.reactions[p] for p in step.positions]
         if step.phase == "rollout":
-            prompts = [policy_prompt(event.source.text, persona_text(r.user, "zh"), "zh", "mf", mean_field).completion for r in reactions]
+            context = render_context(MeanField.headers["zh"], mean_field)
+            prompts = [policy_prompt(event.source.text, persona_text(r.user, "zh"), "zh", context).completion for r in reactions]
             texts = sample(prompts, 50)
             done += len(texts)
         else:
@@ -63,36 +75,74 @@ def original_style(model, tokenizer, event, warmup: int, batch: int, agents: int
     return done / (time.perf_counter() - start), 1 - kept / max(generated, 1)
 
 
+def mfllm_run(config: SimulationConfig, pool: ModelPool) -> tuple[float, float, dict[str, Any]]:
+    """One mfllm simulation: (actions/s, share of generated token slots discarded, policy model description)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = RunStore(simulate(config, Path(tmp) / "run", pool=pool)).manifest()
+    usage = manifest["usage"]["policy"]
+    waste = usage["discarded_tokens"] / max(usage["discarded_tokens"] + usage["generated_tokens"], 1)
+    return manifest["throughput"]["actions_per_second"], waste, manifest["models"]["policy"]
+
+
+def prompt_tokens_per_action(event: Event, policy: Any, warmup: int, batch: int) -> list[tuple[int, float, float]]:
+    """(agents, mean-field policy prompt tokens per action, full-history tokens per action) for each N
+    in AGENT_COUNTS; the demo event's reactions are repeated in order where it has fewer than N."""
+    rows = []
+    for agents in AGENT_COUNTS:
+        needed = warmup + agents
+        repeats = -(-needed // len(event.reactions))
+        long_event = event.model_copy(update={"reactions": (event.reactions * repeats)[:needed]})
+        config = SimulationConfig(data=str(demo_data_path()), warmup=warmup, batch_size=batch, num_agents=agents)
+        figures = estimate(config, long_event, policy)
+        steps = figures["per_step"]
+        per_action = sum(s["policy_prompt_tokens"] * s["agents"] for s in steps) / agents
+        full = sum(s["full_history_tokens"] * s["agents"] for s in steps) / agents
+        rows.append((agents, per_action, full))
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="embedded:gemma-3-270m")
+    parser.add_argument("--model", default="gemma-3-270m", help="embedded model name")
     parser.add_argument("--agents", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=16)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=None, help="llama.cpp threads (default: every available core)")
     args = parser.parse_args()
     event, _ = load_event(demo_data_path())
-    pool = ModelPool(device="cpu", dtype="fp32")
-    backend = pool.get(args.model)
-    model, tokenizer = backend.loaded.model, backend.loaded.tokenizer
-    ours, theirs, waste_ours, waste_theirs = [], [], [], []
+    spec = f"embedded:{args.model}"
+    engines = {"transformers": ModelPool(device="cpu", dtype="fp32", engine="transformers"),
+               "llama.cpp": ModelPool(device="cpu", engine="llamacpp", threads=args.threads)}
+    reference = engines["transformers"].get(spec)
+    model, tokenizer = reference.loaded.model, reference.loaded.tokenizer
+    rates: dict[str, list[float]] = {"original-style loop": [], **{f"mfllm on {name}": [] for name in engines}}
+    waste: dict[str, list[float]] = {name: [] for name in rates}
+    described: dict[str, Any] = {}
     for repeat in range(args.repeats):
         seed = derive_seed(0, "bench", repeat)
-        rate, waste = original_style(model, tokenizer, event, args.warmup, args.batch, args.agents, seed)
-        theirs.append(rate)
-        waste_theirs.append(waste)
-        config = SimulationConfig(data=str(demo_data_path()), policy_model=args.model, warmup=args.warmup, batch_size=args.batch,
+        rate, discarded = original_style(model, tokenizer, event, args.warmup, args.batch, args.agents, seed)
+        rates["original-style loop"].append(rate)
+        waste["original-style loop"].append(discarded)
+        config = SimulationConfig(data=str(demo_data_path()), policy_model=spec, warmup=args.warmup, batch_size=args.batch,
                                   num_agents=args.agents, seed=seed, device="cpu", dtype="fp32")
-        with tempfile.TemporaryDirectory() as tmp:  # same pool: same weights, fresh usage counters per run
-            manifest = RunStore(simulate(config, Path(tmp) / "run", pool=pool)).manifest()
-        ours.append(manifest["throughput"]["actions_per_second"])
-        usage = manifest["usage"]["policy"]
-        waste_ours.append(usage["discarded_tokens"] / max(usage["discarded_tokens"] + usage["generated_tokens"], 1))
-        print(f"repeat {repeat}: original-style {theirs[-1]:.3f} actions/s, mfllm {ours[-1]:.3f} actions/s")
-    print(f"model {args.model}, {args.agents} agents, batch {args.batch}, warm-up {args.warmup}, {args.repeats} repeats (medians)")
-    print(f"original-style loop : {statistics.median(theirs):.3f} actions/s, {statistics.median(waste_theirs):.0%} of generated token slots discarded")
-    print(f"mfllm               : {statistics.median(ours):.3f} actions/s, {statistics.median(waste_ours):.0%} of generated token slots discarded")
-    print(f"speed-up            : {statistics.median(ours) / statistics.median(theirs):.2f}x")
+        for name, pool in engines.items():  # one pool per engine: weights load once, usage counted per run
+            rate, discarded, described[name] = mfllm_run(config, pool)
+            rates[f"mfllm on {name}"].append(rate)
+            waste[f"mfllm on {name}"].append(discarded)
+        print(f"repeat {repeat}: " + ", ".join(f"{name} {values[-1]:.3f}" for name, values in rates.items()) + " actions/s", flush=True)
+    llama = described["llama.cpp"]
+    print(f"\n{spec}, {args.agents} agents, batch {args.batch}, warm-up {args.warmup}, medians of {args.repeats} repeats; "
+          f"llama.cpp: {llama['threads']} threads, n_ctx {llama['n_ctx']}, n_batch {llama['n_batch']}")
+    baseline = statistics.median(rates["original-style loop"])
+    for name, values in rates.items():
+        median = statistics.median(values)
+        print(f"{name:<24} {median:7.3f} actions/s  {median / baseline:5.2f}x the original-style loop  "
+              f"{statistics.median(waste[name]):4.0%} of generated token slots discarded")
+    print(f"llama.cpp vs transformers: {statistics.median(rates['mfllm on llama.cpp']) / statistics.median(rates['mfllm on transformers']):.2f}x")
+    print("\npolicy prompt tokens per action (mean field vs a prompt holding the full history):")
+    for agents, per_action, full in prompt_tokens_per_action(event, engines["llama.cpp"].get(spec), args.warmup, args.batch):
+        print(f"  N = {agents:>4}: {per_action:6.1f} with the mean field, {full:9.1f} with the full history")
 
 
 if __name__ == "__main__":

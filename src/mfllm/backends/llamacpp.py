@@ -1,0 +1,437 @@
+"""GGUF models through llama.cpp (llama-cpp-python): quantised weights, fast on a CPU.
+
+One :class:`LoadedGGUF` holds a model file and a single llama.cpp context shared by every backend
+view on it (a policy and a mean-field model, each with its own LoRA adapter). A batch of prompts
+runs as parallel sequences of that context, each in its own KV stream: the tokens of their common
+prefix are evaluated once on the first sequence and its cache is copied to the others, then every
+sequence decodes its own tokens. Each sequence samples with its own seeded sampler, so a call with a
+seed is reproducible, and a sequence's results do not depend on the others in its batch. (A unified
+cache, where one cached token can belong to several sequences, gave a sequence other than the first
+different log-probs than alone in llama-cpp-python 0.3.36, so it is not used.)
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from mfllm.backends.hf import clean_output, prefix_to_share, require, stop_position
+from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams, UsageStats
+
+LLAMA_CPP_VERSION = "0.3.36"
+SEED_MODULUS = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "pick a random seed"
+
+
+_SPINNING_OPENMP = False  # set when llama.cpp shares an OpenMP runtime that torch started with busy waiting
+
+
+def llama_cpp_module() -> Any:
+    """The ``llama_cpp`` module. On first import its OpenMP threads are set to wait passively (unless
+    ``OMP_WAIT_POLICY`` is set): busy-waiting threads made decoding on a 2-core machine shared with other
+    processes ten times slower. The policy is read once, when the OpenMP runtime loads; torch ships the
+    same runtime, so if torch was imported first, llama.cpp defaults to one thread instead."""
+    global _SPINNING_OPENMP
+    if "llama_cpp" in sys.modules:
+        return sys.modules["llama_cpp"]
+    if "OMP_WAIT_POLICY" in os.environ:
+        return require("llama_cpp", "llamacpp")
+    _SPINNING_OPENMP = "torch" in sys.modules
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+    try:
+        return require("llama_cpp", "llamacpp")
+    finally:
+        del os.environ["OMP_WAIT_POLICY"]
+
+
+def available_threads() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class LlamaCppSettings:
+    """Context settings. ``n_ctx`` is the context of each of the ``max_sequences`` parallel sequences
+    (prompt plus generated tokens); larger batches run in groups. ``threads=None`` uses every available core."""
+
+    threads: int | None = None
+    n_ctx: int = 2048
+    n_batch: int = 512
+    max_sequences: int = 16
+
+    @property
+    def resolved_threads(self) -> int:
+        if self.threads:
+            return self.threads
+        llama_cpp_module()
+        return 1 if _SPINNING_OPENMP else available_threads()
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One token of a llama.cpp batch."""
+
+    token: int
+    position: int
+    sequence: int
+    wants_logits: bool
+
+
+def _quiet_llama_logs() -> None:
+    """Keep llama.cpp's loading chatter out of the output; its errors still print."""
+    llama_cpp_module()
+    require("llama_cpp._logger", "llamacpp").set_verbose(False)
+
+
+def built_with_amx() -> bool:
+    """Whether this llama.cpp build uses Intel AMX. Its AMX matrix multiply segfaulted on an AMX CPU
+    (llama-cpp-python 0.3.36), so such a build runs without the extra buffer types that route work to
+    AMX (losing weight repacking too); ``make setup`` builds without AMX instead."""
+    llama_cpp = llama_cpp_module()
+    return b"AMX_INT8 = 1" in llama_cpp.llama_print_system_info()
+
+
+class LoadedGGUF:
+    """A GGUF model, its tokenizer and chat template, one llama.cpp context, and its LoRA adapters."""
+
+    def __init__(self, model_file: str | Path, settings: LlamaCppSettings = LlamaCppSettings()):
+        self.model_file = Path(model_file)
+        if not self.model_file.is_file():
+            raise FileNotFoundError(f"GGUF model file not found: {self.model_file}")
+        self.settings = settings
+        self.adapters: dict[str, str] = {}
+        self._adapter_handles: dict[str, Any] = {}
+        self._active_adapter: str | None = None
+        self._model: Any = None
+        self._context: Any = None
+        self._batch: Any = None
+        self._formatter: Any = None
+        self._pieces: dict[int, bytes] = {}
+
+    def _load(self) -> None:
+        llama_cpp = llama_cpp_module()
+        _quiet_llama_logs()
+        internals = require("llama_cpp._internals", "llamacpp")
+        model_params = llama_cpp.llama_model_default_params()
+        model_params.n_gpu_layers = 0
+        model_params.use_extra_bufts = not built_with_amx()
+        self._model = internals.LlamaModel(path_model=str(self.model_file), params=model_params, verbose=False)
+        context_params = llama_cpp.llama_context_default_params()
+        threads = self.settings.resolved_threads
+        context_params.n_ctx = self.settings.n_ctx * self.settings.max_sequences
+        context_params.n_batch = context_params.n_ubatch = self.settings.n_batch
+        context_params.n_seq_max = self.settings.max_sequences
+        context_params.n_threads = context_params.n_threads_batch = threads
+        context_params.kv_unified = False  # one KV stream per sequence (see the module docstring)
+        context_params.no_perf = True
+        # Without flash attention, a sequence's scores do not depend on which other sequences share its
+        # batch (with it, the gaps other sequences leave in the unified cache change the rounding).
+        context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
+        self._context = internals.LlamaContext(model=self._model, params=context_params, verbose=False)
+        self._batch = internals.LlamaBatch(n_tokens=self.settings.n_batch, embd=0, n_seq_max=1, verbose=False)
+        template = self._model.metadata().get("tokenizer.chat_template")
+        if template:
+            chat_format = require("llama_cpp.llama_chat_format", "llamacpp")
+            vocab = self._model.vocab
+            self._formatter = chat_format.Jinja2ChatFormatter(
+                template=template, bos_token=self._token_text(llama_cpp.llama_vocab_bos(vocab)),
+                eos_token=self._token_text(llama_cpp.llama_vocab_eos(vocab)), add_generation_prompt=True)
+
+    def _token_text(self, token: int) -> str:
+        return self._model.token_get_text(token) if token >= 0 else ""
+
+    @property
+    def model(self) -> Any:
+        if self._model is None:
+            self._load()
+        return self._model
+
+    @property
+    def context(self) -> Any:
+        if self._context is None:
+            self._load()
+        return self._context
+
+    @property
+    def n_vocab(self) -> int:
+        return int(self.model.n_vocab())
+
+    @property
+    def is_chat(self) -> bool:
+        self.model  # noqa: B018  (loads the template)
+        return self._formatter is not None
+
+    def render(self, prompt: Prompt) -> str:
+        """The text sent to the model: the chat template over the messages for chat models (rendered
+        like transformers' ``apply_chat_template`` with a generation prompt), else the completion text."""
+        if self.is_chat:
+            return self._formatter(messages=[{"role": m.role, "content": m.content} for m in prompt.messages]).prompt
+        return prompt.completion
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        """Token ids of ``text``; special tokens written in it (chat markers) are parsed as such."""
+        if not text:
+            return []
+        return list(self.model.tokenize(text.encode("utf-8"), add_bos=add_special, special=True))
+
+    def prompt_ids(self, prompt: Prompt) -> list[int]:
+        """Prompt token ids as transformers builds them: BOS for completion prompts, the template's own for chat."""
+        return self.tokenize(self.render(prompt), add_special=not self.is_chat)
+
+    def piece(self, token: int) -> bytes:
+        """The bytes of one token as text (control tokens render as nothing)."""
+        if token not in self._pieces:
+            llama_cpp = llama_cpp_module()
+            buffer = ctypes.create_string_buffer(64)
+            length = llama_cpp.llama_token_to_piece(self.model.vocab, token, buffer, len(buffer), 0, False)
+            if length < 0:  # longer than the buffer: -length is the size needed
+                buffer = ctypes.create_string_buffer(-length)
+                length = llama_cpp.llama_token_to_piece(self.model.vocab, token, buffer, len(buffer), 0, False)
+            self._pieces[token] = buffer.raw[:length]
+        return self._pieces[token]
+
+    def is_end_of_generation(self, token: int) -> bool:
+        llama_cpp = llama_cpp_module()
+        return bool(llama_cpp.llama_vocab_is_eog(self.model.vocab, token))
+
+    def add_adapter(self, gguf_adapter: str | Path, name: str, source: str) -> None:
+        """Load a GGUF LoRA adapter under ``name`` (``source`` is the adapter directory it came from)."""
+        llama_cpp = llama_cpp_module()
+        handle = llama_cpp.llama_adapter_lora_init(self.model.model, str(gguf_adapter).encode("utf-8"))
+        if handle is None:
+            raise ValueError(f"llama.cpp could not load the LoRA adapter {gguf_adapter} (converted from {source}) on {self.model_file}")
+        self._adapter_handles[name] = handle
+        self.adapters[name] = source
+
+    def activate(self, adapter: str | None) -> None:
+        """Make ``adapter`` (or no adapter) the one applied by the following decodes."""
+        if adapter == self._active_adapter:
+            return
+        llama_cpp = llama_cpp_module()
+        if adapter is None:
+            status = llama_cpp.llama_set_adapters_lora(self.context.ctx, None, 0, None)
+        else:
+            handles = (llama_cpp.llama_adapter_lora_p_ctypes * 1)(self._adapter_handles[adapter])
+            scales = (ctypes.c_float * 1)(1.0)
+            status = llama_cpp.llama_set_adapters_lora(self.context.ctx, handles, 1, scales)
+        if status != 0:
+            raise RuntimeError(f"llama.cpp could not switch to adapter {adapter!r} (status {status})")
+        self._active_adapter = adapter
+
+    def clear(self) -> None:
+        """Forget every cached token of every sequence."""
+        llama_cpp = llama_cpp_module()
+        llama_cpp.llama_memory_clear(self.context.memory, False)
+
+    def copy_sequence(self, source: int, targets: Sequence[int]) -> None:
+        """Give every target sequence a copy of the source sequence's cache."""
+        llama_cpp = llama_cpp_module()
+        for target in targets:
+            llama_cpp.llama_memory_seq_cp(self.context.memory, source, target, -1, -1)
+
+    def drop_sequence(self, sequence: int) -> None:
+        llama_cpp = llama_cpp_module()
+        llama_cpp.llama_memory_seq_rm(self.context.memory, sequence, -1, -1)
+
+    def decode(self, entries: Sequence[_Entry], on_logits: Callable[[int, int], None]) -> None:
+        """Evaluate ``entries`` in chunks of ``n_batch``; after each chunk, ``on_logits(entry_index,
+        batch_index)`` for every entry that asked for logits (``batch_index`` addresses them in the context)."""
+        llama_cpp = llama_cpp_module()
+        context, batch = self.context, self._batch.batch
+        for start in range(0, len(entries), self.settings.n_batch):
+            chunk = entries[start:start + self.settings.n_batch]
+            batch.n_tokens = len(chunk)
+            for i, entry in enumerate(chunk):
+                batch.token[i], batch.pos[i], batch.logits[i] = entry.token, entry.position, entry.wants_logits
+                batch.n_seq_id[i] = 1
+                batch.seq_id[i][0] = entry.sequence
+            status = llama_cpp.llama_decode(context.ctx, batch)
+            if status != 0:
+                raise RuntimeError(f"llama.cpp decode failed with status {status} on {self.model_file.name} "
+                                   f"({self.settings.max_sequences} sequences of {self.settings.n_ctx} tokens)")
+            for i, entry in enumerate(chunk):
+                if entry.wants_logits:
+                    on_logits(start + i, i)
+
+    def logits(self, batch_index: int) -> np.ndarray:
+        """The next-token logits at one output of the last decode (a view, valid until the next decode)."""
+        llama_cpp = llama_cpp_module()
+        pointer = llama_cpp.llama_get_logits_ith(self.context.ctx, batch_index)
+        return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
+
+    def sampler(self, params: SamplingParams, seed: int) -> Any:
+        """A sampler chain like the transformers backend's: top-k, temperature, nucleus, then a seeded draw
+        (greedy when the temperature is 0)."""
+        internals = require("llama_cpp._internals", "llamacpp")
+        sampler = internals.LlamaSampler()
+        if params.temperature <= 0:
+            sampler.add_greedy()
+            return sampler
+        sampler.add_top_k(params.top_k)
+        sampler.add_temp(params.temperature)
+        sampler.add_top_p(params.top_p, 1)
+        sampler.add_dist(seed)
+        return sampler
+
+    def sample(self, sampler: Any, batch_index: int) -> int:
+        llama_cpp = llama_cpp_module()
+        return int(llama_cpp.llama_sampler_sample(sampler.sampler, self.context.ctx, batch_index))
+
+    def describe(self) -> dict[str, Any]:
+        return {"model_file": str(self.model_file), "threads": self.settings.resolved_threads, "n_ctx": self.settings.n_ctx,
+                "n_batch": self.settings.n_batch, "max_sequences": self.settings.max_sequences, "llama_cpp_python": LLAMA_CPP_VERSION,
+                "extra_buffer_types": bool(self.model.params.use_extra_bufts)}
+
+
+def _groups(lengths: Sequence[int], n_ctx: int, max_sequences: int, what: str) -> list[list[int]]:
+    """Consecutive groups of at most ``max_sequences`` rows, after checking every row fits ``n_ctx`` tokens."""
+    for i, length in enumerate(lengths):
+        if length > n_ctx:
+            raise ValueError(f"{what} {i} needs {length} tokens, more than the llama.cpp context of {n_ctx} per sequence: raise n_ctx")
+    return [list(range(start, min(start + max_sequences, len(lengths)))) for start in range(0, len(lengths), max_sequences)]
+
+
+@dataclass
+class _Row:
+    """One sequence being generated."""
+
+    sampler: Any
+    position: int
+    pieces: bytearray
+    tokens: int = 0
+    finished: bool = False
+    stopped_by_string: bool = False
+
+    def text(self) -> str:
+        return self.pieces.decode("utf-8", errors="ignore")
+
+
+class LlamaCppModel(LanguageModel):
+    """A :class:`LanguageModel` over a :class:`LoadedGGUF`, optionally through one named LoRA adapter."""
+
+    def __init__(self, loaded: LoadedGGUF, name: str, adapter: str | None = None, prefix_cache: bool = True):
+        self.loaded, self.name, self.adapter, self.prefix_cache = loaded, name, adapter, prefix_cache
+        self.usage = UsageStats()
+
+    def count_tokens(self, prompt: Prompt) -> int:
+        return len(self.loaded.prompt_ids(prompt))
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "class": type(self).__name__, "backend": "llamacpp", **self.loaded.describe(),
+                "adapter": self.loaded.adapters.get(self.adapter or ""), "chat": self.loaded.is_chat}
+
+    def _shared(self, token_ids: Sequence[Sequence[int]]) -> int:
+        return prefix_to_share(token_ids) if self.prefix_cache else 0
+
+    def _decode_prefix(self, prefix: Sequence[int], sequences: int) -> None:
+        """Evaluate the shared prefix once on sequence 0 and copy its cache to the other sequences."""
+        if prefix:
+            self.loaded.decode([_Entry(token, position, 0, False) for position, token in enumerate(prefix)], lambda entry, index: None)
+            self.loaded.copy_sequence(0, range(1, sequences))
+
+    def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
+        loaded = self.loaded
+        loaded.activate(self.adapter)
+        token_ids = [loaded.prompt_ids(p) for p in prompts]
+        results: list[str] = [""] * len(prompts)
+        lengths = [len(t) + params.max_new_tokens for t in token_ids]
+        for group in _groups(lengths, loaded.settings.n_ctx, loaded.settings.max_sequences, "prompt"):
+            for index, text in zip(group, self._generate_group([token_ids[i] for i in group], group, params)):
+                results[index] = text
+        self.usage.generate_calls += 1
+        self.usage.prompt_tokens += sum(len(t) for t in token_ids)
+        return results
+
+    def _generate_group(self, token_ids: list[list[int]], indices: list[int], params: SamplingParams) -> list[str]:
+        loaded = self.loaded
+        loaded.clear()
+        shared = self._shared(token_ids)
+        seeds = [SEED_MODULUS if params.seed is None else (params.seed + i) % SEED_MODULUS for i in indices]
+        rows = [_Row(loaded.sampler(params, seed), len(ids), bytearray()) for ids, seed in zip(token_ids, seeds)]
+        self._decode_prefix(token_ids[0][:shared], len(rows))
+        entries = []
+        for sequence, ids in enumerate(token_ids):
+            entries += [_Entry(token, shared + k, sequence, shared + k == len(ids) - 1) for k, token in enumerate(ids[shared:])]
+        self.usage.prefix_cached_tokens += shared * (len(rows) - 1)
+        pending: list[_Entry] = []
+
+        def take(entry_index: int, batch_index: int) -> None:
+            sequence = entries[entry_index].sequence
+            row = rows[sequence]
+            token = loaded.sample(row.sampler, batch_index)
+            row.tokens += 1
+            if loaded.is_end_of_generation(token):
+                row.finished = True
+            else:
+                row.pieces += loaded.piece(token)
+                row.stopped_by_string = bool(params.stop) and stop_position(row.text(), params.stop) is not None
+                row.finished = row.stopped_by_string or row.tokens >= params.max_new_tokens
+            if row.finished:
+                loaded.drop_sequence(sequence)
+            else:
+                pending.append(_Entry(token, row.position, sequence, True))
+                row.position += 1
+
+        while entries:
+            pending = []
+            loaded.decode(entries, take)
+            entries = pending
+        texts = []
+        for row in rows:
+            text = clean_output(row.text(), params.stop)
+            kept = len(loaded.tokenize(text, add_special=False)) + row.stopped_by_string
+            self.usage.generated_tokens += kept
+            self.usage.discarded_tokens += max(row.tokens - kept, 0)
+            texts.append(text)
+        return texts
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
+        loaded = self.loaded
+        loaded.activate(self.adapter)
+        prompt_ids = [loaded.prompt_ids(p) for p in prompts]
+        continuation_ids = [loaded.tokenize(c, add_special=False) for c in continuations]
+        lengths = [len(p) + len(c) for p, c in zip(prompt_ids, continuation_ids)]
+        scores: list[ContinuationScore] = [ContinuationScore(())] * len(prompts)
+        for group in _groups(lengths, loaded.settings.n_ctx, loaded.settings.max_sequences, "prompt and continuation"):
+            group_scores = self._score_group([prompt_ids[i] for i in group], [continuation_ids[i] for i in group])
+            for index, score in zip(group, group_scores):
+                scores[index] = score
+        self.usage.score_calls += 1
+        self.usage.prompt_tokens += sum(len(p) for p in prompt_ids)
+        return scores
+
+    def _score_group(self, prompt_ids: list[list[int]], continuation_ids: list[list[int]]) -> list[ContinuationScore]:
+        loaded = self.loaded
+        loaded.clear()
+        shared = self._shared(prompt_ids)
+        self._decode_prefix(prompt_ids[0][:shared], len(prompt_ids))
+        entries: list[_Entry] = []
+        targets: list[tuple[int, int]] = []  # per entry: (row, continuation token it predicts), or (-1, -1)
+        for row, (prompt, continuation) in enumerate(zip(prompt_ids, continuation_ids)):
+            sequence = prompt + continuation
+            for position in range(shared, len(sequence)):
+                predicts = position - len(prompt) + 1
+                wants = 0 <= predicts < len(continuation)
+                entries.append(_Entry(sequence[position], position, row, wants))
+                targets.append((row, continuation[predicts]) if wants else (-1, -1))
+        logprobs: list[list[float]] = [[] for _ in prompt_ids]
+
+        def take(entry_index: int, batch_index: int) -> None:
+            row, target = targets[entry_index]
+            logits = loaded.logits(batch_index).astype(np.float64)
+            top = logits.max()
+            logprobs[row].append(float(logits[target] - top - np.log(np.exp(logits - top).sum())))
+
+        loaded.decode(entries, take)
+        self.usage.prefix_cached_tokens += shared * (len(prompt_ids) - 1)
+        return [ContinuationScore(tuple(values)) for values in logprobs]
+
+
+def announce(message: str) -> None:
+    """A one-line notice on stderr (a choice the user should know about, not a warning to silence)."""
+    print(f"mfllm: {message}", file=sys.stderr, flush=True)

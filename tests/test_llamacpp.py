@@ -1,0 +1,135 @@
+"""The llama.cpp backend: prefix sharing, batches split to fit the context, prompts rendered like
+transformers, LoRA adapters converted from PEFT (or an announced fallback), engine resolution."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+from backend_samples import CONTINUATIONS, PROMPTS, require_llama_cpp, smollm2_gguf
+
+from mfllm.backends import FakeModel, ModelPool, parse_spec
+from mfllm.backends.hf import LoadedCausalLM, ModelSource
+from mfllm.backends.llamacpp import LlamaCppModel, LlamaCppSettings, LoadedGGUF
+from mfllm.backends.lora_gguf import AdapterConversionError, convert_peft_lora
+from mfllm.interfaces import SamplingParams
+
+GREEDY = SamplingParams(max_new_tokens=10, temperature=0.0, stop=())
+
+
+@pytest.fixture(scope="module")
+def smollm2() -> LoadedGGUF:
+    require_llama_cpp()
+    return LoadedGGUF(smollm2_gguf(), LlamaCppSettings(n_ctx=4096))
+
+
+def test_shared_prefix_gives_the_same_output_and_scores(smollm2: LoadedGGUF) -> None:
+    shared, separate = LlamaCppModel(smollm2, "shared"), LlamaCppModel(smollm2, "separate", prefix_cache=False)
+    assert shared.generate(PROMPTS, GREEDY) == separate.generate(PROMPTS, GREEDY)
+    assert shared.usage.prefix_cached_tokens > 16 * (len(PROMPTS) - 1) and separate.usage.prefix_cached_tokens == 0
+    for a, b in zip(shared.score(PROMPTS, CONTINUATIONS), separate.score(PROMPTS, CONTINUATIONS)):
+        assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-3)
+
+
+def test_batches_with_more_prompts_than_sequences_run_in_groups_with_the_same_results(smollm2: LoadedGGUF) -> None:
+    longest = max(LlamaCppModel(smollm2, "m").count_tokens(p) for p in PROMPTS)
+    two = LoadedGGUF(smollm2.model_file, LlamaCppSettings(n_ctx=longest + GREEDY.max_new_tokens, max_sequences=2))
+    assert LlamaCppModel(two, "two").generate(PROMPTS, GREEDY) == LlamaCppModel(smollm2, "big").generate(PROMPTS, GREEDY)
+    tiny = LoadedGGUF(smollm2.model_file, LlamaCppSettings(n_ctx=32, max_sequences=2))
+    with pytest.raises(ValueError, match="raise n_ctx"):
+        LlamaCppModel(tiny, "tiny").generate(PROMPTS[:1], GREEDY)
+
+
+def test_chat_prompts_get_the_same_token_ids_as_transformers(smollm2: LoadedGGUF, tiny_model_dir: Path) -> None:
+    reference = LoadedCausalLM(ModelSource(str(tiny_model_dir)))  # SmolLM2's own tokenizer and chat template
+    model = LlamaCppModel(smollm2, "m")
+    assert smollm2.is_chat and reference.is_chat
+    for prompt in PROMPTS:
+        assert smollm2.render(prompt) == reference.render(prompt)
+        assert smollm2.prompt_ids(prompt) == reference.tokenizer(reference.render(prompt), add_special_tokens=False).input_ids
+        assert model.count_tokens(prompt) == len(smollm2.prompt_ids(prompt))
+    for text in CONTINUATIONS:
+        assert smollm2.tokenize(text, add_special=False) == reference.tokenizer(text, add_special_tokens=False).input_ids
+
+
+def test_describe_records_the_engine_and_its_settings(smollm2: LoadedGGUF) -> None:
+    description = LlamaCppModel(smollm2, "llamacpp:smollm2").describe()
+    assert description["backend"] == "llamacpp" and description["model_file"] == str(smollm2.model_file)
+    assert description["threads"] == smollm2.settings.resolved_threads >= 1
+    assert (description["n_ctx"], description["n_batch"], description["max_sequences"]) == (4096, 512, 16)
+
+
+def test_specs_and_engine_choice() -> None:
+    require_llama_cpp()
+    assert parse_spec("llamacpp:/models/x.gguf").kind == "llamacpp"
+    assert str(parse_spec("llamacpp:smollm2-135m-instruct")) == "llamacpp:smollm2-135m-instruct"
+    with pytest.raises(ValueError, match="llamacpp:NAME"):
+        parse_spec("llamacpp:")
+    assert ModelPool(device="cpu").embedded_engine() == "llamacpp"
+    assert ModelPool(device="cpu", engine="transformers").embedded_engine() == "transformers"
+    assert ModelPool(device="cuda").embedded_engine() == "transformers"
+
+
+def _random_lora(tmp_path: Path, **lora_options: object) -> Path:
+    """A PEFT LoRA adapter with random (non-zero) weights on SmolLM2's architecture, saved as training saves it."""
+    transformers = pytest.importorskip("transformers")
+    peft = pytest.importorskip("peft")
+    torch = pytest.importorskip("torch")
+    config = transformers.AutoConfig.from_pretrained(str(smollm2_gguf().parent), gguf_file=smollm2_gguf().name)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config)
+    lora = peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False, **lora_options)
+    adapter = peft.get_peft_model(model, lora)
+    with torch.no_grad():
+        for name, parameter in adapter.named_parameters():
+            if "lora_" in name:
+                parameter.mul_(0.05)
+    out = tmp_path / "adapter"
+    adapter.save_pretrained(out)
+    return out
+
+
+def test_a_converted_lora_adapter_changes_only_its_own_view(tmp_path: Path) -> None:
+    require_llama_cpp()
+    adapter = _random_lora(tmp_path)
+    pool = ModelPool(device="cpu", n_ctx=4096)
+    spec = f"llamacpp:{smollm2_gguf()}"
+    base = pool.get(spec)
+    before = base.score(PROMPTS, CONTINUATIONS)
+    tuned = pool.get(spec, adapter=str(adapter), role="policy")
+    assert len(pool.loaded) == 1 and tuned.describe()["adapter"] == str(adapter)
+    after = tuned.score(PROMPTS, CONTINUATIONS)
+    assert all(abs(a.logprob - b.logprob) > 0.1 for a, b in zip(before, after))
+    assert [s.token_logprobs for s in base.score(PROMPTS, CONTINUATIONS)] == [s.token_logprobs for s in before]
+
+
+def test_an_adapter_llama_cpp_cannot_run_falls_back_to_transformers_with_a_notice(tmp_path: Path,
+                                                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    require_llama_cpp()
+    adapter = tmp_path / "dora"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text(json.dumps({"r": 4, "lora_alpha": 8, "use_dora": True}))
+    with pytest.raises(AdapterConversionError, match="use_dora"):
+        convert_peft_lora(adapter, smollm2_gguf(), tmp_path / "out.gguf")
+    pool = ModelPool(device="cpu")
+    chosen: list[str] = []
+    fallback = FakeModel("transformers stand-in")
+
+    def transformers_model(spec: object, adapter_dir: str | None, role: str) -> FakeModel:
+        chosen.append(str(adapter_dir))
+        return fallback
+
+    pool.transformers_model = transformers_model  # type: ignore[method-assign]  (no de-quantised copy in a unit test)
+    assert pool.get("embedded:smollm2-135m-instruct", adapter=str(adapter), role="policy") is fallback
+    assert chosen == [str(adapter)]
+    notice = capsys.readouterr().err.strip().splitlines()
+    assert len(notice) == 1 and "policy runs on transformers instead of llama.cpp" in notice[0] and "use_dora" in notice[0]
+
+
+def test_seeds_are_per_prompt(smollm2: LoadedGGUF) -> None:
+    model = LlamaCppModel(smollm2, "m")
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, stop=(), seed=5)
+    together = model.generate(PROMPTS, params)
+    assert together[1:] == model.generate(PROMPTS[1:], dataclasses.replace(params, seed=6))
