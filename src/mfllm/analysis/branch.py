@@ -78,8 +78,6 @@ def _labelled(progress: ProgressFactory | None, prefix: str) -> ProgressFactory 
 
 def branch(config: BranchConfig, pool: Any = None, resume: bool = False, progress: ProgressFactory | None = None) -> Path:
     """Run (or resume) every arm and seed of the branch, sharing one model pool; returns the branch directory."""
-    from mfllm.backends import ModelPool
-
     out = config.output_dir
     record = _record(config)
     path = out / BRANCH_FILE
@@ -94,6 +92,6 @@ def branch(config: BranchConfig, pool: Any = None, resume: bool = False, progres
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
     for arm, run_config, directory, point in plan:
-        pool = pool or ModelPool(run_config.device, run_config.dtype)
+        pool = pool or run_config.model_pool()
         simulate(run_config, directory, pool=pool, resume=resume, progress=_labelled(progress, f"{arm} seed{run_config.seed}"), branch=point)
     return out

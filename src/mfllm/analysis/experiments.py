@@ -18,11 +18,9 @@ def simulate_and_evaluate(plan: RunPlan, evaluation: EvaluationConfig, pool: Any
     """Simulate every (config, run directory) of ``plan``, then evaluate each run; one model pool serves
     both. ``labels``, one per run, replace the method name in the evaluations (e.g. ablation variants
     that share a method)."""
-    from mfllm.backends import ModelPool
-
     if labels is not None and len(labels) != len(plan):
         raise ValueError(f"{len(labels)} labels for {len(plan)} runs")
-    pool = pool or ModelPool(plan[0][0].device, plan[0][0].dtype)
+    pool = pool or plan[0][0].model_pool()
     runs = simulate_many(plan, pool=pool, resume=resume, progress=progress)
     evaluations, dimensions = evaluate_runs(runs, evaluation, pool)
     for evaluation_of_run, label in zip(evaluations, labels or ()):

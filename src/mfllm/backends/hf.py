@@ -258,7 +258,7 @@ class TransformersModel(LanguageModel):
         return len(self.loaded.tokenizer(self.loaded.render(prompt), add_special_tokens=False).input_ids)
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "class": type(self).__name__, "path": self.loaded.source.path,
+        return {"name": self.name, "class": type(self).__name__, "backend": "transformers", "path": self.loaded.source.path,
                 "gguf_file": self.loaded.source.gguf_file, "adapter": self.loaded.adapters.get(self.adapter or "", None),
                 "device": self.loaded.device, "dtype": self.loaded.dtype_name, "chat": self.loaded.is_chat}
 

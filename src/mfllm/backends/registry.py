@@ -94,15 +94,17 @@ class ModelPool:
     model (each with its own LoRA adapter) load the weights once.
 
     ``engine`` picks what runs ``embedded:`` specs: ``auto`` is llama.cpp on a CPU when
-    llama-cpp-python is installed, else transformers. ``threads``, ``n_ctx`` and ``n_batch`` set up
+    llama-cpp-python is installed, else transformers. ``request_timeout_s`` and ``max_attempts`` bound
+    each request of an OpenAI-compatible server. ``threads``, ``n_ctx`` and ``n_batch`` set up
     llama.cpp contexts (None: its defaults, every available core).
     """
 
     def __init__(self, device: str = "auto", dtype: str = "auto", api_key_env: str = "OPENAI_API_KEY",
-                 max_concurrency: int = 8, timeout_s: float = 60.0, engine: Engine = "auto",
+                 max_concurrency: int = 8, request_timeout_s: float = 60.0, max_attempts: int = 4, engine: Engine = "auto",
                  threads: int | None = None, n_ctx: int | None = None, n_batch: int | None = None):
         self.device, self.dtype = device, dtype
-        self.api_key_env, self.max_concurrency, self.timeout_s = api_key_env, max_concurrency, timeout_s
+        self.api_key_env, self.max_concurrency = api_key_env, max_concurrency
+        self.request_timeout_s, self.max_attempts = request_timeout_s, max_attempts
         self.engine = engine
         self.llama_options = {key: value for key, value in (("threads", threads), ("n_ctx", n_ctx), ("n_batch", n_batch)) if value}
         self._loaded: dict[tuple[str, str], Any] = {}
@@ -188,7 +190,8 @@ def _build_openai(pool: ModelPool, spec: BackendSpec, adapter: str | None, role:
     from mfllm.backends.openai_http import OpenAICompatibleModel
 
     return OpenAICompatibleModel(spec.name, spec.base_url or "", api_key_env=pool.api_key_env,
-                                 max_concurrency=pool.max_concurrency, request_timeout_s=pool.timeout_s)
+                                 max_concurrency=pool.max_concurrency, request_timeout_s=pool.request_timeout_s,
+                                 max_attempts=pool.max_attempts)
 
 
 def _build_embedded(pool: ModelPool, spec: BackendSpec, adapter: str | None, role: str) -> LanguageModel:

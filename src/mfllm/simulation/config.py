@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from mfllm.configuration import YamlConfig
 from mfllm.simulation.methods import get_method
+
+if TYPE_CHECKING:
+    from mfllm.backends import ModelPool
 
 
 class SimulationConfig(YamlConfig):
@@ -39,6 +44,12 @@ class SimulationConfig(YamlConfig):
     interventions: list[str] = Field(default=[], description="YAML files of interventions (injected posts, statements, "
                                                                         "moderation, targeted at subgroups; see README 'What-if').")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
+    engine: Literal["auto", "llamacpp", "transformers"] = Field(default="auto", description="What runs embedded: models: llama.cpp "
+                                                                                               "on a CPU when installed (auto), or force one.")
+    threads: int | None = Field(default=None, ge=1, description="llama.cpp threads (default: its own choice).")
+    n_ctx: int | None = Field(default=None, ge=256, description="llama.cpp context size in tokens (default: the backend's).")
+    request_timeout_s: float = Field(default=60.0, gt=0, description="OpenAI-compatible servers: the longest one attempt of a request may take.")
+    max_attempts: int = Field(default=4, ge=1, description="OpenAI-compatible servers: attempts per request (transient faults are retried).")
     dtype: str = Field(default="auto", description="auto (bf16 on GPU, fp32 on CPU), fp32, bf16, fp16.")
 
     @field_validator("method")
@@ -53,6 +64,13 @@ class SimulationConfig(YamlConfig):
         if not get_method(self.method).needs_mean_field_model and any(getattr(self, f) is not None for f in mean_field_settings):
             raise ValueError(f"method {self.method!r} has no mean-field model: drop {', '.join(f for f in mean_field_settings if getattr(self, f) is not None)}")
         return self
+
+    def model_pool(self) -> ModelPool:
+        """A model pool with this run's device, dtype, engine and server settings."""
+        from mfllm.backends import ModelPool
+
+        return ModelPool(self.device, self.dtype, request_timeout_s=self.request_timeout_s, max_attempts=self.max_attempts,
+                         engine=self.engine, threads=self.threads, n_ctx=self.n_ctx)
 
     @property
     def resolved_mean_field_model(self) -> str:

@@ -151,10 +151,26 @@ def _manifest(config: SimulationConfig, event: Event, report: LoadReport, simula
     return manifest
 
 
+RUNTIME_FIELDS = ("device", "interventions", "engine", "threads", "n_ctx", "request_timeout_s", "max_attempts")
+"""Config fields a resumed run may change: where and how models run (the resolved backend itself is
+checked separately) and where intervention files live (their content is compared)."""
+
+
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """A recorded config as the current code reads it (fields added since take their defaults), less
-    the fields a resumed run may change (the device; intervention files may move: their content is compared)."""
-    return {k: v for k, v in SimulationConfig(**config).model_dump().items() if k not in ("device", "interventions")}
+    the :data:`RUNTIME_FIELDS`."""
+    return {k: v for k, v in SimulationConfig(**config).model_dump().items() if k not in RUNTIME_FIELDS}
+
+
+def _check_backends(output_dir: str | Path, recorded: dict[str, Any], models: dict[str, LanguageModel | None]) -> None:
+    """A resumed run must continue on the backends it started on (an old run must not silently move to
+    another engine): the backend class of each role is compared with the manifest's."""
+    for role, model in models.items():
+        before = (recorded.get(role) or {}).get("class")
+        now = model.describe()["class"] if model is not None else None
+        if before != now:
+            raise ValueError(f"{output_dir}: the run's {role} model ran on {before}, this one would run on {now}; cannot resume "
+                             "(choose the same engine, e.g. --engine transformers)")
 
 
 def build_models(config: SimulationConfig, pool: Any) -> tuple[LanguageModel, LanguageModel | None]:
@@ -232,8 +248,6 @@ def simulate(config: SimulationConfig, output_dir: str | Path, pool: Any = None,
     interventions of ``config.interventions`` are placed on it. With ``branch``, the run starts as a copy of
     the parent's first ``branch.at`` steps and continues from there.
     """
-    from mfllm.backends import ModelPool
-
     store = RunStore(output_dir)
     with store.lock():
         store.check_resumable(resume)
@@ -254,8 +268,10 @@ def simulate(config: SimulationConfig, output_dir: str | Path, pool: Any = None,
             raise ValueError(f"{output_dir}: cannot resume with different interventions (an intervention file changed since the run started)")
         if branch is not None:
             _check_branch(config, branch, event, base.steps())
-        pool = pool or ModelPool(config.device, config.dtype)
+        pool = pool or config.model_pool()
         policy, mean_field = build_models(config, pool)
+        if previous is not None:
+            _check_backends(output_dir, previous["models"], {"policy": policy, "mean_field": mean_field})
         simulator = Simulator(config, event, policy, mean_field, Intervened(base, scheduled) if scheduled else base)
         if not store.exists():
             manifest = _manifest(config, event, report, simulator)

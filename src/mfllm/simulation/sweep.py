@@ -49,11 +49,9 @@ def sweep_plan(configs: Sequence[SimulationConfig], root: str | Path) -> list[tu
 def simulate_many(plan: RunPlan, pool: Any = None, resume: bool = False, progress: ProgressFactory | None = None,
                   on_run: Callable[[Path], None] | None = None) -> list[Path]:
     """Simulate every (config, run directory) of ``plan``, sharing one model pool; returns the run directories."""
-    from mfllm.backends import ModelPool
-
     runs = []
     for config, directory in plan:
-        pool = pool or ModelPool(config.device, config.dtype)
+        pool = pool or config.model_pool()
         run = simulate(config, directory, pool=pool, resume=resume, progress=progress)
         runs.append(run)
         if on_run is not None:
@@ -63,11 +61,9 @@ def simulate_many(plan: RunPlan, pool: Any = None, resume: bool = False, progres
 
 def estimate_many(configs: Sequence[SimulationConfig], pool: Any = None) -> list[dict[str, Any]]:
     """Dry-run estimates (model calls, prompt tokens per step) of every config, generating nothing."""
-    from mfllm.backends import ModelPool
-
     plans = []
     for config in configs:
-        pool = pool or ModelPool(config.device, config.dtype)
+        pool = pool or config.model_pool()
         event, _ = load_event(config.data, config.event_id, config.data_format)
         plans.append(estimate(config, event, pool.get(config.policy_model)))
     return plans
