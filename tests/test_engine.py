@@ -329,11 +329,14 @@ def test_kill_9_at_random_moments_resumes_byte_equal(demo_event_path: Path, tmp_
 
 def test_resume_refuses_a_run_whose_backend_changed(demo_event_path: Path, tmp_path: Path) -> None:
     class OtherEngine(FakeModel):
-        """Another backend class, as llama.cpp is to transformers."""
+        """Another backend, as llama.cpp is to transformers."""
+
+        def describe(self):  # type: ignore[no-untyped-def]
+            return {**super().describe(), "backend": "other"}
 
     config = SimulationConfig(data=str(demo_event_path), policy_model="fake", warmup=6, batch_size=4, num_agents=12)
     run = partial_copy(simulate(config, tmp_path / "full"), tmp_path / "cut", 2)
-    with pytest.raises(ValueError, match="ran on FakeModel, this one would run on OtherEngine"):
+    with pytest.raises(ValueError, match="ran on fake, this one would run on other"):
         simulate(config, run, resume=True, pool=FixedPool(OtherEngine()))
     simulate(config.model_copy(update={"engine": "transformers", "threads": 2}), run, resume=True)  # runtime settings may change
     assert same_files(run, tmp_path / "full")

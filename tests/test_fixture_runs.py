@@ -48,9 +48,19 @@ def assert_same_run(new: Path, old: Path, volatile: set[str] = VOLATILE) -> None
         if key in volatile:
             continue
         if key == "config":
-            assert {k: new_manifest["config"][k] for k in value if k != "data"} == {k: v for k, v in value.items() if k != "data"}
-        else:
-            assert new_manifest[key] == value, key
+            value = {k: v for k, v in value.items() if k != "data"}
+        assert_recorded(new_manifest[key], value, key)
+
+
+def assert_recorded(new: object, old: object, where: str) -> None:
+    """``new`` holds everything ``old`` held, with the same values (mappings may have gained keys)."""
+    if isinstance(old, dict):
+        assert isinstance(new, dict), where
+        for key, value in old.items():
+            assert key in new, f"{where}.{key} is no longer recorded"
+            assert_recorded(new[key], value, f"{where}.{key}")
+    else:
+        assert new == old, where
 
 
 @pytest.mark.parametrize("name", RUNS)

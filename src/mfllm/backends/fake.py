@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import random
-from typing import Sequence
+from typing import Any, Sequence
 
 from mfllm.data.loaders import detect_language
 from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams, UsageStats
@@ -55,3 +55,6 @@ class FakeModel(LanguageModel):
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(prompt.completion)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "backend": "fake"}

@@ -115,7 +115,8 @@ class OpenAICompatibleModel(LanguageModel):
         self.usage = UsageStats()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "class": type(self).__name__, "base_url": redact_secrets(self.base_url), "chat": self.chat}
+        return {"name": self.name, "class": type(self).__name__, "backend": "openai", "base_url": redact_secrets(self.base_url),
+                "chat": self.chat}
 
     def _api_key(self) -> str | None:
         return os.environ.get(self.api_key_env) or None

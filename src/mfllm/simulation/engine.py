@@ -162,12 +162,23 @@ def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in SimulationConfig(**config).model_dump().items() if k not in RUNTIME_FIELDS}
 
 
+LEGACY_BACKENDS = {"TransformersModel": "transformers", "FakeModel": "fake", "OpenAICompatibleModel": "openai"}
+"""The backend of a model recorded before manifests named it, by its class."""
+
+
+def backend_of(description: dict[str, Any] | None) -> str | None:
+    """The engine a model description (``LanguageModel.describe()``) names."""
+    if description is None:
+        return None
+    return description.get("backend") or LEGACY_BACKENDS.get(description.get("class", ""), description.get("class"))
+
+
 def _check_backends(output_dir: str | Path, recorded: dict[str, Any], models: dict[str, LanguageModel | None]) -> None:
     """A resumed run must continue on the backends it started on (an old run must not silently move to
-    another engine): the backend class of each role is compared with the manifest's."""
+    another engine): the backend of each role is compared with the manifest's."""
     for role, model in models.items():
-        before = (recorded.get(role) or {}).get("class")
-        now = model.describe()["class"] if model is not None else None
+        before = backend_of(recorded.get(role))
+        now = backend_of(model.describe()) if model is not None else None
         if before != now:
             raise ValueError(f"{output_dir}: the run's {role} model ran on {before}, this one would run on {now}; cannot resume "
                              "(choose the same engine, e.g. --engine transformers)")
