@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -40,6 +40,8 @@ class DemoConfig(YamlConfig):
     batch_size: int = Field(default=16, ge=1, description="Agents per step.")
     seed: int = Field(default=0, description="Run seed.")
     device: str = Field(default="auto", description="auto, cpu, cuda, ...")
+    engine: Literal["auto", "llamacpp", "transformers"] = Field(default="auto", description="What runs the embedded model "
+                                                                                               "(auto: llama.cpp on a CPU).")
     show: int = Field(default=8, ge=0, description="Real vs simulated rows to print.")
 
 
@@ -72,7 +74,7 @@ def run_demo(config: DemoConfig, resume: bool = False, progress: ProgressFactory
     labellers and the policy's NLL of the real actions) and write the report; one model pool."""
     output = Path(config.output) if config.output else Path("runs") / "demo" / datetime.now().strftime("%Y%m%d-%H%M%S")
     base = SimulationConfig(data=str(demo_data_path()), policy_model=config.model, num_agents=config.num_agents, warmup=config.warmup,
-                            batch_size=config.batch_size, seed=config.seed, device=config.device)
+                            batch_size=config.batch_size, seed=config.seed, device=config.device, engine=config.engine)
     plan = sweep_plan(sweep_configs(base, methods=DEMO_METHODS), output)
     evaluation = EvaluationConfig(dimensions=["sentiment", "emotion", "behaviour"], nll=True, device=config.device)
     evaluations, dimensions = simulate_and_evaluate(plan, evaluation, resume=resume, progress=progress)
