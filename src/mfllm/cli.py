@@ -258,8 +258,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     result = run_demo(config, resume=args.resume, progress=_progress)
     print(f"\nrun directories: {', '.join(map(str, result.runs))}  (manifest.json, actions.jsonl, mean_field.jsonl)")
     print(f"throughput (mf): {result.throughput()} simulated actions/s")
-    if result.last_mean_field():
-        print(f"\nlast mean field: {result.last_mean_field()}\n")
+    last_mean_field = result.last_mean_field()
+    if last_mean_field:
+        print(f"\nlast mean field: {last_mean_field}\n")
     print("real vs simulated (mf, first rows):")
     for real, simulated in result.side_by_side(config.show):
         print(f"  real: {real[:70]}\n  sim : {simulated[:70]}\n")

@@ -295,8 +295,9 @@ def simulate(config: SimulationConfig, output_dir: str | Path, pool: Any = None,
             store.copy_prefix(RunStore(branch.parent), branch.at)
         throughput = simulator.run(store, progress)
         usage = {"policy": policy.usage.as_dict(), "mean_field": mean_field.usage.as_dict() if mean_field else None}
-        failures = sum(1 for row in store.actions() if "failure" in row)
-        moderated = sum(1 for row in store.actions() if "moderated" in row)
+        rows = store.actions()
+        failures = sum(1 for row in rows if "failure" in row)
+        moderated = sum(1 for row in rows if "moderated" in row)
         store.update_manifest(status="completed", throughput=throughput, usage=usage, **({"failed_actions": failures} if failures else {}),
                               **({"moderated_actions": moderated} if moderated else {}))
     return Path(output_dir)
@@ -336,6 +337,7 @@ def estimate(config: SimulationConfig, event: Event, policy: LanguageModel) -> d
     if isinstance(provider, LLMMeanField):  # the longest summary stands in for the summary before the first update too
         provider.accept(placeholder)
     per_step, mean_field_tokens = [], 0
+    history_actions: list[Any] = []  # the real actions of every earlier step
     for step in simulator.steps:
         agents = simulator.scenario.agents(step)
         active = simulator.scenario.interventions(step)
@@ -345,13 +347,13 @@ def estimate(config: SimulationConfig, event: Event, policy: LanguageModel) -> d
             mean_field_tokens += policy.count_tokens(provider.update_prompt(actions))
         if step.phase == "rollout":
             prompts = step_context.prompts(agents, active)
-            earlier = [a for batch in (simulator.scenario.agents(s) for s in simulator.steps if s.index < step.index) for a in batch]
-            history = render_context(RecentK.headers[event.language], render_actions(step_context.real_actions(earlier), event.language))
+            history = render_context(RecentK.headers[event.language], render_actions(history_actions, event.language))
             full = [policy.count_tokens(policy_prompt(step_context.topic, step_context.persona(a), event.language, history)) for a in agents]
             tokens = [policy.count_tokens(p) for p in prompts]
             per_step.append({"step": step.index, "agents": len(agents), "policy_prompt_tokens": round(sum(tokens) / len(tokens), 1),
                              "full_history_tokens": round(sum(full) / len(full), 1)})
         step_context.observe(actions, 0)
+        history_actions.extend(step_context.real_actions(agents))
     rollout_steps = [s for s in simulator.steps if s.phase == "rollout"]
     return {
         "event_id": event.event_id, "method": config.method, "agents": sum(len(s.positions) for s in rollout_steps),
