@@ -65,14 +65,14 @@ class StatisticsMeanField(ContextProvider):
         from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS
         from mfllm.evaluation.labellers import LabelItem
 
-        labels: dict[str, list[str | None]] = {"behaviour": ["repost" if a.kind == "repost" else "comment" for a in actions]}
         if self.labeller is None:
             raise RuntimeError("this statistics mean field was restored without a labeller: it can be read, not updated")
-        texts = [LabelItem(a.text, self.topic, self.language, a.kind) for a in actions]
+        labels: dict[str, list[str | None]] = {"behaviour": ["repost" if a.kind == "repost" else "comment" for a in actions]}
+        items = [LabelItem(a.text, self.topic, self.language, a.kind) for a in actions]
         for name in ("sentiment", "emotion"):
             dimension = BUILTIN_DIMENSIONS[name]
             if self.labeller.covers(dimension, self.language):
-                labels[name] = self.labeller.label([t for t in texts], dimension).labels
+                labels[name] = self.labeller.label(items, dimension).labels
         return labels
 
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
