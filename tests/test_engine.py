@@ -29,6 +29,7 @@ from mfllm.interfaces import LanguageModel
 from mfllm.simulation import Agent, RunStore, Scenario, SimulationConfig, Step, StepContext, estimate, schedule, simulate
 from mfllm.simulation import methods
 from mfllm.simulation.methods.action_memory import ActionMemory
+from mfllm.simulation.engine import FAILED_EMPTY
 from mfllm.simulation.store import ACTIONS, LOCK, MANIFEST, MEAN_FIELD, STEPS, RunLockedError
 
 from pools import FixedPool
@@ -82,7 +83,10 @@ def test_a_new_baseline_is_one_class(registry: Any, demo_event_path: Path, tmp_p
     provider = FirstK.create(config, event, None)
     provider.load_state_dict(state)
     prompt = StepContext(event, provider).prompt("someone").completion
-    assert "评论区最早的几条评论：" in prompt and event.reactions[0].text[:10] in prompt and event.reactions[5].text[:10] not in prompt
+    k = config.context_k
+    first = next(r for r in event.reactions[:k] if r.kind == "comment")
+    later = next(r for r in event.reactions[k:] if r.kind == "comment" and all(r.text[:10] not in e.text for e in event.reactions[:k]))
+    assert "评论区最早的几条评论：" in prompt and first.text[:10] in prompt and later.text[:10] not in prompt
     assert estimate(config, event, FakeModel())["policy_calls"] == 2
     evaluation = evaluate_run(run, LabellerChain([KindLabeller()]), resolve_dimensions(["behaviour"]), policy=FakeModel())
     assert evaluation.method == "first" and evaluation.nll == policy_nll(RunStore(run), FakeModel(), event)[0]
@@ -165,12 +169,12 @@ def test_empty_replies_are_retried_with_new_seeds_then_recorded_as_failures(demo
     config = SimulationConfig(data=str(demo_event_path), method="recent", policy_model="fake", warmup=6, batch_size=4, num_agents=12)
     run = simulate(config, tmp_path / "run", pool=FixedPool(SometimesEmpty("粉丝数：不足100", after)))
     rows = RunStore(run).actions()
-    touched = [r for r in rows if "粉丝数：不足100" in r["persona"]]
+    touched = [r for r in rows if "粉丝数：不足100" in r["persona"] and r["sim_choice"] != "repost"]  # a bare repost writes nothing
     assert touched and len(rows) == 12
     for row in rows:
         if row in touched:
             assert row["attempts"] == (3 if failed else 2) and isinstance(row["seed"], int)
-            assert (row.get("failure") == "empty completion") == failed and (row["sim_kind"] is None) == failed
+            assert (row.get("failure") == FAILED_EMPTY) == failed and (row["sim_kind"] is None) == failed
         else:
             assert "attempts" not in row and row["sim_text"].strip()
     manifest = RunStore(run).manifest()

@@ -109,12 +109,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from mfllm.simulation.methods import get_method, method_names
+    from mfllm.simulation.methods import ALIASES, get_method, method_names
 
     for name in method_names():
         method = get_method(name)
         kind = "baseline" if method.is_baseline else "mean field"
         print(f"{name}\t{kind}\t{method.description}")
+    for alias, name in ALIASES.items():
+        print(f"{alias}\talias\tstands for {name} (the default mean field)")
     return 0
 
 
@@ -299,7 +301,7 @@ def _evaluation_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mfllm.simulation.methods import method_names
+    from mfllm.simulation.methods import ALIASES, method_names
 
     parser = argparse.ArgumentParser(prog="mfllm", description="Mean-field LLM simulation of population reactions to events.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -311,7 +313,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    aliases={"data_format": ["--format"], "num_agents": ["--agents"], "batch_size": ["--batch"],
                                             "context_k": ["--k"], "interventions": ["--intervention"]})
     sim.add_argument("--event", action="append", help="event id (repeatable; default: the dataset's first event)")
-    sim.add_argument("--method", action="append", choices=method_names(), help="method (repeatable; `mfllm methods` describes them)")
+    sim.add_argument("--method", action="append", choices=[*method_names(), *ALIASES], help="method (repeatable; `mfllm methods` describes them)")
     sim.add_argument("--seeds", type=int, nargs="+", help="run seeds, one run each (default: the config's seed, 0)")
     sim.add_argument("--output", default="runs", help="root of the run directories, <output>/<event>/<method>/seed<k>")
     sim.add_argument("--resume", action="store_true", help="continue runs from their last completed step")
