@@ -1,8 +1,9 @@
-"""What every reader shares: the reader base class and its registry, file parsing, field conversion.
+"""What every reader shares: the reader base class and its registry, file parsing, field conversion,
+and removing repeated reactions.
 
 A record with an unusable required field (id, text, time) is rejected and reported; an invalid
-optional field is set to unknown and reported; a file that cannot be parsed at all raises
-:class:`DataFormatError` naming the file.
+optional field is set to unknown and reported; a reaction read more than once is kept once and each
+removed copy reported; a file that cannot be parsed at all raises :class:`DataFormatError` naming the file.
 """
 
 from __future__ import annotations
