@@ -68,6 +68,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
             print(f"load report: {report.summary()}")
             for rejected in report.rejected[: args.show]:
                 print(f"  rejected: {rejected}")
+            for conflict in report.conflicts[: args.show]:
+                print(f"  conflict: {conflict}")
             for reaction in event.reactions[: args.show]:
                 print(f"- [{reaction.kind}] {persona_text(reaction.user, event.language)}\n    {reaction.text[:160]}")
         return 0
