@@ -336,11 +336,12 @@ def build_ensemble(unit: ForecastUnit, labeller: Labeller, dimensions: Sequence[
     latest = max((float(r["timestamp"]) for runs in rows.values() for r in runs), default=origin) - origin
     span = horizon if horizon is not None else max(latest, 1.0)
     width = window or span / 8
-    windows = max(1, math.ceil(span / width - 1e-9))
+    windows = max(1, math.ceil(span / width))
 
     def window_of(timestamp: float) -> int | None:
-        k = int((timestamp - origin) // width)
-        return k if 0 <= k < windows else None
+        """Window k holds (origin + k * width, origin + (k + 1) * width]; a reaction stamped at the origin's second is in the first."""
+        k = max(0, math.ceil((timestamp - origin) / width) - 1)
+        return k if k < windows else None
 
     ensemble = Ensemble(event.event_id, unit.warmup, origin, width, windows, seeds, {s: len(rows[s]) for s in seeds},
                         [s for s in seeds if unit.scenarios[s].details.get("capped")], np.zeros((len(seeds), windows)))

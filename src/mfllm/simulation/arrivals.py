@@ -84,14 +84,26 @@ class ArrivalModel(ABC):
         return arrivals
 
 
-def _prepared(times: np.ndarray, end: float) -> tuple[np.ndarray, float]:
-    """Arrival times scaled to the prefix's length (so that fitting is well conditioned), and the scale."""
+RESOLUTION = 1.0
+"""Seconds: timestamps are this coarse (Weibo and Twitter stamp whole seconds). Reactions stamped in the same second are
+spread evenly over that second before fitting, and no kernel decays faster than this, as finer timing is not observed."""
+
+
+def _prepared(times: np.ndarray, end: float) -> tuple[np.ndarray, float, float]:
+    """Arrival times scaled to the prefix's length (so that fitting is well conditioned), ties spread over their second;
+    the scale; and the largest identifiable decay rate in scaled units (log)."""
     times = np.sort(np.asarray(times, dtype=float))
     if len(times) < 2:
         raise ValueError(f"cannot fit an arrival model on {len(times)} arrival(s): the prefix needs at least 2 reactions")
     if end <= 0:
         raise ValueError("cannot fit an arrival model: the prefix spans no time")
-    return times / end, end
+    values, first, repeats = np.unique(times, return_index=True, return_counts=True)
+    spread = times.copy()
+    for start, count in zip(first, repeats):
+        if count > 1:  # the j-th of m ties at v moves to v - (m - 1 - j) / m seconds
+            spread[start:start + count] -= (count - 1 - np.arange(count)) / count * RESOLUTION
+    spread = np.clip(spread, 0.0, end)
+    return spread / end, end, math.log(max(end / RESOLUTION, math.e))
 
 
 @dataclass
@@ -105,7 +117,7 @@ class DecayingRate(ArrivalModel):
 
     @classmethod
     def fit(cls, times: np.ndarray, end: float) -> DecayingRate:
-        u, scale = _prepared(times, end)
+        u, scale, fastest = _prepared(times, end)
         n = len(u)
 
         def negative(x: np.ndarray) -> float:
@@ -115,7 +127,7 @@ class DecayingRate(ArrivalModel):
 
         bound = (-_LOG_BOUND, _LOG_BOUND)
         mu, a, b = np.exp(_minimize(negative, [[math.log(n / 2), math.log(n), 0.0], [math.log(n / 10), math.log(5 * n), math.log(5.0)]],
-                                    [bound] * 3))
+                                    [bound, bound, (-_LOG_BOUND, fastest)]))
         return cls(mu / scale, a / scale, b / scale)
 
     def rate(self, t: float) -> float:
@@ -148,7 +160,7 @@ class Hawkes(ArrivalModel):
 
     @classmethod
     def fit(cls, times: np.ndarray, end: float) -> Hawkes:
-        u, scale = _prepared(times, end)
+        u, scale, fastest = _prepared(times, end)
         n = len(u)
         gaps = np.diff(u)
 
@@ -167,7 +179,8 @@ class Hawkes(ArrivalModel):
             return float(compensator - np.log(mu + alpha * beta * excitations(beta)).sum())
 
         bound = (-_LOG_BOUND, _LOG_BOUND)
-        x = _minimize(negative, [[math.log(n / 2), 0.0, math.log(10.0)], [math.log(n / 5), 1.5, math.log(100.0)]], [bound, (-12.0, 12.0), bound])
+        starts = [[math.log(n / 2), 0.0, min(math.log(10.0), fastest)], [math.log(n / 5), 1.5, min(math.log(100.0), fastest)]]
+        x = _minimize(negative, starts, [bound, (-12.0, 12.0), (-_LOG_BOUND, fastest)])
         mu, alpha, beta = math.exp(x[0]), 1.0 / (1.0 + math.exp(-x[1])), math.exp(x[2])
         excitation = alpha * beta * (1.0 + excitations(beta)[-1])  # just after the last arrival, in scaled units
         return cls(mu / scale, alpha, beta / scale, float(u[-1] * scale), excitation / scale)
