@@ -232,3 +232,17 @@ def test_a_plan_refuses_targets_no_labeller_measures_and_budgets_too_small(demo_
     assert "belief" in error and "give an LLM judge" in error and error.count("\n") == 1
     assert main([*common, "--dimension", "sentiment", "--label", "negative", "--budget", "4", "--output", str(tmp_path / "b")]) == 2
     assert "first round needs 5 runs" in capsys.readouterr().err
+
+
+def test_a_run_cut_at_max_agents_forecasts_no_volume_after_its_last_agent(demo_event_path: Path, tmp_path: Path) -> None:
+    config = forecast_config(demo_event_path, tmp_path, horizon_time="12h", window="3h", score=True, origins=[0.5], seeds=[0, 1],
+                             max_agents=3, dimensions=["behaviour"], min_reactions=50)
+    result = forecast(config, pool=FixedPool(FakeModel()))
+    (ensemble,) = result.ensembles
+    assert ensemble.capped == [0, 1]
+    for row in ensemble.volume:
+        cut = int(np.flatnonzero(np.isnan(row))[0])
+        assert row[:cut].sum() < 3 and np.isnan(row[cut:]).all()
+    scored = [r for r in result.scores[0].per_window if r["dimension"] == "volume"]
+    assert all(np.isfinite(ensemble.volume[:, r["window"]]).any() for r in scored)
+    assert "Cut at max_agents" in result.report.read_text(encoding="utf-8")

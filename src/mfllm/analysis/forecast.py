@@ -349,6 +349,9 @@ def build_ensemble(unit: ForecastUnit, labeller: Labeller, dimensions: Sequence[
         for r in rows[seed]:
             if (k := window_of(float(r["timestamp"]))) is not None:
                 ensemble.volume[i, k] += 1
+        cut = window_of(float(rows[seed][-1]["timestamp"])) if seed in ensemble.capped and rows[seed] else None
+        if cut is not None:  # cut at max_agents: no volume forecast from its last agent's window on
+            ensemble.volume[i, cut:] = np.nan
     prefix = event.reactions[:unit.warmup]
     continuation = event.reactions[unit.warmup:]
     last_real = event.reactions[-1].timestamp
@@ -458,16 +461,19 @@ def score_ensemble(ensemble: Ensemble, dimensions: Sequence[Dimension], band: fl
                 dtw[source] = math.nan
         score.values[(name, "dtw")] = dtw
         score.coverage[name] = (inside, cells)
-    real_volume = ensemble.real_volume
-    volume = ensemble.volume[:, :ensemble.observed]
-    low, median, high = _quantiles(volume, band)
-    errors = {"forecast": np.abs(real_volume - median), "last_window": np.abs(real_volume - ensemble.last_volume),
+    low, median, high = _quantiles(ensemble.volume[:, :ensemble.observed], band)
+    forecast_windows = np.flatnonzero(np.isfinite(median))  # windows some uncut seed forecasts
+    if not len(forecast_windows):
+        return score
+    real_volume = ensemble.real_volume[forecast_windows]
+    errors = {"forecast": np.abs(real_volume - median[forecast_windows]), "last_window": np.abs(real_volume - ensemble.last_volume),
               "prefix": np.abs(real_volume - ensemble.rate_volume)}
     score.values[("volume", "mae")] = {source: float(np.mean(e)) for source, e in errors.items()}
-    for k in range(ensemble.observed):
-        score.per_window.append({"event": ensemble.event_id, "origin": ensemble.warmup, "dimension": "volume", "window": k,
-                                 "real": float(real_volume[k]), **{f"ae_{source}": float(e[k]) for source, e in errors.items()}})
-    score.coverage["volume"] = (int(((real_volume >= low) & (real_volume <= high)).sum()), ensemble.observed)
+    for j, k in enumerate(forecast_windows):
+        score.per_window.append({"event": ensemble.event_id, "origin": ensemble.warmup, "dimension": "volume", "window": int(k),
+                                 "real": float(real_volume[j]), **{f"ae_{source}": float(e[j]) for source, e in errors.items()}})
+    inside = (real_volume >= low[forecast_windows]) & (real_volume <= high[forecast_windows])
+    score.coverage["volume"] = (int(inside.sum()), len(forecast_windows))
     return score
 
 
@@ -550,10 +556,16 @@ def trajectory_rows(ensemble: Ensemble, band: float) -> tuple[list[dict[str, Any
                                "band_low": low[k, j], "band_high": high[k, j],
                                "real": real[k, j] / real[k].sum() if observed else None})
     low, median, high = _quantiles(ensemble.volume, band)
-    volume = [{**base, **window(k), "mean": float(ensemble.volume[:, k].mean()), "median": median[k], "band_low": low[k], "band_high": high[k],
+    volume = [{**base, **window(k), "mean": _nanmean(ensemble.volume[:, k]), "median": median[k], "band_low": low[k], "band_high": high[k],
                "real": float(ensemble.real_volume[k]) if ensemble.real_volume is not None and k < len(ensemble.real_volume) else None}
               for k in range(ensemble.windows)]
     return shares, volume
+
+
+def _nanmean(values: np.ndarray) -> float:
+    """The mean of the finite values (NaN when none)."""
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else math.nan
 
 
 def _hours(ensemble: Ensemble) -> np.ndarray:
