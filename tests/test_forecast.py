@@ -177,7 +177,8 @@ def test_scored_forecasts_print_skill_against_both_naive_forecasts(demo_event_pa
     assert main(args) == 0
     printed = capsys.readouterr().out
     for line in ("sentiment kl:", "sentiment w1:", "sentiment dtw:", "volume mae:"):
-        assert line in printed and "last window" in printed and "prefix" in printed and "coverage of the 90% band" in printed
+        assert line in printed
+    assert all(part in printed for part in ("last window", "prefix", "95% CI", "coverage of the 90% band", "2 forecasts on 1 event(s)"))
     skills = {(r["dimension"], r["metric"]): r for r in csv.DictReader((out / "skill.csv").open(encoding="utf-8"))}
     assert set(skills) == {("sentiment", "kl"), ("sentiment", "w1"), ("sentiment", "dtw"), ("volume", "mae")}
     with (out / "scores.csv").open(encoding="utf-8") as handle:
@@ -197,8 +198,8 @@ def test_scored_forecasts_print_skill_against_both_naive_forecasts(demo_event_pa
 
 
 def write_grid(path: Path) -> Path:
-    path.write_text(f"kind: post\nauthor: 市卫健委\ntexts: [请大家保持冷静, 官方通报：{KEYWORD}大家的关心, 消息已核实, 请勿转发]\n"
-                    "timing: [0]\n", encoding="utf-8")
+    texts = f"[请大家保持冷静, 官方通报：{KEYWORD}大家的关心, 消息已核实, 请勿转发]"
+    path.write_text(f"kind: post\nauthor: 市卫健委\ntexts: {texts}\ntiming: [0]\n", encoding="utf-8")
     return path
 
 

@@ -277,11 +277,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- forecasting and intervention search
 
 
-def _signed(value: float) -> str:
-    """A signed figure, or a dash for NaN (no interval from a single forecast or seed)."""
+def _figure(value: float | None, signed: bool = False) -> str:
+    """A figure to 3 decimals (signed if asked), or a dash for none or NaN (no interval from a single forecast or seed)."""
     import math
 
-    return "–" if math.isnan(value) else f"{value:+.3f}"
+    return "–" if value is None or math.isnan(value) else f"{value:+.3f}" if signed else f"{value:.3f}"
+
 
 
 def _cmd_forecast(args: argparse.Namespace) -> int:
@@ -295,10 +296,11 @@ def _cmd_forecast(args: argparse.Namespace) -> int:
               + (f"; cut at max_agents for seeds {e.capped}" if e.capped else ""))
     level = f"{config.confidence:.0%}"
     for row in result.skills:
-        naive = "; ".join(f"{name.replace('_', ' ')} {row[f'mean_{name}']:.3f} (skill {_signed(row[f'skill_vs_{name}'])}, {level} CI "
-                          f"{_signed(row[f'skill_vs_{name}_low'])} to {_signed(row[f'skill_vs_{name}_high'])})" for name in ("last_window", "prefix"))
-        print(f"{row['dimension']} {row['metric']}: forecast {row['mean_forecast']:.3f} vs {naive}; coverage of the {row['band']:.0%} band "
-              f"{row['coverage']:.0%} of {row['coverage_cells']} over {row['forecasts']} forecasts, {row['events']} events")
+        naive = "; ".join(f"{name.replace('_', ' ')} {_figure(row[f'mean_{name}'])} (skill {_figure(row[f'skill_vs_{name}'], True)}, "
+                          f"{level} CI {_figure(row[f'skill_vs_{name}_low'], True)} to {_figure(row[f'skill_vs_{name}_high'], True)})"
+                          for name in ("last_window", "prefix"))
+        print(f"{row['dimension']} {row['metric']}: forecast {_figure(row['mean_forecast'])} vs {naive}; coverage of the {row['band']:.0%} "
+              f"band {_figure(row['coverage'])} of {row['coverage_cells']} cells; {row['forecasts']} forecasts on {row['events']} event(s)")
     print(f"CSV: {', '.join(str(path) for path in result.files.values())}")
     print(f"forecast report: {result.report}")
     return 0
@@ -309,14 +311,14 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
     config = PlanConfig.from_sources(args.config, PlanConfig.overrides(args))
     result = plan(config, resume=args.resume, progress=_progress)
-    validation = "; ".join(f"{v.get('labeller')} accuracy {v.get('accuracy')}, macro-F1 {v.get('macro_f1')} on {v.get('items')} items of "
-                           f"{v.get('data')}" for v in result.target.validation) or "no validation figures on record"
+    validation = "; ".join(f"{v.get('labeller')} accuracy {_figure(v.get('accuracy'))}, macro-F1 {_figure(v.get('macro_f1'))} on "
+                           f"{v.get('items')} items of {v.get('data')}" for v in result.target.validation) or "no validation figures on record"
     print(f"target: {result.target.describe()}; labeller validation: {validation}")
-    print(f"control: mean share {result.control['share']:.3f} over {result.control['seeds']} seeds")
+    print(f"control: mean share {_figure(result.control['share'])} over {result.control['seeds']} seeds")
     for r in result.ranking:
-        print(f"{r['rank']}. {r['candidate']} ({r['description']}): share {r['share']:.3f} [{r['share_low']:.3f}, {r['share_high']:.3f}], "
-              f"effect {_signed(r['effect'])} [{_signed(r['effect_low'])}, {_signed(r['effect_high'])}] over {r['seeds']} seeds, "
-              f"round {r['round_reached']}, {r['model_calls']} model calls")
+        print(f"{r['rank']}. {r['candidate']} ({r['description']}): share {_figure(r['share'])} [{_figure(r['share_low'])}, "
+              f"{_figure(r['share_high'])}], effect {_figure(r['effect'], True)} [{_figure(r['effect_low'], True)}, "
+              f"{_figure(r['effect_high'], True)}] over {r['seeds']} seeds, round {r['round_reached']}, {r['model_calls']} model calls")
     print(f"{result.runs} runs of a budget of {config.budget}, {result.calls} model calls; plan report: {result.report}")
     return 0
 

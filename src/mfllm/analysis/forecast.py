@@ -619,7 +619,7 @@ def volume_figure(ensemble: Ensemble, band: float, path: Path) -> Path:
     return path
 
 
-def _interval_text(row: dict[str, Any], naive: str, level: str) -> str:
+def _interval_text(row: dict[str, Any], naive: str) -> str:
     from mfllm.evaluation.report import _fmt
 
     return f"{_fmt(row[f'skill_vs_{naive}'])} [{_fmt(row[f'skill_vs_{naive}_low'])}, {_fmt(row[f'skill_vs_{naive}_high'])}]"
@@ -651,14 +651,17 @@ def _report(config: ForecastConfig, ensembles: Sequence[Ensemble], skills: list[
         parts.append("<table><tr><th>dimension</th><th>metric</th><th>forecasts</th><th>events</th><th>forecast</th><th>last window</th>"
                      f"<th>prefix</th><th>skill vs last window ({level} CI)</th><th>skill vs prefix ({level} CI)</th><th>coverage</th></tr>")
         for row in skills:
-            parts.append(f"<tr><td class=t>{row['dimension']}</td><td class=t>{row['metric']}</td><td>{row['forecasts']}</td><td>{row['events']}</td>"
-                         f"<td>{_fmt(row['mean_forecast'])}</td><td>{_fmt(row['mean_last_window'])}</td><td>{_fmt(row['mean_prefix'])}</td>"
-                         f"<td>{_interval_text(row, 'last_window', level)}</td><td>{_interval_text(row, 'prefix', level)}</td>"
+            parts.append(f"<tr><td class=t>{row['dimension']}</td><td class=t>{row['metric']}</td><td>{row['forecasts']}</td>"
+                         f"<td>{row['events']}</td><td>{_fmt(row['mean_forecast'])}</td><td>{_fmt(row['mean_last_window'])}</td>"
+                         f"<td>{_fmt(row['mean_prefix'])}</td>"
+                         f"<td>{_interval_text(row, 'last_window')}</td><td>{_interval_text(row, 'prefix')}</td>"
                          f"<td>{_fmt(row['coverage'])} of {row['coverage_cells']}</td></tr>")
         parts.append("</table><h2>By horizon (window after the origin)</h2><table><tr><th>dimension</th><th>window</th><th>forecasts</th>"
-                     "<th>KL forecast</th><th>KL last window</th><th>KL prefix</th><th>volume |error| forecast</th><th>last window</th><th>prefix</th></tr>")
+                     "<th>KL forecast</th><th>KL last window</th><th>KL prefix</th><th>volume |error| forecast</th><th>last window</th>"
+                     "<th>prefix</th></tr>")
         for row in horizon_rows:
-            parts.append("<tr>" + "".join(f"<td>{_fmt(v) if isinstance(v, float) else html.escape(str(v))}</td>" for v in row.values()) + "</tr>")
+            cells = (_fmt(v) if isinstance(v, float) else html.escape(str(v)) for v in row.values())
+            parts.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
         parts.append("</table>")
     parts.append("<h2>Trajectories</h2>")
     for e in ensembles:
@@ -714,7 +717,8 @@ def forecast(config: ForecastConfig, pool: Any = None, resume: bool = False, pro
 
     out = Path(config.output)
     units = run_forecasts(config, pool, resume, progress)
-    labeller = labeller or build_labeller(EvaluationConfig(dimensions=config.dimensions, judge_model=config.judge_model, device=config.device), pool)
+    evaluation = EvaluationConfig(dimensions=config.dimensions, judge_model=config.judge_model, device=config.device)
+    labeller = labeller or build_labeller(evaluation, pool)
     dimensions = resolve_dimensions(config.dimensions)
     window = duration_seconds(config.window) if config.window else None
     ensembles = [build_ensemble(u, labeller, dimensions, window, config.horizon_seconds, config.batch_size) for u in units]

@@ -273,7 +273,8 @@ def successive_halving(planner: Planner, candidates: Sequence[Candidate], budget
     for round_index in range(rounds):
         left = budget - planner.runs_made
         allotment = left // (rounds - round_index)
-        new_seeds = allotment // (len(surviving) + 1)
+        arms_now = len(surviving) + 1  # each new seed also needs its control run
+        new_seeds = min(max(allotment // arms_now, 1 if round_index == 0 else 0), left // arms_now)
         for seed in range(seeds, seeds + new_seeds):
             for arm in [control, *surviving]:
                 planner.run(arm, seed)
