@@ -222,6 +222,9 @@ def test_a_plan_ranks_the_candidate_the_model_reacts_to_first_within_its_budget(
     assert recorded["ranking"][0]["candidate"] == "c1" and recorded["validation"][0]["accuracy"] > 0.5
     with pytest.raises(FileExistsError):
         plan(config, pool=FixedPool(model))
+    calls = model.usage.generate_calls
+    again = plan(config, pool=FixedPool(model), resume=True)
+    assert model.usage.generate_calls == calls and again.ranking == result.ranking
 
 
 def test_a_plan_refuses_targets_no_labeller_measures_and_budgets_too_small(demo_event_path: Path, tmp_path: Path,

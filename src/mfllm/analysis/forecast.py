@@ -160,6 +160,8 @@ class ForecastConfig(HorizonSettings):
     def _scored_in_time(self) -> ForecastConfig:
         if self.score and self.horizon_time is None:
             raise ValueError("a scored forecast needs its horizon in time (horizon_time), to compare with the real continuation")
+        if self.score and self.warmup is not None:
+            raise ValueError("a scored forecast starts at its origins (fractions of each event); drop warmup")
         return self
 
     def resolved_events(self) -> list[str]:

@@ -46,6 +46,8 @@ from mfllm.simulation.store import RunStore
 JUDGE_ONLY_DIMENSIONS = ("belief", "stance")
 """Dimensions no offline labeller measures well enough to plan on: a plan on them needs an LLM judge."""
 PLAN_FILE = "plan.json"
+CALLS_FILE = "model_calls.json"
+"""Model calls of each run of a plan, kept across sessions so that a resumed plan reports its whole cost."""
 
 
 class PlanConfig(HorizonSettings):
@@ -224,6 +226,8 @@ class Planner:
         self.personas = load_personas(config.personas) if config.personas else None
         self.root = Path(config.output) / "runs"
         self.runs_made = 0
+        self.ledger_path = Path(config.output) / CALLS_FILE
+        self.ledger: dict[str, int] = json.loads(self.ledger_path.read_text(encoding="utf-8")) if self.ledger_path.exists() else {}
 
     @property
     def parent(self) -> Path:
@@ -243,7 +247,10 @@ class Planner:
         simulate(config, directory, pool=self.pool, resume=self.resume,
                  progress=(lambda total, text: progress(total, f"{label} {text}")) if progress else None,
                  scenario=lambda _event: scenario, branch=branch)
-        arm.calls += self.pool.calls()
+        key = str(directory)
+        self.ledger[key] = self.ledger.get(key, 0) + self.pool.calls()  # with the calls of earlier sessions of a resumed run
+        self.ledger_path.write_text(json.dumps(self.ledger, indent=1), encoding="utf-8")
+        arm.calls += self.ledger[key]
         arm.runs[seed] = directory
         arm.shares[seed] = self.share(directory)
         self.runs_made += 1
