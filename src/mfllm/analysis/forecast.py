@@ -162,6 +162,10 @@ class ForecastConfig(HorizonSettings):
             raise ValueError("a scored forecast needs its horizon in time (horizon_time), to compare with the real continuation")
         if self.score and self.warmup is not None:
             raise ValueError("a scored forecast starts at its origins (fractions of each event); drop warmup")
+        if self.window is not None and self.horizon_seconds is not None:
+            ratio = self.horizon_seconds / float(duration_seconds(self.window) or 1.0)
+            if abs(ratio - round(ratio)) > 1e-9:
+                raise ValueError(f"the window ({self.window}) must divide the horizon ({self.horizon_time}) into whole windows")
         return self
 
     def resolved_events(self) -> list[str]:

@@ -268,14 +268,18 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(finite)) if finite else math.nan
 
 
+def _check_budget(budget: int, candidates: int) -> None:
+    if budget < candidates + 1:
+        raise ValueError(f"a budget of {budget} runs cannot try {candidates} candidates: the first round needs {candidates + 1} runs "
+                         "(one seed of each candidate, and its control run)")
+
+
 def successive_halving(planner: Planner, candidates: Sequence[Candidate], budget: int) -> tuple[list[Arm], Arm, list[dict[str, Any]]]:
     """Spend ``budget`` runs over the candidates by successive halving; returns (arms, control, rounds)."""
     arms = [Arm(c) for c in candidates]
     control = Arm(None)
     rounds = max(1, math.ceil(math.log2(len(arms))))
-    if budget < len(arms) + 1:
-        raise ValueError(f"a budget of {budget} runs cannot try {len(arms)} candidates: the first round needs {len(arms) + 1} runs "
-                         "(one seed of each candidate, and its control run)")
+    _check_budget(budget, len(arms))
     surviving, seeds, history = list(arms), 0, []
     for round_index in range(rounds):
         left = budget - planner.runs_made
@@ -395,6 +399,7 @@ def plan(config: PlanConfig, pool: Any = None, resume: bool = False, progress: P
     target = resolve_target(config, labeller, event.language)
     planner = Planner(config, event, target, labeller, metered, resume, progress)
     candidates = expand_candidates(config, event, planner.at, out / "candidates")
+    _check_budget(config.budget, len(candidates))
     out.mkdir(parents=True, exist_ok=True)
     record.write_text(json.dumps({"settings": config.model_dump()}, indent=1, ensure_ascii=False), encoding="utf-8")
     arms, control, rounds = successive_halving(planner, candidates, config.budget)
