@@ -607,7 +607,7 @@ def volume_figure(ensemble: Ensemble, band: float, path: Path) -> Path:
     from mfllm.evaluation.report import _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.0, 3.0))
+    fig, ax = plt.subplots(figsize=(6.4, 3.0))
     x = _hours(ensemble)
     low, median, high = _quantiles(ensemble.volume, band)
     ax.plot(x, median, color="tab:red", label=f"forecast median (n={len(ensemble.seeds)} seeds)")
@@ -616,7 +616,7 @@ def volume_figure(ensemble: Ensemble, band: float, path: Path) -> Path:
         ax.plot(x[:len(ensemble.real_volume)], ensemble.real_volume, color="black", linewidth=2, label="real")
     ax.set_xlabel("hours after the origin")
     ax.set_ylabel(f"agents per {ensemble.window / 3600:.3g} h")
-    ax.set_title(f"volume, event {ensemble.event_id} from reaction {ensemble.warmup} (band: central {band:.0%})", fontsize=9)
+    ax.set_title(f"volume, event {ensemble.event_id} from reaction {ensemble.warmup} (band: central {band:.0%} of the seeds)", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
