@@ -239,6 +239,9 @@ class Planner:
         directory = self.root / arm.name / f"seed{seed}"
         files = [arm.candidate.file] if arm.candidate else []
         scenario = forecast_scenario(self.event, self.config, self.warmup, seed, self.personas)
+        if not scenario.users:
+            raise ValueError(f"under seed {seed} the arrival model draws no agent within {self.config.horizon_time} after the origin; "
+                             "give a longer horizon_time, or horizon_agents")
         config = self.config.simulation_config(self.event.event_id, self.warmup, seed, files)
         branch = None if arm.candidate is None and seed == 0 else BranchPoint(self.parent, self.at, tuple(files))
         label = f"{arm.name} seed{seed}"
