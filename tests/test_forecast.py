@@ -207,7 +207,7 @@ def test_a_plan_ranks_the_candidate_the_model_reacts_to_first_within_its_budget(
     model = KeywordModel()
     config = PlanConfig(data=str(demo_event_path), policy_model="fake", method="state", horizon_agents=16, batch_size=8, warmup=120,
                         target_dimension="sentiment", target_label="negative", candidates=str(write_grid(tmp_path / "grid.yaml")),
-                        budget=14, bootstrap=200, output=str(tmp_path / "plan"))
+                        budget=10, bootstrap=200, output=str(tmp_path / "plan"))
     result = plan(config, pool=FixedPool(model))
     best = result.ranking[0]
     assert best["candidate"] == "c1" and KEYWORD in best["description"]
@@ -250,3 +250,17 @@ def test_a_run_cut_at_max_agents_forecasts_no_volume_after_its_last_agent(demo_e
     scored = [r for r in result.scores[0].per_window if r["dimension"] == "volume"]
     assert all(np.isfinite(ensemble.volume[:, r["window"]]).any() for r in scored)
     assert "Cut at max_agents" in result.report.read_text(encoding="utf-8")
+
+
+def test_scored_forecasts_on_shared_weibo_events(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["forecast", "--score", "--data", str(shared_data / "weibo_covid19_rumor"), "--max-events", "2", "--min-reactions", "300",
+            "--origins", "0.5", "--horizon-time", "3h", "--window", "1h", "--seeds", "0", "1", "--max-agents", "100",
+            "--policy-model", "fake", "--method", "state", "--dimension", "sentiment", "--bootstrap", "200", "--output", str(tmp_path)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    skills = {(r["dimension"], r["metric"]): r for r in csv.DictReader((tmp_path / "skill.csv").open(encoding="utf-8"))}
+    assert {("sentiment", "kl"), ("sentiment", "w1"), ("sentiment", "dtw")} <= set(skills) and "2 event(s)" in printed
+    for row in skills.values():
+        assert int(row["events"]) >= 1 and 0.0 <= float(row["coverage"]) <= 1.0
+        for naive in ("last_window", "prefix"):
+            assert np.isfinite(float(row[f"skill_vs_{naive}"]))
