@@ -10,6 +10,7 @@ import pytest
 from mfllm.analysis.backtest import BacktestConfig, backtest
 from mfllm.backends import FakeModel
 from mfllm.cli import main
+from mfllm.simulation.methods import resolve_method
 from mfllm.simulation.store import MANIFEST
 
 from pools import FixedPool
@@ -24,7 +25,8 @@ def test_backtest_compares_every_method_and_resumes_without_new_calls(shared_dat
             "--dimension", "behaviour", "--dimension", "sentiment", "--output", str(tmp_path)]
     assert main(args) == 0
     out = capsys.readouterr().out
-    assert "mf - state mean_kl" in out and "mf - recent information_gain.all" in out and "backtest report" in out
+    default = resolve_method("mf")  # the alias runs the default mean field, under its own name
+    assert f"{default} - state mean_kl" in out and f"{default} - recent information_gain.all" in out and "backtest report" in out
     assert len(list((tmp_path / "runs").rglob(MANIFEST))) == 2 * 3 * 2
     summary = json.loads((tmp_path / "backtest.json").read_text())
     paired = {(r["baseline"], r["metric"]): r for r in summary["points"][0]["paired"]}

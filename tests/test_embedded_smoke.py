@@ -38,3 +38,23 @@ def test_smollm2_is_a_chat_model(tmp_path: Path) -> None:
     [text] = model.generate([policy_prompt("The city will close all schools tomorrow.", "gender: female", "en")],
                             SamplingParams(max_new_tokens=24, seed=0))
     assert text and "\n" not in text
+
+
+def test_what_the_population_does_moves_the_policy_s_choice_of_kind(demo_event_path: Path) -> None:
+    from mfllm.backends import ModelPool
+    from mfllm.data import load_event
+    from mfllm.interfaces import AgentAction
+    from mfllm.simulation import StepContext
+    from mfllm.simulation.methods.recent import RecentK
+
+    event, _ = load_event(demo_event_path)
+    policy = ModelPool().get("embedded:gemma-3-270m")
+    personas = [f"性别：{g}；地区：{r}" for g in ("男", "女") for r in ("北京", "上海", "广东", "未知")]
+    repost_probability = {}
+    for kind, text in (("repost", "转发微博"), ("comment", "这是真的吗？")):
+        provider = RecentK("zh", 8)
+        provider.observe([AgentAction("p", text, kind)] * 8, seed=0)
+        step = StepContext(event, provider)
+        probabilities = step.choice_probabilities(policy, [step.prompt(p) for p in personas])
+        repost_probability[kind] = sum(p["repost"] for p in probabilities) / len(probabilities)
+    assert repost_probability["repost"] > repost_probability["comment"] + 0.1, repost_probability

@@ -178,7 +178,7 @@ def test_evaluate_run_aligns_labels_and_masks_nll(fake_runs: list[Path]) -> None
     event, _ = load_event(config.data)
     contexts = contexts_by_step(store, config, event)
     prompts = [contexts[r["step"]].prompt(r["persona"]) for r in rows]
-    scores = FakeModel().score(prompts, [r["real_text"] for r in rows])
+    scores = FakeModel().score(prompts, [contexts[r["step"]].continuation(r["real_kind"], r["real_text"]) for r in rows])
     assert evaluation.nll == pytest.approx(-sum(s.logprob for s in scores) / sum(s.num_tokens for s in scores))
     wrong = FakeModel().score(prompts, [r["sim_text"] for r in rows])
     assert evaluation.nll != pytest.approx(-sum(s.logprob for s in wrong) / sum(s.num_tokens for s in wrong))
@@ -203,7 +203,7 @@ def _synthetic(method: str, event: str, seed: int, kl: float) -> RunEvaluation:
 
 
 def test_bootstrap_and_headline_reduction() -> None:
-    evaluations = [_synthetic("mf", f"e{e}", s, 0.10 + 0.01 * e + 0.001 * s) for e in range(5) for s in range(3)]
+    evaluations = [_synthetic("mf-hybrid", f"e{e}", s, 0.10 + 0.01 * e + 0.001 * s) for e in range(5) for s in range(3)]
     evaluations += [_synthetic("state", f"e{e}", s, 0.20 + 0.01 * e) for e in range(5) for s in range(3)]
     evaluations += [_synthetic("recent", f"e{e}", s, 0.30) for e in range(5) for s in range(3)]
     mean, low, high = bootstrap_mean({"a": [1.0, 2.0], "b": [3.0]})
@@ -213,16 +213,19 @@ def test_bootstrap_and_headline_reduction() -> None:
     assert top["relative_kl_reduction"] == pytest.approx(1 - 0.121 / 0.22, abs=1e-3)
     assert top["ci_low"] <= top["relative_kl_reduction"] <= top["ci_high"]
     rows = method_table(evaluations)
-    mf_kl = next(r for r in rows if r["method"] == "mf" and r["dimension"] == "sentiment" and r["metric"] == "kl")
+    mf_kl = next(r for r in rows if r["method"] == "mf-hybrid" and r["dimension"] == "sentiment" and r["metric"] == "kl")
     assert mf_kl["events"] == 5 and mf_kl["runs"] == 15 and mf_kl["ci_low"] < mf_kl["mean"] < mf_kl["ci_high"]
 
 
 def test_report_is_a_self_contained_page(fake_runs: list[Path], tmp_path: Path) -> None:
     labeller = LabellerChain([KindLabeller(), LexiconLabeller()])
-    evaluations = [evaluate_run(run, labeller, [SENTIMENT, EMOTION]) for run in fake_runs]
-    index = write_report(evaluations, [SENTIMENT, EMOTION], tmp_path / "report")
+    dimensions = [SENTIMENT, EMOTION, BUILTIN_DIMENSIONS["behaviour"]]
+    evaluations = [evaluate_run(run, labeller, dimensions) for run in fake_runs]
+    index = write_report(evaluations, dimensions, tmp_path / "report")
     page = index.read_text()
     assert page.count("data:image/png;base64,") >= 4 and "Headline" in page and "<table>" in page
+    # the mean field's shares come from the lexicons: their dimensions are no measure of it
+    assert "mean KL of mf-hybrid" in page and "left out as circular: emotion, sentiment" in page
     assert {p.name for p in (tmp_path / "report" / "figures").iterdir()} >= {"kl_by_method.png", "trajectory_4484800548711562_sentiment.png"}
     for name in ("metrics.json", "metrics.csv", "summary.csv", "labels.csv"):
         assert (tmp_path / "report" / name).stat().st_size > 0

@@ -10,6 +10,7 @@ from mfllm.backends import FakeModel
 from mfllm.data import load_event
 from mfllm.evaluation import KindLabeller, LabellerChain, evaluate_run, method_table, resolve_dimensions
 from mfllm.evaluation.information_gain import information_gain
+from mfllm.prompts import action_line
 from mfllm.interfaces import ContinuationScore
 from mfllm.simulation import SimulationConfig, simulate
 
@@ -28,17 +29,21 @@ def config(data: Path, method: str, batch_size: int = 8) -> SimulationConfig:
 
 def test_state_has_no_gain_and_a_context_that_shows_repeats_has_some(demo_event_path: Path) -> None:
     event, _ = load_event(demo_event_path)
+    reactions = list(event.reactions)
+    for p in (18, 27, 41):  # people who say again what someone said just before them
+        reactions[p] = reactions[p].model_copy(update={"text": reactions[p - 5].text, "kind": reactions[p - 5].kind})
+    event = event.model_copy(update={"reactions": reactions})
     batch = 4  # steps start at multiples of 4 (warm-up 16); each sees the 8 reactions before its step
     state = information_gain(config(demo_event_path, "state", batch), event, Recogniser())
     assert state["all"]["gain"] == 0 and state["all"]["actions"] == 48
     recent = information_gain(config(demo_event_path, "recent", batch), event, Recogniser())
-    assert recent["all"]["gain"] > 0  # the sample repeats texts (reposts' default text, a comment reposted by its author)
+    assert recent["all"]["gain"] > 0
     assert recent["comment"]["tokens"] + recent["repost"]["tokens"] == recent["all"]["tokens"] == state["all"]["tokens"]
-    repeated = sum(1 for p in range(16, 64) if any(event.reactions[p].text == event.reactions[q].text for q in range(p - 8 - p % batch, p - p % batch)))
-    assert recent["all"]["nll_with"] == pytest.approx(recent["all"]["nll_without"] - 2.9 * sum(
-        len(event.reactions[p].text) for p in range(16, 64)
-        if any(event.reactions[p].text == event.reactions[q].text for q in range(max(0, p - p % batch - 8), p - p % batch))))
-    assert repeated > 0
+    # the actions as the policy writes them (marker, then text); each step sees the 8 actions before it
+    lines = [action_line(r.kind, r.text, "zh") for r in event.reactions]
+    repeated = [p for p in range(16, 64) if lines[p] in lines[max(0, p - p % batch - 8):p - p % batch]]
+    assert recent["all"]["nll_with"] == pytest.approx(recent["all"]["nll_without"] - 2.9 * sum(len(lines[p]) for p in repeated))
+    assert repeated
 
 
 def test_mean_field_gain_needs_its_model_and_lands_in_the_evaluation(demo_event_path: Path, tmp_path: Path) -> None:

@@ -10,7 +10,9 @@ import pytest
 from mfllm.backends import FakeModel, ModelPool
 from mfllm.data import load_event
 from mfllm.interfaces import AgentAction
+from mfllm.prompts import action_line
 from mfllm.simulation import RunStore, SimulationConfig, Simulator, estimate, export_actions, schedule, simulate
+from mfllm.simulation.methods import get_method, resolve_method
 from mfllm.simulation.methods.popular import PopularK
 from mfllm.simulation.methods.recent import RecentK
 from mfllm.simulation.store import ACTIONS, STEPS
@@ -52,14 +54,14 @@ def test_every_dataset_and_method_gives_aligned_rows(shared_data: Path, tmp_path
         assert row["sim_text"]
     manifest = RunStore(run).manifest()
     assert manifest["status"] == "completed" and manifest["data_hash"] == event.content_hash()
-    assert manifest["config"]["method"] == method and "python" in manifest["versions"]
+    assert manifest["config"]["method"] == resolve_method(method) and "python" in manifest["versions"]
     history = RunStore(run).mean_field_history()
-    assert (len(history) > 0) == (method == "mf")
+    assert (len(history) > 0) == (not get_method(method).is_baseline)
 
 
 def test_mean_field_prompt_stays_flat_while_full_history_grows(shared_data: Path) -> None:
     event, _ = load_event(shared_data / "weibo_covid19_rumor", "4484800548711562")
-    config = SimulationConfig(data="x", method="mf", policy_model="fake", warmup=8, batch_size=8)
+    config = SimulationConfig(data="x", method="mf-llm", policy_model="fake", warmup=8, batch_size=8)
     plan = estimate(config, event, FakeModel())
     mf_tokens = [s["policy_prompt_tokens"] for s in plan["per_step"]]
     full = [s["full_history_tokens"] for s in plan["per_step"]]
@@ -84,11 +86,12 @@ def test_mean_field_sees_real_actions_in_warmup_and_simulated_ones_after(demo_ev
     config = SimulationConfig(data=str(demo_event_path), policy_model="fake", warmup=5, batch_size=4, num_agents=4)
     simulator = Simulator(config, event, FakeModel(), mean_field)
     warmup_rows = simulator.run_step(simulator.steps[0])
-    assert warmup_rows == [] and event.reactions[0].text[:20] in mean_field.prompts[0]
+    first = event.reactions[0]
+    assert warmup_rows == [] and action_line(first.kind, first.text, "zh")[:20] in mean_field.prompts[0]
     assert simulator.steps[1].positions == (4,)  # the partial warm-up batch
     simulator.run_step(simulator.steps[1])
     rows = simulator.run_step(simulator.steps[2])
-    assert rows[0]["sim_text"][:10] in mean_field.prompts[-1]
+    assert action_line(rows[0]["sim_kind"], rows[0]["sim_text"], "zh")[:10] in mean_field.prompts[-1]
     assert simulator.context.context() is not None
 
 
@@ -97,10 +100,10 @@ def test_popular_ranks_by_engagement_not_followers() -> None:
     popular.observe([AgentAction("followers: over 100k", "famous but ignored", "comment", engagement=0),
                      AgentAction("followers: under 100", "viral reply", "comment", engagement=50),
                      AgentAction("followers: under 100", "some reply", "comment", engagement=5)], seed=0)
-    assert popular.context().splitlines() == ["- [comment] viral reply", "- [comment] some reply"]
+    assert popular.context().splitlines() == ["- [reply] viral reply", "- [reply] some reply"]
     recent = RecentK("en", k=2)
-    recent.observe([AgentAction("p", t, "repost") for t in ("a", "b", "c")], seed=0)
-    assert recent.context().splitlines() == ["- [share] b", "- [share] c"]
+    recent.observe([AgentAction("p", t, "repost") for t in ("a", "RT", "c")], seed=0)
+    assert recent.context().splitlines() == ["- [share]", "- [share with comment] c"]
 
 
 class _Crash(Exception):

@@ -24,7 +24,7 @@ from mfllm.evaluation import KindLabeller, LabellerChain, evaluate_run, resolve_
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.labellers import LabelItem, Labeller, LabelResult
 from mfllm.evaluation.report import intervention_marks
-from mfllm.interfaces import LanguageModel, Prompt, SamplingParams
+from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams
 from mfllm.manifest import derive_seed
 from mfllm.simulation import Agent, Replay, RunStore, SimulationConfig, Step, estimate, load_interventions, simulate
 from mfllm.simulation.store import ACTIONS, MANIFEST, MEAN_FIELD, STEPS
@@ -37,11 +37,18 @@ RUMOUR = "谣言"
 
 
 class Recording(FakeModel):
-    """The fake backend, keeping every call's seed and prompt texts."""
+    """The fake backend, keeping every generation call's seed and prompt texts, and the prompt of every
+    agent of each policy step (a step scores each agent's kind markers once, before it writes texts)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.calls: list[tuple[int | None, list[str]]] = []
+        self.policy_steps: list[list[str]] = []
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
+        per_agent = len(set(continuations))
+        self.policy_steps.append([p.messages[-1].content for p in prompts[::per_agent]])
+        return super().score(prompts, continuations)
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         self.calls.append((params.seed, [p.messages[-1].content for p in prompts]))
@@ -59,7 +66,9 @@ def write(path: Path, text: str) -> Path:
 
 
 def calls_by_step(model: Recording, seed: int, role: str, steps: int) -> dict[int, list[str]]:
-    """The prompts of each step's first call in ``role``."""
+    """The prompts of each step's first call in ``role`` (every agent's, for the policy; a run from its start)."""
+    if role == "policy":
+        return dict(enumerate(model.policy_steps, start=WARMUP // BATCH))
     seeds = {derive_seed(seed, s, role): s for s in range(steps)}
     found: dict[int, list[str]] = {}
     for call_seed, prompts in model.calls:
@@ -287,7 +296,9 @@ def test_a_branch_copies_the_prefix_without_model_calls_and_reproduces_its_paren
     factual, counterfactual = RunStore(out / "factual" / "seed1").actions(), RunStore(out / "counterfactual" / "seed1").actions()
     assert [r["sim_text"] for r in factual if r["step"] == 4] == [r["sim_text"] for r in counterfactual if r["step"] == 4]  # same seeds
     assert [r["sim_text"] for r in factual] != [r["sim_text"] for r in counterfactual]
-    assert any("moderated" in r for r in counterfactual) and not any("moderated" in r for r in factual)
+    moderated = [any("moderated" in r for r in RunStore(out / arm / f"seed{seed}").actions()) for arm in ("factual", "counterfactual")
+                 for seed in (0, 1, 2)]
+    assert any(moderated[3:]) and not any(moderated[:3])
 
 
 def test_a_branch_resumes_after_a_kill_and_refuses_a_change_before_its_point(branched: dict[str, Any], tmp_path: Path) -> None:
@@ -405,9 +416,9 @@ def test_policy_nll_scores_real_actions_under_the_prompts_agents_saw(demo_event_
     seen: list[str] = []
 
     class Seeing(FakeModel):
-        def generate(self, prompts, params):  # type: ignore[no-untyped-def]
-            seen.extend(p.completion for p in prompts if p.completion.rstrip().endswith("“"))  # policy prompts only
-            return super().generate(prompts, params)
+        def score(self, prompts, continuations):  # type: ignore[no-untyped-def]
+            seen.extend(p.completion for p in prompts[::len(set(continuations))])  # each agent's prompt, before its kind marker
+            return super().score(prompts, continuations)
 
     run = simulate(config(demo_event_path, method, [file]), tmp_path / "run", pool=FixedPool(Seeing()))
     scorer = ScoreRecording()

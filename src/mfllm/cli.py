@@ -233,14 +233,13 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
     from mfllm.analysis.backtest import backtest
+    from mfllm.evaluation.report import headline_text
 
     config = BacktestConfig.from_sources(args.config, BacktestConfig.overrides(args))
     result = backtest(config, progress=_progress)
     for point in result["points"]:
-        top = point["headline"]
-        if top:
-            print(f"{point['name']}: mean KL mf {top['mf_kl']:.3f} vs best baseline {top['best_baseline']} {top['baseline_kl']:.3f}, "
-                  f"relative reduction {top['relative_kl_reduction']:.0%} (95% CI {top['ci_low']:.0%} to {top['ci_high']:.0%})")
+        for top in point["headlines"]:
+            print(f"{point['name']}: {headline_text(top)}")
         for row in point["paired"]:
             print(f"  {row['method']} - {row['baseline']} {row['metric']}: {row['difference']:+.4f} "
                   f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] over {row['pairs']} pairs")

@@ -170,6 +170,10 @@ class LLMMeanField(ContextProvider):
     def accept(self, update: str) -> None:
         """Take a sampled ``update`` as the new summary."""
 
+    @abstractmethod
+    def add_statement(self, text: str) -> None:
+        """Fold a statement made to everyone into the summary now; later updates rewrite it with the rest."""
+
     def absorb(self, actions: Sequence[AgentAction]) -> None:
         """The part of an update that needs no model (statistics), applied to the latest batch before the
         model's part is accepted; nothing for a mean field the model writes whole."""

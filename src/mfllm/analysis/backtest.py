@@ -22,7 +22,7 @@ from pydantic import Field
 
 from mfllm.configuration import YamlConfig
 from mfllm.data.loaders import get_reader
-from mfllm.evaluation.aggregate import headline, paired_comparisons
+from mfllm.evaluation.aggregate import headlines, paired_comparisons
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import resolve_dimensions
 from mfllm.evaluation.evaluate import RunEvaluation
@@ -31,7 +31,7 @@ from mfllm.evaluation.pipeline import evaluate_runs
 from mfllm.evaluation.report import write_report
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import ProgressFactory
-from mfllm.simulation.methods import get_method, method_names
+from mfllm.simulation.methods import get_method, method_names, resolve_method
 from mfllm.simulation.sweep import simulate_many, sweep_configs, sweep_plan
 
 EVALUATION_FILE = "evaluation.json"
@@ -66,7 +66,9 @@ class BacktestConfig(YamlConfig):
     output: str = Field(default="backtest", description="Root of the runs, evaluations and the report.")
 
     def resolved_methods(self) -> list[str]:
-        return self.methods or [m for m in method_names() if m != "sft" or self.sft_adapter]
+        """The methods compared, aliases resolved (``mf`` is the default mean field), each once."""
+        return list(dict.fromkeys(resolve_method(m) for m in self.methods)) if self.methods else \
+            [m for m in method_names() if m != "sft" or self.sft_adapter]
 
     def resolved_events(self) -> list[str]:
         if self.events:
@@ -153,7 +155,7 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
         evaluations, dimensions = _evaluate_cached(runs, evaluation, pool)
         report = write_report(evaluations, dimensions, Path(config.output) / "report" / name if len(grid) > 1 else Path(config.output) / "report",
                               sections=[_paired_section(evaluations)])
-        points.append({"point": point, "name": name, "report": str(report), "headline": headline(evaluations),
+        points.append({"point": point, "name": name, "report": str(report), "headlines": headlines(evaluations),
                        "paired": paired_comparisons(evaluations)})
     if len(grid) > 1:
         index = Path(config.output) / "report" / "index.html"
@@ -168,16 +170,16 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
 def _sensitivity_page(points: list[dict[str, Any]]) -> str:
     """An index over grid points: the headline of each, linking its full report."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>mfllm backtest: sensitivity</title></head><body>",
-             "<h1>Backtest sensitivity</h1><table border=1><tr><th>grid point</th><th>best baseline</th><th>mf mean KL</th>"
-             "<th>baseline mean KL</th><th>relative KL reduction</th><th>95% CI</th></tr>"]
+             "<h1>Backtest sensitivity</h1><table border=1><tr><th>grid point</th><th>mean field</th><th>best baseline</th>"
+             "<th>mean field's mean KL</th><th>baseline mean KL</th><th>relative KL reduction</th><th>95% CI</th></tr>"]
     for p in points:
-        top = p["headline"]
         link = f"<a href='{html.escape(p['name'])}/index.html'>{html.escape(json.dumps(p['point']))}</a>"
-        if top:
-            parts.append(f"<tr><td>{link}</td><td>{top['best_baseline']}</td><td>{top['mf_kl']:.3f}</td><td>{top['baseline_kl']:.3f}</td>"
-                         f"<td>{top['relative_kl_reduction']:.0%}</td><td>{top['ci_low']:.0%} – {top['ci_high']:.0%}</td></tr>")
-        else:
-            parts.append(f"<tr><td>{link}</td><td colspan=5>no mean-field method with a baseline to compare</td></tr>")
+        for top in p["headlines"]:
+            parts.append(f"<tr><td>{link}</td><td>{top['method']}</td><td>{top['best_baseline']}</td><td>{top['method_kl']:.3f}</td>"
+                         f"<td>{top['baseline_kl']:.3f}</td><td>{top['relative_kl_reduction']:.0%}</td>"
+                         f"<td>{top['ci_low']:.0%} – {top['ci_high']:.0%}</td></tr>")
+        if not p["headlines"]:
+            parts.append(f"<tr><td>{link}</td><td colspan=6>no mean-field method with a baseline to compare</td></tr>")
     return "\n".join(parts + ["</table></body></html>"])
 
 

@@ -17,6 +17,7 @@ from mfllm.interfaces import LanguageModel
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import make_context
 from mfllm.simulation.interventions import scheduled_from_manifest
+from mfllm.simulation.methods import get_method, method_names
 from mfllm.simulation.step import Agent, StepContext
 from mfllm.simulation.store import RunStore
 
@@ -47,6 +48,8 @@ class RunEvaluation:
     validity: dict[str, dict[str, Any]] = field(default_factory=dict)
     # per dimension: raw and confusion-corrected KL (present where the labeller's validation covers every label)
     corrected: dict[str, CorrectedMetrics] = field(default_factory=dict)
+    circular: list[str] = field(default_factory=list)
+    """Dimensions labelled by a labeller the method's context is built from: not an independent measure of it."""
 
     def summary(self) -> dict[str, Any]:
         """Flat metrics (no per-window series, no labels), for tables."""
@@ -128,6 +131,14 @@ def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = Non
     return -sum(s.logprob for s in scores) / max(tokens, 1), sum(per_action) / max(len(per_action), 1)
 
 
+def circular_dimensions(method: str, validity: dict[str, dict[str, Any]]) -> list[str]:
+    """The dimensions whose labeller the method's context is built from (none for an unknown method)."""
+    if method not in method_names():
+        return []
+    uses = get_method(method).uses_labellers
+    return sorted(name for name, v in validity.items() if v["labeller"] in uses)
+
+
 def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[Dimension], window_scheme: str = "step",
                  alpha: float = DEFAULT_ALPHA, policy: LanguageModel | None = None,
                  gain_models: tuple[LanguageModel, LanguageModel | None] | None = None) -> RunEvaluation:
@@ -168,6 +179,7 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
             if corrected is not None:
                 evaluation.corrected[dimension.name] = corrected
     evaluation.labels = per_row
+    evaluation.circular = circular_dimensions(config["method"], evaluation.validity)
     if policy is not None:
         evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy, event)
     if gain_models is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
@@ -121,8 +122,10 @@ class LexiconLabeller(Labeller):
 
                     self._tools[name] = SnowNLP
                 elif name == "cnsenti":
+                    import jieba
                     from cnsenti import Emotion
 
+                    jieba.setLogLevel(logging.WARNING)  # its dictionary-loading lines are not ours to print
                     self._tools[name] = Emotion()
                 else:
                     from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer

@@ -147,8 +147,7 @@ class StepContext:
         provider = self.provider
         for scheduled in starting:
             if isinstance(scheduled.spec, Statement) and scheduled.shared and isinstance(provider, LLMMeanField):
-                current = provider.context()
-                provider.accept(f"{current} {scheduled.spec.text}" if current else scheduled.spec.text)
+                provider.add_statement(scheduled.spec.text)
         return [action for action in (s.injected_action() for s in starting) if action is not None]
 
     def removed_by(self, agent: Agent, text: str, kind: str, active: Sequence[Scheduled]) -> str | None:

