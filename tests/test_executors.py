@@ -17,8 +17,8 @@ import pytest
 from mfllm.cache import JsonlCache
 from mfllm.cli import main
 from mfllm.evaluation.config import EvaluationConfig
-from mfllm.evaluation.pipeline import evaluate_runs
-from mfllm.executors import ExecutorConfig, TaskFailures, WorkerPools, run_tasks
+from mfllm.evaluation.pipeline import evaluate_runs, labelling_rounds
+from mfllm.executors import ExecutorConfig, TaskFailures, WorkerPools, release_workers, run_tasks
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.store import LOCK, MANIFEST, STEPS, RunStore
 from mfllm.simulation.sweep import simulate_many, simulation_tasks, sweep_configs, sweep_plan
@@ -82,6 +82,10 @@ def ray_cluster() -> Iterator[Any]:
     cluster.add_node(**node)
     cluster.wait_for_nodes()
     yield cluster
+    import ray
+
+    release_workers()
+    ray.shutdown()
     cluster.shutdown()
 
 
@@ -131,12 +135,16 @@ def test_process_pool_matches_sequential_and_keeps_one_pool_per_worker(two_event
     plan = _plan(two_events, tmp_path)
     broken = (plan[0][0].model_copy(update={"event_id": "no-such-event"}), tmp_path / "broken")
     tasks, _ = simulation_tasks([*plan, broken])
-    outcomes = run_tasks(tasks, ExecutorConfig(executor="process", workers=2), raise_failures=False)
+    executor = ExecutorConfig(executor="process", workers=2)
+    outcomes = run_tasks(tasks, executor, raise_failures=False)
     assert [o.name for o in outcomes if not o.ok] == [str(tmp_path / "broken")] and "no-such-event" in outcomes[-1].error
     workers = {o.worker for o in outcomes}
     assert 1 <= len(workers) <= 2 and f"{socket.gethostname()}:{os.getpid()}" not in workers
     (tmp_path / "broken").rmdir()
     assert _contents(tmp_path) == _contents(sequential_runs)
+    again = run_tasks(simulation_tasks(_plan(two_events, tmp_path / "again"))[0], executor)
+    assert {o.worker for o in again} <= workers  # the same workers serve the next command, their models loaded
+    release_workers()
 
 
 def test_a_worker_builds_one_model_pool_per_setting_and_keeps_it() -> None:
@@ -161,6 +169,14 @@ def test_parallel_evaluation_equals_sequential_and_labels_nothing_twice(two_even
         lines[name] = (tmp_path / name / "judge.jsonl").read_text().splitlines()
     # an event's real reactions are labelled by one run, the event's other runs (in parallel) read them from the shared cache
     assert len(lines["process"]) == len(lines["sequential"]) and set(lines["process"]) == set(lines["sequential"])
+
+
+def test_with_a_judge_on_parallel_workers_one_run_per_event_labels_first(two_events: Path, sequential_runs: Path) -> None:
+    runs = [directory for _, directory in _plan(two_events, sequential_runs)]  # 4 runs of one event, then 4 of the other
+    judged = EvaluationConfig(judge_model="fake")
+    assert labelling_rounds(runs, judged, ExecutorConfig(executor="ray")) == [[0, 4], [1, 2, 3, 5, 6, 7]]
+    assert labelling_rounds(runs, judged, ExecutorConfig()) == [list(range(8))]  # one at a time: nothing runs beside another
+    assert labelling_rounds(runs, EvaluationConfig(), ExecutorConfig(executor="process")) == [list(range(8))]  # no judge
 
 
 def test_two_caches_on_one_file_see_each_others_entries(tmp_path: Path) -> None:

@@ -8,15 +8,24 @@ model pool; each worker (the process itself, a pool process or a Ray actor) keep
 worker, not once per task. A task that raises is reported with its name (its run) and error while the
 others finish; :class:`TaskFailures` is raised at the end.
 
-To distribute your own work (e.g. forecast ensembles or plan candidates)::
+Workers are kept for the life of the process (:func:`release_workers` stops them), so the evaluation
+after a sweep finds its models loaded. To distribute your own runs (e.g. forecast ensembles or plan
+candidates), give each run a directory and let the sweep skip finished ones::
 
-    from mfllm.executors import ExecutorConfig, Task, run_tasks
+    from mfllm.executors import ExecutorConfig
+    from mfllm.simulation.sweep import simulate_many
+    runs = simulate_many([(config, directory), ...], resume=True, executor=ExecutorConfig(executor="ray"))
+
+or, for runs with a scenario or a branch point, build the tasks yourself::
+
+    from mfllm.executors import Task, run_tasks
     from mfllm.simulation.sweep import simulate_task
-    tasks = [Task(str(directory), simulate_task, (config, directory, True), config.pool_options())
-             for config, directory in plan]
-    outcomes = run_tasks(tasks, ExecutorConfig(executor="ray"), progress=True)
+    tasks = [Task(str(directory), simulate_task, (config, directory, resume, None, None, scenario), config.pool_options())
+             for config, directory, scenario in runs]
+    outcomes = run_tasks(tasks, executor, progress=True)   # outcome.value: the run directory
 
-``function`` and ``args`` must pickle (a module-level function, configs, paths).
+``function`` and its ``args`` must pickle (a module-level function or ``functools.partial`` of one,
+configs, paths): a ``scenario`` factory must be one too, not a lambda.
 """
 
 from __future__ import annotations
@@ -266,30 +275,47 @@ def available_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _process_workers(config: ExecutorConfig, tasks: int) -> int:
-    workers = config.workers or max(1, int(available_cores() // config.cpus_per_task))
-    return max(1, min(workers, tasks))
+_PROCESS_EXECUTORS: dict[tuple[int, int], ProcessPoolExecutor] = {}
+"""The process pool kept for the life of this process (by worker count and threads), so later commands in
+it (the evaluation after a sweep, a second round) find their workers' models loaded."""
+
+
+def _process_executor(config: ExecutorConfig) -> tuple[tuple[int, int], ProcessPoolExecutor]:
+    """Spawned processes (no fork: loaded models and their threads do not survive one)."""
+    key = (config.workers or max(1, int(available_cores() // config.cpus_per_task)), config.worker_threads)
+    if key not in _PROCESS_EXECUTORS:
+        release_workers()  # one set of workers at a time: two would hold two copies of the models
+        _PROCESS_EXECUTORS[key] = ProcessPoolExecutor(key[0], mp_context=multiprocessing.get_context("spawn"),
+                                                      initializer=_start_process_worker, initargs=(key[1],))
+    return key, _PROCESS_EXECUTORS[key]
+
+
+def release_workers() -> None:
+    """Stop the workers this process keeps (process pools, Ray actors), freeing their models."""
+    while _PROCESS_EXECUTORS:
+        _PROCESS_EXECUTORS.popitem()[1].shutdown(wait=True, cancel_futures=True)
+    if "mfllm.ray_executor" in sys.modules:
+        sys.modules["mfllm.ray_executor"].release_actors()
 
 
 def _run_on_processes(tasks: Sequence[Task], config: ExecutorConfig, tracker: _Tracker) -> None:
-    """A pool of spawned processes (no fork: loaded models and their threads do not survive one), each
-    keeping its model pools; tasks are handed out as workers free up."""
-    context = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(_process_workers(config, len(tasks)), mp_context=context, initializer=_start_process_worker,
-                             initargs=(config.worker_threads,)) as executor:
-        futures: dict[Future[TaskOutcome], int] = {executor.submit(_run_in_process_worker, task): i for i, task in enumerate(tasks)}
-        pending = set(futures)
-        try:
-            while pending:
-                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    index = futures[future]
-                    try:
-                        outcome = future.result()
-                    except BrokenProcessPool as exc:  # a worker died (killed, out of memory): its tasks fail
-                        outcome = TaskOutcome(tasks[index].name, error=f"worker process died: {exc}")
-                    tracker.done(index, outcome)
-        except KeyboardInterrupt:
-            for future in pending:
-                future.cancel()
-            raise
+    """Hand the tasks to the kept process pool, each worker keeping its model pools; a pool whose worker
+    died fails its unfinished tasks and is replaced next time."""
+    key, executor = _process_executor(config)
+    futures: dict[Future[TaskOutcome], int] = {executor.submit(_run_in_process_worker, task): i for i, task in enumerate(tasks)}
+    pending = set(futures)
+    try:
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                index = futures[future]
+                try:
+                    outcome = future.result()
+                except BrokenProcessPool as exc:  # a worker died (killed, out of memory): its tasks fail
+                    _PROCESS_EXECUTORS.pop(key, None)
+                    outcome = TaskOutcome(tasks[index].name, error=f"worker process died: {exc}")
+                tracker.done(index, outcome)
+    except KeyboardInterrupt:
+        _PROCESS_EXECUTORS.pop(key, None)
+        executor.shutdown(wait=False, cancel_futures=True)
+        raise

@@ -6,9 +6,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from mfllm.data.loaders import get_reader, load_event
+from mfllm.data.schema import Event
 from mfllm.executors import ExecutorConfig, Task, run_tasks
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import BranchPoint, ProgressFactory, comparable_config, estimate, simulate
+from mfllm.simulation.scenario import Scenario
 from mfllm.simulation.store import RunStore
 
 
@@ -60,9 +62,9 @@ def completed_run(directory: str | Path, config: SimulationConfig, branch: Branc
 
 
 def simulate_task(pool: Any, config: SimulationConfig, directory: Path, resume: bool, progress: ProgressFactory | None = None,
-                  branch: BranchPoint | None = None) -> Path:
+                  branch: BranchPoint | None = None, scenario: Callable[[Event], Scenario] | None = None) -> Path:
     """One run as an executor task (see :mod:`mfllm.executors`): :func:`simulate` with the worker's pool."""
-    return simulate(config, directory, pool=pool, resume=resume, progress=progress, branch=branch)
+    return simulate(config, directory, pool=pool, resume=resume, progress=progress, scenario=scenario, branch=branch)
 
 
 def simulation_tasks(plan: RunPlan, resume: bool = False, progress: ProgressFactory | None = None,
