@@ -20,7 +20,7 @@ from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.pipeline import evaluate_runs, labelling_rounds
 from mfllm.executors import ExecutorConfig, TaskFailures, WorkerPools, release_workers, run_tasks
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.store import LOCK, MANIFEST, STEPS, RunStore
+from mfllm.simulation.store import LOCK, MANIFEST, STEPS, RunLockedError, RunStore
 from mfllm.simulation.sweep import simulate_many, simulation_tasks, sweep_configs, sweep_plan
 
 REPO = Path(__file__).resolve().parents[1]
@@ -115,9 +115,10 @@ def test_ray_sweep_on_two_nodes_matches_sequential_and_resubmission_redoes_nothi
     executor = ExecutorConfig(executor="ray", ray_address=ray_cluster.address)
     tasks, done = simulation_tasks(plan, resume=True)
     assert done == [] and len(tasks) == 8
-    with pytest.raises(TaskFailures, match="1 of 8 tasks failed") as failure:
-        run_tasks(tasks, executor)
-    assert [f.name for f in failure.value.failed] == [str(locked)] and "is in use by process" in failure.value.failed[0].error
+    outcomes = run_tasks(tasks, executor, raise_failures=False)
+    assert [o.name for o in outcomes if not o.ok] == [str(locked)] and "is in use by process" in outcomes[1].error
+    with pytest.raises(RunLockedError, match="is in use by process"):  # the only failed run's own error, once the others finished
+        run_tasks(simulation_tasks(plan, resume=True)[0], executor)
     finished = {directory for _, directory in plan if RunStore(directory).exists()}
     assert finished == {directory for _, directory in plan} - {locked}
     (locked / LOCK).unlink()
@@ -133,14 +134,16 @@ def test_ray_sweep_on_two_nodes_matches_sequential_and_resubmission_redoes_nothi
 
 def test_process_pool_matches_sequential_and_keeps_one_pool_per_worker(two_events: Path, sequential_runs: Path, tmp_path: Path) -> None:
     plan = _plan(two_events, tmp_path)
-    broken = (plan[0][0].model_copy(update={"event_id": "no-such-event"}), tmp_path / "broken")
-    tasks, _ = simulation_tasks([*plan, broken])
-    executor = ExecutorConfig(executor="process", workers=2)
-    outcomes = run_tasks(tasks, executor, raise_failures=False)
-    assert [o.name for o in outcomes if not o.ok] == [str(tmp_path / "broken")] and "no-such-event" in outcomes[-1].error
-    workers = {o.worker for o in outcomes}
-    assert 1 <= len(workers) <= 2 and f"{socket.gethostname()}:{os.getpid()}" not in workers
-    (tmp_path / "broken").rmdir()
+    broken = [(plan[0][0].model_copy(update={"event_id": f"no-such-event-{i}"}), tmp_path / f"broken{i}") for i in (1, 2)]
+    tasks, _ = simulation_tasks([*plan, *broken])
+    executor, seen = ExecutorConfig(executor="process", workers=2), []
+    with pytest.raises(TaskFailures, match="2 of 10 tasks failed") as failure:
+        run_tasks(tasks, executor, on_result=seen.append)
+    assert [f.name for f in failure.value.failed] == [str(d) for _, d in broken] and "no-such-event-2" in failure.value.failed[1].error
+    workers = {o.worker for o in seen}
+    assert len(seen) == 10 and 1 <= len(workers) <= 2 and f"{socket.gethostname()}:{os.getpid()}" not in workers
+    for _, directory in broken:
+        directory.rmdir()
     assert _contents(tmp_path) == _contents(sequential_runs)
     again = run_tasks(simulation_tasks(_plan(two_events, tmp_path / "again"))[0], executor)
     assert {o.worker for o in again} <= workers  # the same workers serve the next command, their models loaded

@@ -6,7 +6,7 @@ turns its work into :class:`Task` objects and hands them to :func:`run_tasks` wi
 model pool; each worker (the process itself, a pool process or a Ray actor) keeps one
 :class:`~mfllm.backends.ModelPool` per set of pool options for its whole life, so models load once per
 worker, not once per task. A task that raises is reported with its name (its run) and error while the
-others finish; :class:`TaskFailures` is raised at the end.
+others finish; then its exception is raised (:class:`TaskFailures`, naming each, when several failed).
 
 Workers are kept for the life of the process (:func:`release_workers` stops them), so the evaluation
 after a sweep finds its models loaded. To distribute your own runs (e.g. forecast ensembles or plan
@@ -210,7 +210,7 @@ class _Tracker:
 
     def done(self, index: int, outcome: TaskOutcome) -> None:
         self.outcomes[index] = outcome
-        if not outcome.ok:
+        if not outcome.ok and len(self.outcomes) > 1:  # a lone task's failure is the command's own error, raised as it is
             message = f"mfllm: {outcome.name} failed: {outcome.error}"
             if self.bar is not None:
                 self.bar.write(message, file=sys.stderr)
@@ -234,7 +234,7 @@ def run_tasks(tasks: Sequence[Task], config: ExecutorConfig | None = None, pool:
 
     ``pool`` (sequential only) serves every task instead of pools built from their options. ``progress``
     draws one bar over all tasks (tqdm, on stderr); ``on_result`` sees each outcome as it arrives. Failed tasks are reported
-    as they fail; with ``raise_failures`` a lone task's own exception, or :class:`TaskFailures` naming
+    as they fail; with ``raise_failures`` the only failed task's exception, or :class:`TaskFailures` naming
     every failed task, is raised once all tasks have ended.
     """
     config = config or ExecutorConfig()
@@ -261,11 +261,12 @@ def run_tasks(tasks: Sequence[Task], config: ExecutorConfig | None = None, pool:
 
 
 def check_outcomes(outcomes: Sequence[TaskOutcome]) -> None:
-    """Raise for failed tasks: a lone task's own exception, else :class:`TaskFailures` naming each failed task."""
+    """Raise for failed tasks: the exception of the only failed task (as running it alone would), else
+    :class:`TaskFailures` naming each failed task."""
     failed = [outcome for outcome in outcomes if not outcome.ok]
     if not failed:
         return
-    if len(outcomes) == 1 and failed[0].exception is not None:
+    if len(failed) == 1 and failed[0].exception is not None:
         raise failed[0].exception
     raise TaskFailures(failed, len(outcomes))
 
