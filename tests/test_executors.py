@@ -104,13 +104,14 @@ def _cut_after(run: Path, steps: int) -> None:
 
 
 def test_ray_sweep_on_two_nodes_matches_sequential_and_resubmission_redoes_nothing(
-        ray_cluster: Any, two_events: Path, sequential_runs: Path, tmp_path: Path) -> None:
+        ray_cluster: Any, two_events: Path, sequential_runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import shutil
 
-    plan = _plan(two_events, tmp_path)
+    monkeypatch.chdir(tmp_path)  # run directories relative to where the sweep is submitted, wherever the workers started
+    plan = _plan(two_events, Path("runs"))
     locked, partial = plan[1][1], plan[6][1]
     _hold_lock(locked)
-    shutil.copytree(sequential_runs / partial.relative_to(tmp_path), partial)
+    shutil.copytree(sequential_runs / partial.relative_to("runs"), partial)
     _cut_after(partial, 3)
     executor = ExecutorConfig(executor="ray", ray_address=ray_cluster.address)
     tasks, done = simulation_tasks(plan, resume=True)
@@ -122,14 +123,14 @@ def test_ray_sweep_on_two_nodes_matches_sequential_and_resubmission_redoes_nothi
     finished = {directory for _, directory in plan if RunStore(directory).exists()}
     assert finished == {directory for _, directory in plan} - {locked}
     (locked / LOCK).unlink()
-    before = _mtimes(tmp_path)
+    before = _mtimes(Path("runs"))
     tasks, done = simulation_tasks(plan, resume=True)
     assert [task.name for task in tasks] == [str(locked)] and len(done) == 7  # finished runs are not submitted again
     assert simulate_many(plan, resume=True, executor=executor) == [directory for _, directory in plan]
-    after = _mtimes(tmp_path)
+    after = _mtimes(Path("runs"))
     assert {k: v for k, v in after.items() if k in before} == before  # not one file of a finished run was rewritten
-    resumed = partial.relative_to(tmp_path)
-    assert _contents(tmp_path, resumed) == _contents(sequential_runs, resumed)
+    resumed = partial.relative_to("runs")
+    assert _contents(Path("runs"), resumed) == _contents(sequential_runs, resumed)
 
 
 def test_process_pool_matches_sequential_and_keeps_one_pool_per_worker(two_events: Path, sequential_runs: Path, tmp_path: Path) -> None:

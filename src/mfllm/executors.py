@@ -83,12 +83,16 @@ class ExecutorConfig(YamlConfig):
 @dataclass(frozen=True)
 class Task:
     """One unit of work: ``function(pool, *args)`` with the worker's model pool built from ``pool_options``
-    (ModelPool keyword arguments). ``name`` (usually the run directory) identifies it in reports."""
+    (ModelPool keyword arguments). ``name`` (usually the run directory) identifies it in reports. It runs
+    in ``directory`` (the submitting process's working directory), so relative paths (run directories,
+    data, intervention files) mean the same in every worker: on several machines, submit from a directory
+    every node mounts at the same path."""
 
     name: str
     function: Callable[..., Any]
     args: tuple[Any, ...] = ()
     pool_options: Mapping[str, Any] = field(default_factory=dict)
+    directory: str = field(default_factory=os.getcwd)
 
 
 @dataclass
@@ -148,6 +152,8 @@ class WorkerPools:
         raised here, so one failed run does not stop the others."""
         worker = f"{socket.gethostname()}:{os.getpid()}"
         try:
+            if os.getcwd() != task.directory:
+                os.chdir(task.directory)
             value = task.function(self.get(task.pool_options), *task.args)
         except Exception as exc:  # noqa: BLE001 - the task boundary: every failure is reported by run_tasks
             logger.debug("task %s failed:\n%s", task.name, traceback.format_exc())
