@@ -68,7 +68,7 @@ def run_on_ray(tasks: Sequence[Task], config: ExecutorConfig, done: Callable[[in
     ray = require_ray()
     if not ray.is_initialized():
         _ACTORS.clear()
-        ray.init(address=config.ray_address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=False)
+        ray.init(address=config.ray_address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
     actor_class = ray.remote(RayWorker).options(num_cpus=config.cpus_per_task, num_gpus=config.gpus_per_task)
     key = (config.cpus_per_task, config.gpus_per_task, config.worker_threads)
     if key not in _ACTORS:  # actors of other shapes hold resources the new ones may need
