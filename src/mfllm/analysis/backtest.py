@@ -20,7 +20,6 @@ from typing import Any
 
 from pydantic import Field
 
-from mfllm.configuration import YamlConfig
 from mfllm.data.loaders import get_reader
 from mfllm.evaluation.aggregate import headline, paired_comparisons
 from mfllm.evaluation.config import EvaluationConfig
