@@ -71,6 +71,13 @@ def _mtimes(root: Path) -> dict[str, int]:
     return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
 
 
+@pytest.fixture(scope="module", autouse=True)
+def stop_workers_afterwards() -> Iterator[None]:
+    """The process pools and actors the executors keep are stopped when the module's tests are done."""
+    yield
+    release_workers()
+
+
 @pytest.fixture(scope="module")
 def ray_cluster() -> Iterator[Any]:
     """Two Ray nodes on this host (1 CPU each, small object stores, no dashboard), shared by the module."""

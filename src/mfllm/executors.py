@@ -266,6 +266,13 @@ def run_tasks(tasks: Sequence[Task], config: ExecutorConfig | None = None, pool:
     return outcomes
 
 
+def on_values(callback: Callable[[Any], None] | None) -> Callable[[TaskOutcome], None] | None:
+    """An ``on_result`` for :func:`run_tasks` that hands ``callback`` the value of each task that succeeded."""
+    if callback is None:
+        return None
+    return lambda outcome: callback(outcome.value) if outcome.ok else None
+
+
 def check_outcomes(outcomes: Sequence[TaskOutcome]) -> None:
     """Raise for failed tasks: the exception of the only failed task (as running it alone would), else
     :class:`TaskFailures` naming each failed task."""

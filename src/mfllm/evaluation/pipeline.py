@@ -10,7 +10,7 @@ from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
 from mfllm.evaluation.evaluate import RunEvaluation, evaluate_run
 from mfllm.evaluation.labellers import Labeller, LabellerChain, LLMJudgeLabeller, default_labellers
-from mfllm.executors import ExecutorConfig, Task, check_outcomes, run_tasks
+from mfllm.executors import ExecutorConfig, Task, check_outcomes, on_values, run_tasks
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import build_models
 from mfllm.simulation.store import MANIFEST, RunStore
@@ -82,7 +82,7 @@ def evaluate_runs(runs: Sequence[str | Path], config: EvaluationConfig, pool: An
     outcomes: list[Any] = [None] * len(runs)
     for indices in labelling_rounds(runs, config, executor):
         done = run_tasks([tasks[i] for i in indices], executor, pool=pool, progress=progress, raise_failures=False,
-                         on_result=(lambda outcome: on_run(outcome.value) if outcome.ok else None) if on_run else None)
+                         on_result=on_values(on_run))
         for i, outcome in zip(indices, done):
             outcomes[i] = outcome
     check_outcomes(outcomes)

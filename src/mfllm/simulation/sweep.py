@@ -7,7 +7,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from mfllm.data.loaders import get_reader, load_event
 from mfllm.data.schema import Event
-from mfllm.executors import ExecutorConfig, Task, run_tasks
+from mfllm.executors import ExecutorConfig, Task, on_values, run_tasks
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import BranchPoint, ProgressFactory, comparable_config, estimate, simulate
 from mfllm.simulation.scenario import Scenario
@@ -87,16 +87,15 @@ def simulate_many(plan: RunPlan, pool: Any = None, resume: bool = False, progres
                   pool_options: Mapping[str, Any] | None = None) -> list[Path]:
     """Simulate every (config, run directory) of ``plan`` on ``executor`` (default: one after another in
     this process, sharing ``pool``); returns the run directories in plan order. With ``resume``, finished
-    runs are skipped and partial ones continue. A failed run is reported and the others finish; then
-    :class:`~mfllm.executors.TaskFailures` names every failed run. ``progress`` draws one bar over the runs
+    runs are skipped and partial ones continue. A failed run is reported and the others finish; then its
+    error is raised (:class:`~mfllm.executors.TaskFailures`, naming each, when several failed). ``progress`` draws one bar over the runs
     (and, in this process, one per run over its agents)."""
     executor = executor or ExecutorConfig()
     tasks, done = simulation_tasks(plan, resume, None if executor.parallel else progress, pool_options)
     for run in done:
         if on_run is not None:
             on_run(run)
-    run_tasks(tasks, executor, pool=pool, progress=progress is not None,
-              on_result=(lambda outcome: on_run(outcome.value) if outcome.ok else None) if on_run is not None else None)
+    run_tasks(tasks, executor, pool=pool, progress=progress is not None, on_result=on_values(on_run))
     return [Path(directory) for _, directory in plan]
 
 
