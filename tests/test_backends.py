@@ -125,7 +125,7 @@ def test_chat_models_get_chat_messages(tiny_model_dir: Path) -> None:
     chat = LoadedCausalLM(ModelSource(str(tiny_model_dir)), "cpu", "fp32")
     assert chat.is_chat
     rendered = chat.render(_prompts(1)[0])
-    assert "<|im_start|>system" in rendered and "Output only the text itself" in rendered
+    assert "<|im_start|>system" in rendered and "then the text on the same line" in rendered
     assert rendered.rstrip().endswith("<|im_start|>assistant")
 
 

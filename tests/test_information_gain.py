@@ -22,21 +22,22 @@ class Recogniser(FakeModel):
         return [ContinuationScore(tuple(-0.1 if c and c in p.completion else -3.0 for _ in c)) for p, c in zip(prompts, continuations)]
 
 
-def config(data: Path, method: str) -> SimulationConfig:
-    return SimulationConfig(data=str(data), method=method, policy_model="fake", warmup=16, batch_size=8, num_agents=48, context_k=8)
+def config(data: Path, method: str, batch_size: int = 8) -> SimulationConfig:
+    return SimulationConfig(data=str(data), method=method, policy_model="fake", warmup=16, batch_size=batch_size, num_agents=48, context_k=8)
 
 
 def test_state_has_no_gain_and_a_context_that_shows_repeats_has_some(demo_event_path: Path) -> None:
     event, _ = load_event(demo_event_path)
-    state = information_gain(config(demo_event_path, "state"), event, Recogniser())
+    batch = 4  # steps start at multiples of 4 (warm-up 16); each sees the 8 reactions before its step
+    state = information_gain(config(demo_event_path, "state", batch), event, Recogniser())
     assert state["all"]["gain"] == 0 and state["all"]["actions"] == 48
-    recent = information_gain(config(demo_event_path, "recent"), event, Recogniser())
-    assert recent["all"]["gain"] > 0  # the sample repeats reactions (reposts' default text, copied comments)
+    recent = information_gain(config(demo_event_path, "recent", batch), event, Recogniser())
+    assert recent["all"]["gain"] > 0  # the sample repeats texts (reposts' default text, a comment reposted by its author)
     assert recent["comment"]["tokens"] + recent["repost"]["tokens"] == recent["all"]["tokens"] == state["all"]["tokens"]
-    repeated = sum(1 for p in range(16, 64) if any(event.reactions[p].text == event.reactions[q].text for q in range(p - 8 - p % 8, p - p % 8)))
+    repeated = sum(1 for p in range(16, 64) if any(event.reactions[p].text == event.reactions[q].text for q in range(p - 8 - p % batch, p - p % batch)))
     assert recent["all"]["nll_with"] == pytest.approx(recent["all"]["nll_without"] - 2.9 * sum(
         len(event.reactions[p].text) for p in range(16, 64)
-        if any(event.reactions[p].text == event.reactions[q].text for q in range(max(0, p - p % 8 - 8), p - p % 8))))
+        if any(event.reactions[p].text == event.reactions[q].text for q in range(max(0, p - p % batch - 8), p - p % batch))))
     assert repeated > 0
 
 

@@ -1,5 +1,5 @@
 """Property-based fuzzing of every reader (hypothesis): generated or mangled input either loads, with
-reactions time-sorted and finite and every record loaded or reported, or raises a one-line
+reactions time-sorted, finite and each id once, and every record loaded or reported, or raises a one-line
 :class:`DataFormatError` naming a file under the dataset. Any other exception fails the test."""
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def _check(root: Path, path: Path, name: str, raw_records: int | None) -> None:
             assert math.isfinite(event.source.timestamp) and report.loaded == len(event.reactions)
             assert Event.model_validate(event.model_dump()) == event and event.content_hash()
             assert "\n" not in report.summary()
-            accounted += report.loaded + len(report.rejected)
+            assert len({r.post_id for r in event.reactions}) == len(event.reactions)  # repeats removed
+            accounted += report.loaded + len(report.rejected) + len(report.repeats)
         if raw_records is not None and event_ids:
             assert accounted >= raw_records, f"{raw_records} records written, {accounted} loaded or rejected"
     except DataFormatError as exc:

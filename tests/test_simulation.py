@@ -59,14 +59,14 @@ def test_every_dataset_and_method_gives_aligned_rows(shared_data: Path, tmp_path
 
 def test_mean_field_prompt_stays_flat_while_full_history_grows(shared_data: Path) -> None:
     event, _ = load_event(shared_data / "weibo_covid19_rumor", "4484800548711562")
-    config = SimulationConfig(data="x", method="mf", policy_model="fake", warmup=16, batch_size=16)
+    config = SimulationConfig(data="x", method="mf", policy_model="fake", warmup=8, batch_size=8)
     plan = estimate(config, event, FakeModel())
     mf_tokens = [s["policy_prompt_tokens"] for s in plan["per_step"]]
     full = [s["full_history_tokens"] for s in plan["per_step"]]
     assert len(mf_tokens) >= 8
     assert max(mf_tokens) < 1.5 * min(mf_tokens)  # only the persona varies
     assert full[-1] > 4 * full[0] and full[-1] > 5 * max(mf_tokens)
-    assert plan["mean_field_calls"] == len(plan["per_step"]) + 1 and plan["agents"] == len(event.reactions) - 16
+    assert plan["mean_field_calls"] == len(plan["per_step"]) + 1 and plan["agents"] == len(event.reactions) - 8
 
 
 def test_mean_field_sees_real_actions_in_warmup_and_simulated_ones_after(demo_event_path: Path) -> None:

@@ -14,6 +14,8 @@ from mfllm.analysis.backtest import BacktestConfig
 from mfllm.analysis.branch import BranchConfig
 from mfllm.analysis.compare import CompareConfig
 from mfllm.analysis.demo import DemoConfig, demo_data_path
+from mfllm.analysis.forecast import ForecastConfig
+from mfllm.analysis.plan import PlanConfig
 from mfllm.configuration import YamlConfig
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.validate import GOLD_SETS
@@ -31,7 +33,7 @@ COMPARE_SKIPPED = ("window", "nll", "information_gain")
 """EvaluationConfig fields a branch comparison does not use (it compares per step, without scoring)."""
 CONFIGS: dict[str, type[YamlConfig]] = {"simulate": SimulationConfig, "train": TrainConfig, "evaluate": EvaluationConfig,
                                         "ablate": AblationConfig, "backtest": BacktestConfig, "branch": BranchConfig, "compare": CompareConfig,
-                                        "demo": DemoConfig}
+                                        "demo": DemoConfig, "forecast": ForecastConfig, "plan": PlanConfig}
 
 
 def _progress(total: int, description: str) -> Any:
@@ -68,6 +70,8 @@ def _cmd_data(args: argparse.Namespace) -> int:
             print(f"load report: {report.summary()}")
             for rejected in report.rejected[: args.show]:
                 print(f"  rejected: {rejected}")
+            for conflict in report.conflicts[: args.show]:
+                print(f"  conflict: {conflict}")
             for reaction in event.reactions[: args.show]:
                 print(f"- [{reaction.kind}] {persona_text(reaction.user, event.language)}\n    {reaction.text[:160]}")
         return 0
@@ -125,12 +129,14 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from mfllm.simulation.methods import get_method, method_names
+    from mfllm.simulation.methods import ALIASES, get_method, method_names
 
     for name in method_names():
         method = get_method(name)
         kind = "baseline" if method.is_baseline else "mean field"
         print(f"{name}\t{kind}\t{method.description}")
+    for alias, name in ALIASES.items():
+        print(f"{alias}\talias\tstands for {name} (the default mean field)")
     return 0
 
 
@@ -289,6 +295,74 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- forecasting and intervention search
+
+
+def _figure(value: float | None, signed: bool = False) -> str:
+    """A figure to 3 decimals (signed if asked), or a dash for none or NaN (no interval from a single forecast or seed)."""
+    import math
+
+    return "–" if value is None or math.isnan(value) else f"{value:+.3f}" if signed else f"{value:.3f}"
+
+
+
+def _cmd_forecast(args: argparse.Namespace) -> int:
+    from mfllm.analysis.forecast import forecast
+
+    config = ForecastConfig.from_sources(args.config, ForecastConfig.overrides(args))
+    result = forecast(config, resume=args.resume, progress=_progress)
+    for e in result.ensembles:
+        agents = ", ".join(f"seed{s} {n}" for s, n in e.agents.items())
+        print(f"{e.event_id} from reaction {e.warmup}: agents {agents}; {e.windows} windows of {e.window / 3600:.3g} h"
+              + (f"; cut at max_agents for seeds {e.capped}" if e.capped else ""))
+    level = f"{config.confidence:.0%}"
+    for row in result.skills:
+        naive = "; ".join(f"{name.replace('_', ' ')} {_figure(row[f'mean_{name}'])} (skill {_figure(row[f'skill_vs_{name}'], True)}, "
+                          f"{level} CI {_figure(row[f'skill_vs_{name}_low'], True)} to {_figure(row[f'skill_vs_{name}_high'], True)})"
+                          for name in ("last_window", "prefix"))
+        print(f"{row['dimension']} {row['metric']}: forecast {_figure(row['mean_forecast'])} vs {naive}; coverage of the {row['band']:.0%} "
+              f"band {_figure(row['coverage'])} of {row['coverage_cells']} cells; {row['forecasts']} forecasts on {row['events']} event(s)")
+    print(f"CSV: {', '.join(str(path) for path in result.files.values())}")
+    print(f"forecast report: {result.report}")
+    return 0
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from mfllm.analysis.plan import plan
+
+    config = PlanConfig.from_sources(args.config, PlanConfig.overrides(args))
+    result = plan(config, resume=args.resume, progress=_progress)
+    validation = "; ".join(f"{v.get('labeller')} accuracy {_figure(v.get('accuracy'))}, macro-F1 {_figure(v.get('macro_f1'))} on "
+                           f"{v.get('items')} items of {v.get('data')}" for v in result.target.validation) or "no validation figures on record"
+    print(f"target: {result.target.describe()}; labeller validation: {validation}")
+    print(f"control: mean share {_figure(result.control['share'])} over {result.control['seeds']} seeds")
+    for r in result.ranking:
+        print(f"{r['rank']}. {r['candidate']} ({r['description']}): share {_figure(r['share'])} [{_figure(r['share_low'])}, "
+              f"{_figure(r['share_high'])}], effect {_figure(r['effect'], True)} [{_figure(r['effect_low'], True)}, "
+              f"{_figure(r['effect_high'], True)}] over {r['seeds']} seeds, round {r['round_reached']}, {r['model_calls']} model calls")
+    print(f"{result.runs} runs of a budget of {config.budget}, {result.calls} model calls; plan report: {result.report}")
+    return 0
+
+
+def _forecast_parsers(sub: Any) -> None:
+    fc = sub.add_parser("forecast", help="forecast past a real prefix with an ensemble (label shares and volume with bands); "
+                                         "--score: from origins inside real events, scored against what happened and naive forecasts")
+    fc.add_argument("--config", help="YAML file of ForecastConfig fields (`mfllm fields forecast`); flags override it")
+    ForecastConfig.add_arguments(fc, aliases={"data_format": ["--format"], "events": ["--event"], "dimensions": ["--dimension"],
+                                              "batch_size": ["--batch"]})
+    fc.add_argument("--resume", action="store_true", help="continue the forecast's runs from their last completed step")
+    fc.set_defaults(func=_cmd_forecast)
+
+    pl = sub.add_parser("plan", help="search candidate interventions for the best at a target, by ensembles of branches from one "
+                                     "shared prefix within a budget of runs (successive halving)")
+    pl.add_argument("--config", help="YAML file of PlanConfig fields (`mfllm fields plan`); flags override it")
+    PlanConfig.add_arguments(pl, aliases={"data_format": ["--format"], "event_id": ["--event"], "batch_size": ["--batch"],
+                                          "candidate_files": ["--candidate-file"], "target_dimension": ["--dimension"],
+                                          "target_label": ["--label"]})
+    pl.add_argument("--resume", action="store_true", help="continue the plan's runs (a larger budget goes on from them)")
+    pl.set_defaults(func=_cmd_plan)
+
+
 # ---------------------------------------------------------------- parser
 
 
@@ -316,7 +390,7 @@ def _evaluation_flags(p: argparse.ArgumentParser, skip: Sequence[str] = ()) -> N
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from mfllm.simulation.methods import method_names
+    from mfllm.simulation.methods import ALIASES, method_names
 
     parser = argparse.ArgumentParser(prog="mfllm", description="Mean-field LLM simulation of population reactions to events.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -328,7 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
                                    aliases={"data_format": ["--format"], "num_agents": ["--agents"], "batch_size": ["--batch"],
                                             "context_k": ["--k"], "interventions": ["--intervention"]})
     sim.add_argument("--event", action="append", help="event id (repeatable; default: the dataset's first event)")
-    sim.add_argument("--method", action="append", choices=method_names(), help="method (repeatable; `mfllm methods` describes them)")
+    sim.add_argument("--method", action="append", choices=[*method_names(), *ALIASES], help="method (repeatable; `mfllm methods` describes them)")
     sim.add_argument("--seeds", type=int, nargs="+", help="run seeds, one run each (default: the config's seed, 0)")
     sim.add_argument("--output", default="runs", help="root of the run directories, <output>/<event>/<method>/seed<k>")
     sim.add_argument("--resume", action="store_true", help="continue runs from their last completed step")
@@ -415,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     DemoConfig.add_arguments(demo, aliases={"num_agents": ["--agents"], "batch_size": ["--batch"]})
     demo.add_argument("--resume", action="store_true", help="continue the runs of --output")
     demo.set_defaults(func=_cmd_demo)
+    _forecast_parsers(sub)
     return parser
 
 

@@ -129,6 +129,9 @@ class ContextProvider(ABC):
     """Whether :meth:`create` needs a mean-field model to update the context."""
     is_baseline: ClassVar[bool] = True
     """Whether the method is a non-mean-field baseline that mean-field methods are compared against."""
+    uses_labellers: ClassVar[tuple[str, ...]] = ()
+    """Names of the labellers whose output the context is built from: evaluation flags a dimension one of
+    them labels as circular for this method."""
 
     @classmethod
     @abstractmethod
@@ -166,3 +169,7 @@ class LLMMeanField(ContextProvider):
     @abstractmethod
     def accept(self, update: str) -> None:
         """Take a sampled ``update`` as the new summary."""
+
+    def absorb(self, actions: Sequence[AgentAction]) -> None:
+        """The part of an update that needs no model (statistics), applied to the latest batch before the
+        model's part is accepted; nothing for a mean field the model writes whole."""

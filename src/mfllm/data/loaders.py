@@ -3,7 +3,9 @@
 Every reader lists event ids cheaply and loads one event with a :class:`~mfllm.data.schema.LoadReport`.
 A file that cannot be parsed at all raises :class:`~mfllm.data.schema.DataFormatError` naming the file;
 a record with an unusable required field (id, text, time) is rejected and reported; an invalid optional
-field is set to unknown and reported. Reactions come back sorted by time (stable for ties).
+field is set to unknown and reported; a reaction repeated in the files (same id) is kept once, the earliest,
+and every removed copy is reported (a copy with other content as a conflict). Reactions come back sorted
+by time (stable for ties).
 
 Formats (one module each under :mod:`mfllm.data.readers`): ``weibo-covid19``, ``ced``, ``pheme``,
 ``rumoureval``, ``rumdect`` and the generic ``jsonl`` / ``csv`` format documented in ``docs/data-format.md``.

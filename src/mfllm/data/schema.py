@@ -104,12 +104,16 @@ class LoadReport:
     """What a loader kept and what it rejected. Nothing is dropped without a line here.
 
     ``rejected`` records were left out (a required field was unusable); ``cleared`` records were
-    kept with one optional field set to unknown because its value was invalid.
+    kept with one optional field set to unknown because its value was invalid; ``repeats`` records
+    were left out because they repeat a kept reaction (same id); ``conflicts`` are the repeats
+    whose content differs from the kept reaction (one line each, naming the differing fields).
     """
 
     loaded: int = 0
     rejected: list[RejectedRecord] = field(default_factory=list)
     cleared: list[RejectedRecord] = field(default_factory=list)
+    repeats: list[RejectedRecord] = field(default_factory=list)
+    conflicts: list[RejectedRecord] = field(default_factory=list)
 
     def reject(self, file: str, record: str, field_name: str, reason: str) -> None:
         self.rejected.append(RejectedRecord(file, record, field_name, reason))
@@ -117,10 +121,18 @@ class LoadReport:
     def clear(self, file: str, record: str, field_name: str, reason: str) -> None:
         self.cleared.append(RejectedRecord(file, record, field_name, reason))
 
+    def repeat(self, file: str, record: str, field_name: str, reason: str) -> None:
+        self.repeats.append(RejectedRecord(file, record, field_name, reason))
+
+    def conflict(self, file: str, record: str, field_name: str, reason: str) -> None:
+        self.conflicts.append(RejectedRecord(file, record, field_name, reason))
+
     def merge(self, other: LoadReport) -> None:
         self.loaded += other.loaded
         self.rejected.extend(other.rejected)
         self.cleared.extend(other.cleared)
+        self.repeats.extend(other.repeats)
+        self.conflicts.extend(other.conflicts)
 
     def reasons(self) -> dict[str, int]:
         """Counts of rejected records per (field, reason)."""
@@ -136,6 +148,8 @@ class LoadReport:
             text += " (" + ", ".join(f"{n} × {why}" for why, n in sorted(self.reasons().items())) + ")"
         if self.cleared:
             text += f", {len(self.cleared)} invalid optional fields set to unknown"
+        if self.repeats:
+            text += f", {len(self.repeats)} repeated reactions removed ({len(self.conflicts)} with conflicting content)"
         return text
 
 

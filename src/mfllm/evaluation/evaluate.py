@@ -104,7 +104,8 @@ def contexts_by_step(store: RunStore, config: SimulationConfig, event: Event) ->
 def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = None) -> tuple[float, float]:
     """(token-weighted mean NLL per token, mean over actions of per-token NLL) of the real actions,
     teacher-forced under ``policy`` with the same prompt (topic, persona, simulated context, the
-    interventions that reached the agent) the simulated agent had. Only the action's tokens count;
+    interventions that reached the agent) the simulated agent had. The action is scored as the policy
+    writes it (kind marker, then text), so the kind is predicted too. Only the action's tokens count;
     rows without a real reaction are skipped."""
     manifest = store.manifest()
     config = SimulationConfig(**manifest["config"])
@@ -121,7 +122,7 @@ def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = Non
             prompts.append(contexts[r["step"]].prompts([agent], active)[0])
         else:
             prompts.append(contexts[r["step"]].prompt(r["persona"]))
-    scores = policy.score(prompts, [r["real_text"] for r in rows])
+    scores = policy.score(prompts, [contexts[r["step"]].continuation(r["real_kind"], r["real_text"]) for r in rows])
     tokens = sum(s.num_tokens for s in scores)
     per_action = [s.mean_nll for s in scores if s.num_tokens]
     return -sum(s.logprob for s in scores) / max(tokens, 1), sum(per_action) / max(len(per_action), 1)

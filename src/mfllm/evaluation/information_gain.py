@@ -8,10 +8,12 @@ actions a*_i of users s_i are scored under the policy twice, with the same token
 
     IG = [ sum_i -log pi(a*_i | s_i, no context) - sum_i -log pi(a*_i | s_i, context_t) ] / tokens
 
-in nats per token, separately for comments (comments and replies) and reposts, whose default texts
-("转发微博") are easy to predict and would otherwise dominate the tokens. IG > 0: the context carries
-information about what the population does next; IG <= 0: it does not (shown as it is). It is a property
-of the method on the event's real history, so a run's interventions play no part in it.
+in nats per token, with each action written as the policy writes it (kind marker, then text), so
+predicting whether people comment or repost counts. Reported separately for comments (comments and
+replies) and reposts, whose markers are short and would otherwise weigh little against comments.
+IG > 0: the context carries information about what the population does next; IG <= 0: it does not
+(shown as it is). It is a property of the method on the event's real history, so a run's
+interventions play no part in it.
 """
 
 from __future__ import annotations
@@ -61,8 +63,8 @@ def information_gain(config: SimulationConfig, event: Event, policy: LanguageMod
     for step in scenario.steps():
         agents = scenario.agents(step)
         if step.phase == "rollout":
-            texts = [a.real.text for a in agents if a.real is not None]
             scored = [a for a in agents if a.real is not None]
+            texts = [with_context.continuation(a.real.kind, a.real.text) for a in scored]  # type: ignore[union-attr]
             plain = policy.score(without.prompts(scored), texts)
             given = policy.score(with_context.prompts(scored), texts)
             for agent, a, b in zip(scored, plain, given):

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from mfllm.configuration import YamlConfig
-from mfllm.simulation.methods import get_method
+from mfllm.simulation.methods import get_method, resolve_method
 
 if TYPE_CHECKING:
     from mfllm.backends import ModelPool
@@ -19,8 +19,9 @@ class SimulationConfig(YamlConfig):
     data: str = Field(description="Dataset directory or file (see `mfllm data list`).")
     data_format: str | None = Field(default=None, description="Reader name; detected from the path when omitted.")
     event_id: str | None = Field(default=None, description="Event to simulate; the first event when omitted.")
-    method: str = Field(default="mf", description="What agents see of the population: a registered method (`mfllm methods` lists "
-                                                  "them: mf, state, recent, popular, sft, ...).")
+    method: str = Field(default="mf", validate_default=True, description="What agents see of the population: a registered method (`mfllm methods` lists "
+                                                  "them: mf-hybrid, mf-stats, mf-llm, state, recent, popular, sft); mf is the "
+                                                  "default mean field, recorded resolved.")
     policy_model: str = Field(default="embedded:gemma-3-270m", description="Policy model spec (embedded:NAME, hf:PATH, openai:MODEL@URL, fake).")
     mean_field_model: str | None = Field(default=None, description="Mean-field model spec; the policy model when omitted.")
     policy_adapter: str | None = Field(default=None, description="LoRA adapter directory for the policy.")
@@ -40,7 +41,8 @@ class SimulationConfig(YamlConfig):
     mean_field_top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus mass of mean-field updates; top_p when omitted.")
     max_generation_attempts: int = Field(default=3, ge=1, description="Tries per agent when the policy returns an empty reply (a new "
                                                                       "seed each, recorded in the row); then the action is recorded as failed.")
-    mean_field_max_chars: int = Field(default=120, ge=20, description="Length the mean-field prompt asks for (characters in zh, words in en).")
+    mean_field_max_chars: int = Field(default=120, ge=20, description="Longest key points a mean-field update keeps (characters in zh, "
+                                                                                   "words in en).")
     interventions: list[str] = Field(default=[], description="YAML files of interventions (injected posts, statements, "
                                                                         "moderation, targeted at subgroups; see README 'What-if').")
     device: str = Field(default="auto", description="auto, cpu, cuda, cuda:1, ...")
@@ -56,7 +58,7 @@ class SimulationConfig(YamlConfig):
     @classmethod
     def _registered(cls, method: str) -> str:
         get_method(method)
-        return method
+        return resolve_method(method)
 
     @model_validator(mode="after")
     def _check(self) -> SimulationConfig:

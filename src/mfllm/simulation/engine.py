@@ -16,17 +16,17 @@ from mfllm.data.loaders import load_event
 from mfllm.data.schema import Event, LoadReport
 from mfllm.interfaces import ContextProvider, LanguageModel, LLMMeanField, Prompt, SamplingParams
 from mfllm.manifest import base_manifest, derive_seed
-from mfllm.prompts import policy_stop
+from mfllm.prompts import POLICY_STOP, bare_repost_text, needs_text, strip_marker
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.methods import get_method
 from mfllm.simulation.methods.mean_field import mean_field_sampling
 from mfllm.simulation.interventions import Scheduled, file_digest, schedule_interventions
 from mfllm.simulation.scenario import Intervened, Replay, Scenario
-from mfllm.simulation.step import Agent, Step, StepContext, action_row
+from mfllm.simulation.step import Agent, Step, StepContext, action_row, sample_choices
 from mfllm.simulation.store import RunStore
 
 ProgressFactory = Callable[[int, str], Any]
-FAILED_EMPTY = "empty completion"
+FAILED_EMPTY = "no text after a marker that needs one"
 
 
 def make_context(config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> ContextProvider:
@@ -51,12 +51,13 @@ class Simulator:
 
     def _policy_params(self, step: Step, attempt: int) -> SamplingParams:
         seed = derive_seed(self.config.seed, step.index, "policy") if attempt == 0 else derive_seed(self.config.seed, step.index, "policy", attempt)
-        return SamplingParams(self.config.max_action_tokens, self.config.temperature, self.config.top_p, policy_stop(self.event.language), seed)
+        return SamplingParams(self.config.max_action_tokens, self.config.temperature, self.config.top_p, POLICY_STOP, seed)
 
     def _generate(self, step: Step, prompts: list[Prompt]) -> tuple[list[str], dict[int, dict[str, Any]]]:
         """One text per prompt. An empty reply is a failed generation: it is asked again, alone, with a
         new seed per attempt (recorded in its row); after the last attempt it is recorded as a failure."""
-        texts = self.policy.generate(prompts, self._policy_params(step, 0))
+        language = self.event.language
+        texts = [strip_marker(text, language) for text in self.policy.generate(prompts, self._policy_params(step, 0))] if prompts else []
         notes: dict[int, dict[str, Any]] = {}
         failed = [i for i, text in enumerate(texts) if not text.strip()]
         for attempt in range(1, self.config.max_generation_attempts):
@@ -64,7 +65,7 @@ class Simulator:
                 break
             params = self._policy_params(step, attempt)
             for i, text in zip(failed, self.policy.generate([prompts[i] for i in failed], params)):
-                texts[i] = text
+                texts[i] = strip_marker(text, language)
                 notes[i] = {"attempts": attempt + 1, "seed": params.seed}
             failed = [i for i in failed if not texts[i].strip()]
         for i in failed:
@@ -86,11 +87,20 @@ class Simulator:
                        if a.real is not None and not (active and self.step_context.removed_by(a, a.real.text, a.real.kind, active))]
             self.step_context.observe([*injected, *actions], mean_field_seed)
             return []
-        prompts = self.step_context.prompts(agents, active)
-        texts, notes = self._generate(step, prompts)
+        probabilities = self.step_context.choice_probabilities(self.policy, self.step_context.prompts(agents, active))
+        choices = sample_choices(probabilities, derive_seed(self.config.seed, step.index, "choice"))
+        prompts = self.step_context.prompts(agents, active, choices)
+        writing = [i for i, choice in enumerate(choices) if needs_text(choice)]
+        written, written_notes = self._generate(step, [prompts[i] for i in writing])
+        texts = [bare_repost_text(self.event.language)] * len(agents)
+        notes = {}
+        for slot, i in enumerate(writing):
+            texts[i] = written[slot]
+            if slot in written_notes:
+                notes[i] = written_notes[slot]
         rows = []
         for i, (agent, prompt, text) in enumerate(zip(agents, prompts, texts)):
-            row = action_row(step.index, agent, self.step_context.persona(agent), prompt, text, self.policy)
+            row = action_row(step.index, agent, self.step_context.persona(agent), prompt, choices[i], probabilities[i], text, self.policy)
             if i in notes:
                 row.update(notes[i])
                 if "failure" in notes[i]:

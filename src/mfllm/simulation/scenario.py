@@ -16,7 +16,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import Any, Sequence
 
-from mfllm.data.schema import Event
+from mfllm.data.schema import Event, UserProfile
 from mfllm.simulation.interventions import Scheduled
 from mfllm.simulation.step import Agent, Step, schedule
 
@@ -77,3 +77,37 @@ class Intervened(Scenario):
 
     def describe(self) -> dict[str, Any]:
         return {**self.base.describe(), "interventions": [s.id for s in self.scheduled]}
+
+
+class Forecast(Scenario):
+    """Warm up on the first ``warmup`` real reactions, then agents who are not in the data act in batches:
+    agent ``i`` of the horizon is ``users[i]`` acting at ``timestamps[i]`` (a forecast past the origin; its rows
+    carry no real reaction). Who they are and when they act is decided by the caller (see
+    :mod:`mfllm.analysis.forecast`); ``details`` is what the manifest records about that."""
+
+    name = "forecast"
+
+    def __init__(self, event: Event, warmup: int, batch_size: int, users: Sequence[UserProfile], timestamps: Sequence[float],
+                 details: dict[str, Any] | None = None):
+        if not 0 < warmup <= len(event.reactions):
+            raise ValueError(f"a forecast warms up on 1 to {len(event.reactions)} real reactions, not {warmup}")
+        if len(users) != len(timestamps):
+            raise ValueError(f"{len(users)} forecast agents but {len(timestamps)} timestamps")
+        self.event, self.warmup = event, warmup
+        self.users, self.timestamps, self.details = list(users), list(timestamps), dict(details or {})
+        steps: list[Step] = []
+        for phase, lo, hi in (("warmup", 0, warmup), ("rollout", warmup, warmup + len(users))):
+            for start in range(lo, hi, batch_size):
+                steps.append(Step(len(steps), phase, tuple(range(start, min(start + batch_size, hi)))))
+        self._steps = steps
+
+    def steps(self) -> list[Step]:
+        return self._steps
+
+    def agents(self, step: Step) -> list[Agent]:
+        if step.phase == "warmup":
+            return [Agent.of(self.event.reactions[p], p) for p in step.positions]
+        return [Agent(p, self.users[p - self.warmup], self.timestamps[p - self.warmup]) for p in step.positions]
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "warmup": self.warmup, "agents": len(self.users), **self.details}

@@ -9,13 +9,14 @@ of them (per agent when an intervention targets a subgroup) and what the shared 
 from __future__ import annotations
 
 from dataclasses import dataclass
+import math
+import random
 from typing import Any, Callable, Iterator, Sequence
 
-from mfllm.data.loaders import WEIBO_DEFAULT_REPOST_TEXT
 from mfllm.data.personas import persona_text
 from mfllm.data.schema import Event, Reaction, UserProfile
 from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel, LLMMeanField, Prompt
-from mfllm.prompts import policy_prompt, render_context, render_interventions
+from mfllm.prompts import ACTION_CHOICES, action_line, choice_kind, marker, policy_prompt, render_context, render_interventions
 from mfllm.simulation.interventions import InjectedPost, Scheduled, Statement
 
 
@@ -63,10 +64,16 @@ def real_batches(event: Event, batch_size: int, limit: int | None = None) -> lis
     return chunks[:limit] if limit else chunks
 
 
-def infer_kind(text: str) -> str:
-    """A simulated action's kind: a bare repost (empty or the platform's default text) or a comment."""
-    stripped = text.strip().lower()
-    return "repost" if stripped in ("", WEIBO_DEFAULT_REPOST_TEXT, "转发", "repost", "retweet", "rt") else "comment"
+def available_choices(event: Event) -> tuple[str, ...]:
+    """What agents of ``event`` can do: comment, repost with words or repost without, where the event's
+    platform records reposts; comment only where it records replies alone (the Twitter sets here)."""
+    return ACTION_CHOICES if any(r.kind == "repost" for r in event.reactions) else ("comment",)
+
+
+def sample_choices(probabilities: Sequence[dict[str, float]], seed: int) -> list[str]:
+    """One choice per agent, drawn from its probabilities, in agent order, with one generator per step."""
+    rng = random.Random(seed)
+    return [rng.choices(list(p), weights=list(p.values()))[0] for p in probabilities]
 
 
 class StepContext:
@@ -76,6 +83,7 @@ class StepContext:
     def __init__(self, event: Event, provider: ContextProvider):
         self.event, self.provider = event, provider
         self.topic, self.language = event.source.text, event.language
+        self.choices = available_choices(event)
 
     def persona(self, agent: Agent, short: bool = False) -> str:
         return persona_text(agent.user, self.language, short=short)
@@ -88,14 +96,36 @@ class StepContext:
         """The policy prompt of an agent described by ``persona`` under the current context."""
         return policy_prompt(self.topic, persona, self.language, self.context_block())
 
-    def prompts(self, agents: Sequence[Agent], active: Sequence[Scheduled] = ()) -> list[Prompt]:
+    def prompts(self, agents: Sequence[Agent], active: Sequence[Scheduled] = (), choices: Sequence[str] | None = None) -> list[Prompt]:
         """Each agent's policy prompt under the current context and the interventions ``active`` at the step
-        (pinned posts and notices that reach the agent, above the context)."""
+        (pinned posts and notices that reach the agent, above the context); with ``choices``, each prompt
+        ends after the agent's chosen kind marker, ready for its text."""
         block = self.context_block()
+        chosen = choices or [None] * len(agents)
         if not active:
-            return [policy_prompt(self.topic, self.persona(agent), self.language, block) for agent in agents]
+            return [policy_prompt(self.topic, self.persona(agent), self.language, block, choice) for agent, choice in zip(agents, chosen)]
         return [policy_prompt(self.topic, self.persona(agent), self.language,
-                              "\n".join(part for part in (self.exposure_block(agent, active), block) if part) or None) for agent in agents]
+                              "\n".join(part for part in (self.exposure_block(agent, active), block) if part) or None, choice)
+                for agent, choice in zip(agents, chosen)]
+
+    def choice_probabilities(self, policy: LanguageModel, prompts: Sequence[Prompt]) -> list[dict[str, float]]:
+        """The policy's own probabilities of each kind marker after each prompt, normalised over the
+        choices the event's platform offers (no fixed rate or rule: the context moves them)."""
+        if len(self.choices) == 1:
+            return [{self.choices[0]: 1.0} for _ in prompts]
+        markers = [marker(choice, self.language) for choice in self.choices]
+        scores = policy.score([p for p in prompts for _ in markers], markers * len(prompts))
+        probabilities = []
+        for i in range(len(prompts)):
+            logprobs = [s.logprob for s in scores[i * len(markers):(i + 1) * len(markers)]]
+            top = max(logprobs)
+            weights = [math.exp(lp - top) for lp in logprobs]
+            probabilities.append({choice: w / sum(weights) for choice, w in zip(self.choices, weights)})
+        return probabilities
+
+    def continuation(self, kind: str, text: str) -> str:
+        """A recorded action as the policy would write it after its prompt: marker, then text."""
+        return action_line(kind, text, self.language)
 
     def absorbs(self, scheduled: Scheduled) -> bool:
         """Whether the shared context folds a statement into its own text: an LLM mean field does, for a
@@ -146,12 +176,15 @@ def replay(step: StepContext, batches: Sequence[Sequence[Agent]], seed_of: Calla
             step.observe(step.real_actions(batch), seed_of(t))
 
 
-def action_row(step_index: int, agent: Agent, persona: str, prompt: Prompt, text: str, policy: LanguageModel) -> dict[str, Any]:
-    """One simulated action, with the real reaction of its slot beside it when there is one."""
+def action_row(step_index: int, agent: Agent, persona: str, prompt: Prompt, choice: str, probabilities: dict[str, float], text: str,
+               policy: LanguageModel) -> dict[str, Any]:
+    """One simulated action (its choice, the probabilities it was drawn from, its text), with the real
+    reaction of its slot beside it when there is one."""
     real = agent.real
     return {
         "step": step_index, "position": agent.position, "reaction_id": real.post_id if real else None, "user_id": agent.user.user_id,
         "timestamp": agent.timestamp, "persona": persona, "real_kind": real.kind if real else None,
-        "real_text": real.text if real else None, "sim_kind": infer_kind(text), "sim_text": text,
+        "real_text": real.text if real else None, "sim_kind": choice_kind(choice), "sim_choice": choice,
+        "choice_probabilities": {c: round(p, 6) for c, p in probabilities.items()}, "sim_text": text,
         "prompt_chars": len(prompt.completion), "prompt_tokens": policy.count_tokens(prompt),
     }

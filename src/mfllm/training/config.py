@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from mfllm.configuration import YamlConfig
 from mfllm.interfaces import LLMMeanField
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.methods import get_method
+from mfllm.simulation.methods import get_method, resolve_method
 
 Task = Literal["mean-field", "policy", "sft"]
 
@@ -51,7 +51,7 @@ class TrainConfig(YamlConfig):
                                                                                      "on and evaluation samples; simulation's default when omitted.")
     mean_field_top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus mass of those mean fields; simulation's "
                                                                                       "default when omitted.")
-    mean_field_max_chars: int = Field(default=120, ge=20, description="Length the mean-field prompt asks for.")
+    mean_field_max_chars: int = Field(default=120, ge=20, description="Longest key points kept (characters in zh, words in en).")
     max_length: int = Field(default=768, ge=64, description="Longest training sequence (tokens); longer prompts are cut from the left.")
     dtype: str = Field(default="auto", description="auto (bf16 on GPU, fp32 on CPU), fp32, bf16.")
     gradient_checkpointing: bool = Field(default=False, description="Trade compute for memory.")
@@ -71,8 +71,10 @@ class TrainConfig(YamlConfig):
             raise ValueError("mean_field_adapter is only used by the policy task")
         if self.task != "mean-field" and self.policy_adapter:
             raise ValueError("policy_adapter is only used by the mean-field task")
+        self.method = resolve_method(self.method)
         if self.task != "sft" and not issubclass(get_method(self.method), LLMMeanField):
-            raise ValueError(f"method {self.method!r} has no language-model mean field for the {self.task} task to train or use")
+            raise ValueError(f"method {self.method!r} has no language-model part for the {self.task} task to train or use "
+                             "(it needs no model call); choose mf-llm or mf-hybrid")
         if self.base_model.startswith(("openai:", "fake")):
             raise ValueError(f"training needs local weights: base_model must be embedded:NAME or hf:PATH, got {self.base_model!r}")
         return self

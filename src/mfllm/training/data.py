@@ -17,7 +17,7 @@ from mfllm.data.loaders import get_reader
 from mfllm.data.schema import Event
 from mfllm.interfaces import LanguageModel, Prompt
 from mfllm.manifest import derive_seed
-from mfllm.prompts import policy_stop
+from mfllm.prompts import POLICY_STOP
 from mfllm.simulation.engine import make_context
 from mfllm.simulation.step import Agent, StepContext, real_batches, replay
 from mfllm.training.config import TrainConfig
@@ -89,11 +89,12 @@ def policy_examples(events: Sequence[Event], config: TrainConfig, mean_field_mod
             if step.provider.needs_mean_field_model and t == 0:
                 continue
             for agent, prompt in zip(batch, step.prompts(batch)):
-                examples.append(PolicyExample(event.event_id, agent.position, prompt, agent.real.text, event.language))  # type: ignore[union-attr]
+                real = agent.real
+                examples.append(PolicyExample(event.event_id, agent.position, prompt, step.continuation(real.kind, real.text), event.language))  # type: ignore[union-attr]
     return examples
 
 
 def completion_target(action: str, language: str, is_chat: bool, eos_token: str) -> str:
-    """What the policy is trained to write after the prompt: the action, then the marker where
-    simulation stops generating (the closing quote of the completion layout, or end of turn)."""
-    return action + (eos_token if is_chat else policy_stop(language)[-1])
+    """What the policy is trained to write after the prompt: the action (kind marker, then text), then
+    where simulation stops generating (the end of the line, or the end of the turn)."""
+    return action + (eos_token if is_chat else POLICY_STOP[-1])

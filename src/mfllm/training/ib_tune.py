@@ -126,8 +126,8 @@ class MeanFieldTrainer:
     def _policy_logprob(self, step: StepContext, next_batch: Sequence[Agent]) -> tuple[Any, int]:
         """sum_i log pi(a*_i | s_i, context) of the next batch's real actions under the step's current context."""
         policy = POLICY_ADAPTER if self.config.policy_adapter else None
-        actions = [self.loaded.tokenizer(a.real.text, add_special_tokens=False).input_ids[: self.config.max_action_tokens]  # type: ignore[union-attr]
-                   for a in next_batch]
+        actions = [self.loaded.tokenizer(step.continuation(a.real.kind, a.real.text),  # type: ignore[union-attr]
+                                         add_special_tokens=False).input_ids[: self.config.max_action_tokens] for a in next_batch]
         prompts = [self._ids(prompt) for prompt in step.prompts(next_batch)]
         return self._sum_logprobs(prompts, actions, policy, grad=False).sum(), sum(len(a) for a in actions)
 
@@ -169,8 +169,10 @@ class MeanFieldTrainer:
         config = self.config
         chunks = history(config, event)
         step, provider = self._step(event, state=state)
+        actions = step.real_actions(chunks[t])
+        prompt = provider.update_prompt(actions)
+        provider.absorb(actions)  # the update's statistics part, if the mean field has one
         before = provider.state_dict()
-        prompt = provider.update_prompt(step.real_actions(chunks[t]))
         self.loaded.model.eval()
         summaries = [s or "…" for s in self.sampler.generate([prompt] * config.num_samples,
                                                               self._sample_params(derive_seed(config.seed, "ib", self.step_count)))]
@@ -238,13 +240,16 @@ class MeanFieldTrainer:
                 if t == 0:
                     step, _ = self._step(event, view)
                 assert step is not None and isinstance(step.provider, LLMMeanField)
-                state = step.provider.state_dict()
                 actions = step.real_actions(chunks[t])
                 if samples:
+                    previous = step.provider.state_dict()
                     prompt = step.provider.update_prompt(actions)
+                    step.provider.absorb(actions)
                     params = self._sample_params(derive_seed(config.seed, "eval-sample", event.event_id, t))
                     summaries = [s or "…" for s in view.generate([prompt] * samples, params)]
-                    rewards.append(float(self.rewards(step, state, prompt, summaries, chunks[t + 1], adapter, grad=False)["reward"].mean()))
+                    rewards.append(float(self.rewards(step, step.provider.state_dict(), prompt, summaries, chunks[t + 1], adapter,
+                                                      grad=False)["reward"].mean()))
+                    step.provider.load_state_dict(previous)
                 step.observe(actions, mean_field_seed(config, event, "eval")(t))
                 logprob, n = self._policy_logprob(step, chunks[t + 1])
                 total, tokens = total - float(logprob), tokens + n

@@ -1,8 +1,9 @@
-"""What every reader shares: the reader base class and its registry, file parsing, field conversion.
+"""What every reader shares: the reader base class and its registry, file parsing, field conversion,
+and removing repeated reactions.
 
 A record with an unusable required field (id, text, time) is rejected and reported; an invalid
-optional field is set to unknown and reported; a file that cannot be parsed at all raises
-:class:`DataFormatError` naming the file.
+optional field is set to unknown and reported; a reaction read more than once is kept once and each
+removed copy reported; a file that cannot be parsed at all raises :class:`DataFormatError` naming the file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import json
 import math
 import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
@@ -297,8 +299,83 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def finish_event(event_fields: dict[str, Any], reactions: list[Reaction], report: LoadReport, path: Path | str) -> Event:
-    """The event with its reactions sorted by time; an invalid source post raises naming ``path``."""
+@dataclass(frozen=True)
+class ReadReaction:
+    """A reaction as read, with the file and record it came from."""
+
+    reaction: Reaction
+    file: str
+    record: str
+
+
+class CollectedReactions:
+    """The reactions a reader read from an event's files, in file order, each with where it came from."""
+
+    def __init__(self) -> None:
+        self.items: list[ReadReaction] = []
+
+    def add(self, reaction: Reaction | None, file: Path | str, record: str) -> None:
+        """Keep ``reaction`` read from ``record`` of ``file``; None (a rejected record) is skipped."""
+        if reaction is not None:
+            self.items.append(ReadReaction(reaction, str(file), record))
+
+    @property
+    def reactions(self) -> list[Reaction]:
+        return [item.reaction for item in self.items]
+
+
+def repeat_key(reaction: Reaction) -> tuple[str, ...]:
+    """What makes two records the same reaction: the id, or for a record without one the user, text and time."""
+    if reaction.post_id:
+        return ("post_id", reaction.post_id)
+    return ("user_id, text, timestamp", reaction.user.user_id or "", reaction.text, repr(reaction.timestamp))
+
+
+def differing_fields(kept: Reaction, other: Reaction) -> dict[str, tuple[Any, Any]]:
+    """Field (``user.<field>`` inside the profile) -> (kept value, other value), for every field that differs."""
+    first, second = kept.model_dump(), other.model_dump()
+    differences = {}
+    for name, value in first.items():
+        if name == "user":
+            differences.update({f"user.{k}": (v, second["user"][k]) for k, v in value.items() if v != second["user"][k]})
+        elif value != second[name]:
+            differences[name] = (value, second[name])
+    return differences
+
+
+def remove_repeats(collected: CollectedReactions, report: LoadReport) -> list[Reaction]:
+    """The reactions with repeated records removed, in file order. Of the records sharing a
+    :func:`repeat_key`, the earliest (by timestamp, then file order) is kept; every other one is
+    reported in ``report.repeats``, and in ``report.conflicts`` too when its content differs."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    for index, item in enumerate(collected.items):
+        groups.setdefault(repeat_key(item.reaction), []).append(index)
+    kept_indices = []
+    for key, indices in groups.items():
+        kept_index = min(indices, key=lambda i: (collected.items[i].reaction.timestamp, i))
+        kept_indices.append(kept_index)
+        kept = collected.items[kept_index]
+        for index in indices:
+            if index == kept_index:
+                continue
+            item = collected.items[index]
+            kept_at = f"record {kept.record}" if kept.file == item.file else f"{kept.file}: record {kept.record}"
+            same = f"{key[0]} {', '.join(map(repr, key[1:]))}"
+            report.repeat(item.file, item.record, key[0], f"removed: repeats {kept_at} ({same})")
+            differences = differing_fields(kept.reaction, item.reaction)
+            if differences:
+                name, (kept_value, other_value) = next(iter(differences.items()))
+                more = f"; {', '.join(list(differences)[1:])} differ too" if len(differences) > 1 else ""
+                report.conflict(item.file, item.record, ", ".join(differences),
+                                f"same {same} as {kept_at}, which was kept (earlier), but {name} is {_short(other_value)} here,"
+                                f" {_short(kept_value)} there{more}")
+    return [collected.items[i].reaction for i in sorted(kept_indices)]
+
+
+def finish_event(event_fields: dict[str, Any], collected: CollectedReactions, report: LoadReport, path: Path | str) -> Event:
+    """The event with repeated reactions removed (:func:`remove_repeats`) and the rest sorted by
+    time; an invalid source post raises naming ``path``."""
+    reactions = remove_repeats(collected, report)
     report.loaded = len(reactions)
     try:
         event = Event(reactions=reactions, **event_fields)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from mfllm.data.readers.base import (
-    CST, WEIBO_DEFAULT_REPOST_TEXT, DatasetReader, RecordContext, build_record, build_source, finish_event, json_type,
+    CST, WEIBO_DEFAULT_REPOST_TEXT, CollectedReactions, DatasetReader, RecordContext, build_record, build_source, finish_event, json_type,
     read_json, register_reader, subfolder_or_self, unknown_event, unusable_source,
 )
 from mfllm.data.schema import Event, LoadReport, Reaction, UserProfile
@@ -74,7 +74,7 @@ class CEDReader(DatasetReader):
             likes_count=ctx.optional_int(raw_source.get("likes"), "likes"),
         )
         source_year = datetime.fromtimestamp(source_time, CST).year
-        reactions = []
+        reactions = CollectedReactions()
         for i, raw in enumerate(read_json(reaction_file, list)):
             ctx = RecordContext(report, reaction_file, str(i))
             if not isinstance(raw, dict):
@@ -94,8 +94,7 @@ class CEDReader(DatasetReader):
                 kind="repost", parent_id=ctx.optional_str(raw.get("parent"), "parent") or source.post_id,
                 user=UserProfile(user_id=ctx.optional_str(raw.get("uid"), "uid")),
             )
-            if reaction is not None:
-                reactions.append(reaction)
+            reactions.add(reaction, reaction_file, str(i))
         label = "rumor" if reaction_file.parent.name.startswith("rumor") else "non-rumor"
         fields = dict(event_id=event_id, dataset=self.name, language="zh", source=source, labels={"veracity": label})
         return finish_event(fields, reactions, report, reaction_file), report

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mfllm.data.readers.base import (
-    DatasetReader, RecordContext, build_record, detect_language, finish_event, json_type, lone_surrogate, read_text,
+    CollectedReactions, DatasetReader, RecordContext, build_record, detect_language, finish_event, json_type, lone_surrogate, read_text,
     register_reader, unknown_event,
 )
 from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
@@ -105,7 +105,7 @@ class GenericReader(DatasetReader):
         source: Post | None = None
         language: str | None = None
         labels: dict[str, str] = {}
-        reactions: list[Reaction] = []
+        reactions = CollectedReactions()
         found = False
         for name, record, error in self._records(path):
             ctx = RecordContext(report, path, name)
@@ -142,13 +142,12 @@ class GenericReader(DatasetReader):
                 labels = self._labels(record, "event_labels", "event_label_")
             else:
                 reaction = build_record(Reaction, ctx, kind=kind, parent_id=ctx.optional_str(record.get("parent_id"), "parent_id"), **common)
-                if reaction is not None:
-                    reactions.append(reaction)
+                reactions.add(reaction, path, name)
         if not found:
             raise unknown_event(path, event_id)
         if source is None:
             raise DataFormatError(f"{path}: event {event_id!r}: no usable record with kind 'source'")
-        language = language or detect_language(source.text + "".join(r.text for r in reactions[:20]))
+        language = language or detect_language(source.text + "".join(r.text for r in reactions.reactions[:20]))
         if language not in ("zh", "en"):
             raise DataFormatError(f"{path}: event {event_id!r}: field 'language': must be zh or en, got {language!r}")
         fields = dict(event_id=event_id, dataset=self.name, language=language, source=source, labels=labels)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from mfllm.data.readers.base import (
-    DatasetReader, RecordContext, build_record, expect_type, finish_event, json_type, lone_surrogate, parse_json, read_json,
+    CollectedReactions, DatasetReader, RecordContext, build_record, expect_type, finish_event, json_type, lone_surrogate, parse_json, read_json,
     read_text, register_reader, unknown_event, unusable_source,
 )
 from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
@@ -139,7 +139,7 @@ class PhemeReader(DatasetReader):
         source = self._tweet(raw_source, RecordContext(report, source_file, "source"), Post)
         if source is None:
             raise unusable_source(source_file, report)
-        reactions = []
+        reactions = CollectedReactions()
         annotations = self._annotations(path)
         for file in sorted((folder / "reactions").glob("*.json")):
             records = read_json_objects(file)
@@ -154,8 +154,7 @@ class PhemeReader(DatasetReader):
                 kind = "comment" if parent in (None, source.post_id) else "reply"
                 annotation = annotations.get(str(raw.get("id_str", raw.get("id"))), {})
                 reaction = self._tweet(raw, ctx, Reaction, kind=kind, parent_id=parent or source.post_id, labels=annotation)
-                if reaction is not None:
-                    reactions.append(reaction)
+                reactions.add(reaction, file, str(k))
         labels = {}
         if (folder / "annotation.json").is_file():
             annotation = read_json(folder / "annotation.json", dict)

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mfllm.data.readers.base import (
-    WEIBO_DEFAULT_REPOST_TEXT, DatasetReader, RecordContext, build_record, detect_language, finish_event, json_type,
+    WEIBO_DEFAULT_REPOST_TEXT, CollectedReactions, DatasetReader, RecordContext, build_record, detect_language, finish_event, json_type,
     read_json, register_reader, unknown_event, unusable_source,
 )
 from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction
@@ -76,12 +76,11 @@ class RumdectReader(DatasetReader):
         source = self._post(items[0], RecordContext(report, file, "0 (source)"), Post)
         if source is None:
             raise unusable_source(file, report)
-        reactions = []
+        reactions = CollectedReactions()
         for i, raw in enumerate(items[1:], start=1):
             ctx = RecordContext(report, file, str(i))
             parent = ctx.optional_str(raw.get("parent"), "parent") if isinstance(raw, dict) else None
             reaction = self._post(raw, ctx, Reaction, kind="repost", parent_id=parent or source.post_id)
-            if reaction is not None:
-                reactions.append(reaction)
+            reactions.add(reaction, file, str(i))
         fields = dict(event_id=event_id, dataset=self.name, language=detect_language(source.text), source=source)
         return finish_event(fields, reactions, report, file), report

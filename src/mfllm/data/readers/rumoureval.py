@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from mfllm.data.readers.base import (
-    DatasetReader, RecordContext, build_record, expect_type, finish_event, json_type, read_json, read_text, register_reader,
+    CollectedReactions, DatasetReader, RecordContext, build_record, expect_type, finish_event, json_type, read_json, read_text, register_reader,
     subfolder_or_self, unknown_event, unusable_source,
 )
 from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction
@@ -80,12 +80,11 @@ class RumourEvalReader(DatasetReader):
         source = make(event_id, Post, RecordContext(report, posts_file, event_id))
         if source is None:
             raise unusable_source(f"{posts_file}: thread {event_id}", report)
-        reactions = []
+        reactions = CollectedReactions()
         for child, parent in _depth_first(tree.get(event_id), event_id):
             reaction = make(child, Reaction, RecordContext(report, posts_file, child),
                             kind="comment" if parent == event_id else "reply", parent_id=parent)
-            if reaction is not None:
-                reactions.append(reaction)
+            reactions.add(reaction, posts_file, child)
         labels = {"veracity": veracity[event_id]} if event_id in veracity else {}
         fields = dict(event_id=event_id, dataset=self.name, language="en", source=source, labels={**labels, "split": split.name})
         return finish_event(fields, reactions, report, split), report

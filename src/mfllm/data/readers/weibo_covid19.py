@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from mfllm.data.readers.base import (
-    WEIBO_DEFAULT_REPOST_TEXT, DatasetReader, RecordContext, build_record, build_source, clean_html, finish_event,
+    WEIBO_DEFAULT_REPOST_TEXT, CollectedReactions, DatasetReader, RecordContext, build_record, build_source, clean_html, finish_event,
     json_type, read_json, register_reader, subfolder_or_self, unknown_event, unusable_source,
 )
 from mfllm.data.schema import Event, LoadReport, Reaction, UserProfile
@@ -111,7 +111,7 @@ class WeiboCovid19Reader(DatasetReader):
             comments_count=ctx.optional_int(detail.get("comments_count"), "comments_count"),
             likes_count=ctx.optional_int(detail.get("attitudes_count"), "attitudes_count"),
         )
-        reactions: list[Reaction] = []
+        reactions = CollectedReactions()
         for name, kind in (("comments.json", "comment"), ("reposts.json", "repost")):
             file = folder / name
             if not file.is_file():
@@ -120,12 +120,10 @@ class WeiboCovid19Reader(DatasetReader):
                 if kind == "repost" and isinstance(raw, dict) and str(raw.get("id")) == event_id:
                     continue  # the repost list starts with the source post itself
                 reaction = self._reaction(raw, file, str(i), kind, report, event_id)
-                if reaction is not None:
-                    reactions.append(reaction)
+                reactions.add(reaction, file, str(i))
                 for j, sub in enumerate(self._replies(raw, RecordContext(report, file, str(i)))):
                     reply = self._reaction(sub, file, f"{i}.comments[{j}]", "reply", report, reaction.post_id if reaction else None)
-                    if reply is not None:
-                        reactions.append(reply)
+                    reactions.add(reply, file, f"{i}.comments[{j}]")
         label = folder.parent.name
         fields = dict(event_id=event_id, dataset=self.name, language="zh", source=source, labels={"veracity": label})
         return finish_event(fields, reactions, report, folder), report

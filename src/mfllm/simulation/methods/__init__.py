@@ -17,6 +17,9 @@ from typing import TypeVar
 from mfllm.interfaces import ContextProvider
 
 ENTRY_POINT_GROUP = "mfllm.methods"
+ALIASES = {"mf": "mf-hybrid"}
+"""Names that stand for a registered method: ``mf`` is the default mean field, chosen by information gain
+and KL on the development events named in the README. Configs record the resolved name."""
 _REGISTRY: dict[str, type[ContextProvider]] = {}
 _discovered = False
 MethodClass = TypeVar("MethodClass", bound=type[ContextProvider])
@@ -45,12 +48,19 @@ def _discover() -> None:
     _discovered = True
 
 
+def resolve_method(name: str) -> str:
+    """The registered name ``name`` stands for (itself unless it is an alias)."""
+    return ALIASES.get(name, name)
+
+
 def get_method(name: str) -> type[ContextProvider]:
-    """The method registered as ``name``; a ValueError lists the registered names."""
+    """The method registered as ``name`` (or the one an alias stands for); a ValueError lists the names."""
     _discover()
-    if name not in _REGISTRY:
-        raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(method_names())}")
-    return _REGISTRY[name]
+    resolved = resolve_method(name)
+    if resolved not in _REGISTRY:
+        raise ValueError(f"unknown method {name!r}; registered methods: {', '.join(method_names())} (aliases: "
+                         f"{', '.join(f'{a} = {m}' for a, m in ALIASES.items())})")
+    return _REGISTRY[resolved]
 
 
 def method_names() -> tuple[str, ...]:
@@ -64,4 +74,9 @@ def baseline_names() -> tuple[str, ...]:
     return tuple(name for name in method_names() if _REGISTRY[name].is_baseline)
 
 
-__all__ = ["ENTRY_POINT_GROUP", "baseline_names", "get_method", "method_names", "register"]
+def mean_field_names() -> tuple[str, ...]:
+    """The registered mean-field methods (every method that is not a baseline)."""
+    return tuple(name for name in method_names() if not _REGISTRY[name].is_baseline)
+
+
+__all__ = ["ALIASES", "ENTRY_POINT_GROUP", "baseline_names", "get_method", "mean_field_names", "method_names", "register", "resolve_method"]

