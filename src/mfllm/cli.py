@@ -85,6 +85,22 @@ def _cmd_data(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- executors
+
+
+def _executor_flags(p: argparse.ArgumentParser) -> None:
+    """--executor, --workers, --ray-address, ... (the ExecutorConfig fields) on a many-run command."""
+    from mfllm.executors import ExecutorConfig
+
+    ExecutorConfig.add_arguments(p)
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    from mfllm.executors import ExecutorConfig
+
+    return ExecutorConfig.from_sources(None, ExecutorConfig.overrides(args))
+
+
 # ---------------------------------------------------------------- simulate
 
 
@@ -108,7 +124,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             _print_estimate(plan)
         return 0
     simulate_many(sweep_plan(configs, args.output), resume=args.resume, progress=_progress,
-                  on_run=lambda run: print(f"run written to {run}"))
+                  on_run=lambda run: print(f"run written to {run}"), executor=_executor(args))
     return 0
 
 
@@ -138,7 +154,8 @@ def _evaluations(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
     from mfllm.evaluation.pipeline import evaluate_runs, find_runs
 
     config = EvaluationConfig.from_sources(None, EvaluationConfig.overrides(args))
-    return evaluate_runs(find_runs(args.runs), config, on_run=lambda e: print(f"evaluated {e.run}", file=sys.stderr))
+    return evaluate_runs(find_runs(args.runs), config, on_run=lambda e: print(f"evaluated {e.run}", file=sys.stderr),
+                         executor=_executor(args))
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -389,6 +406,7 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--output", default="runs", help="root of the run directories, <output>/<event>/<method>/seed<k>")
     sim.add_argument("--resume", action="store_true", help="continue runs from their last completed step")
     sim.add_argument("--dry-run", action="store_true", help="print model calls and prompt tokens; generate nothing")
+    _executor_flags(sim)
     sim.set_defaults(func=_cmd_simulate)
 
     sub.add_parser("methods", help="list the registered simulation methods").set_defaults(func=_cmd_methods)
@@ -404,6 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("runs", nargs="+", help="run directories, or roots holding them")
         p.add_argument("--output", default="report" if name == "report" else "metrics", help="output directory")
         _evaluation_flags(p)
+        _executor_flags(p)
         p.set_defaults(func=_cmd_evaluate if name == "evaluate" else _cmd_report)
 
     validate = sub.add_parser("evaluate-labeller", help="agreement of the labellers with human labels (accuracy, macro-F1, "
@@ -487,6 +506,7 @@ def _one_line(exc: BaseException) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     from mfllm.backends.wrappers import BackendError
     from mfllm.data.schema import DataFormatError
+    from mfllm.executors import TaskFailures
     from mfllm.simulation.store import RunLockedError
 
     args = build_parser().parse_args(argv)
@@ -495,7 +515,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
-    except (DataFormatError, BackendError, RunLockedError, OSError, KeyError, ValueError, ImportError) as exc:
+    except (DataFormatError, BackendError, RunLockedError, TaskFailures, OSError, KeyError, ValueError, ImportError) as exc:
         print(f"mfllm: error: {_one_line(exc)}", file=sys.stderr)
         return 2
 

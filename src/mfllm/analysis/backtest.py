@@ -20,7 +20,6 @@ from typing import Any
 
 from pydantic import Field
 
-from mfllm.configuration import YamlConfig
 from mfllm.data.loaders import get_reader
 from mfllm.evaluation.aggregate import headlines, paired_comparisons
 from mfllm.evaluation.config import EvaluationConfig
@@ -29,6 +28,7 @@ from mfllm.evaluation.evaluate import RunEvaluation
 from mfllm.evaluation.metrics import CorrectedMetrics, DimensionMetrics
 from mfllm.evaluation.pipeline import evaluate_runs
 from mfllm.evaluation.report import write_report
+from mfllm.executors import ExecutorConfig
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import ProgressFactory
 from mfllm.simulation.methods import get_method, method_names, resolve_method
@@ -37,8 +37,8 @@ from mfllm.simulation.sweep import simulate_many, sweep_configs, sweep_plan
 EVALUATION_FILE = "evaluation.json"
 
 
-class BacktestConfig(YamlConfig):
-    """Events, methods, seeds, models and schedule of a backtest."""
+class BacktestConfig(ExecutorConfig):
+    """Events, methods, seeds, models and schedule of a backtest, and the executor its runs go to."""
 
     data: str = Field(description="Dataset directory or file.")
     data_format: str | None = Field(default=None, description="Reader name; detected from the path when omitted.")
@@ -99,7 +99,8 @@ def _evaluation_from_json(data: dict[str, Any]) -> RunEvaluation:
     return RunEvaluation(**data)
 
 
-def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any) -> tuple[list[RunEvaluation], Any]:
+def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, executor: ExecutorConfig | None = None,
+                     pool_options: dict[str, Any] | None = None) -> tuple[list[RunEvaluation], Any]:
     """Evaluate runs, reusing each run's saved evaluation when it was made with the same settings."""
     key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
     cached: dict[Path, RunEvaluation] = {}
@@ -110,7 +111,8 @@ def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any) -> t
             if saved.get("settings") == key:
                 cached[run] = _evaluation_from_json(saved["evaluation"])
     todo = [run for run in runs if run not in cached]
-    fresh, dimensions = evaluate_runs(todo, config, pool) if todo else ([], resolve_dimensions(config.dimensions, config.dimensions_file))
+    fresh, dimensions = evaluate_runs(todo, config, pool, executor=executor, pool_options=pool_options) if todo \
+        else ([], resolve_dimensions(config.dimensions, config.dimensions_file))
     for run, evaluation in zip(todo, fresh):
         (run / EVALUATION_FILE).write_text(json.dumps({"settings": key, "evaluation": evaluation.to_json()}, ensure_ascii=False),
                                            encoding="utf-8")
@@ -133,7 +135,9 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
     headline and the paired comparisons}. Results are also in ``<output>/backtest.json``."""
     from mfllm.backends import ModelPool
 
-    pool = pool or ModelPool(config.device, config.dtype)
+    executor, pool_options = config.executor_settings(), {"device": config.device, "dtype": config.dtype}
+    if not executor.parallel:
+        pool = pool or ModelPool(**pool_options)
     events, methods = config.resolved_events(), config.resolved_methods()
     evaluation = EvaluationConfig(dimensions=config.dimensions, judge_model=config.judge_model, nll=True,
                                   information_gain=config.information_gain, device=config.device)
@@ -151,8 +155,9 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
             if get_method(method).needs_mean_field_model:
                 update["mean_field_model"] = config.mean_field_model
             configs += sweep_configs(SimulationConfig(**{**base.model_dump(), **update}), events, [None], config.seeds)
-        runs = simulate_many(sweep_plan(configs, Path(config.output) / "runs" / name), pool=pool, resume=True, progress=progress)
-        evaluations, dimensions = _evaluate_cached(runs, evaluation, pool)
+        runs = simulate_many(sweep_plan(configs, Path(config.output) / "runs" / name), pool=pool, resume=True, progress=progress,
+                             executor=executor, pool_options=pool_options)
+        evaluations, dimensions = _evaluate_cached(runs, evaluation, pool, executor, pool_options)
         report = write_report(evaluations, dimensions, Path(config.output) / "report" / name if len(grid) > 1 else Path(config.output) / "report",
                               sections=[_paired_section(evaluations)])
         points.append({"point": point, "name": name, "report": str(report), "headlines": headlines(evaluations),

@@ -22,17 +22,18 @@ from typing import Any
 
 from pydantic import Field
 
-from mfllm.configuration import YamlConfig
+from mfllm.executors import ExecutorConfig, Task, run_tasks
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.engine import BranchPoint, ProgressFactory, simulate
+from mfllm.simulation.engine import BranchPoint, ProgressFactory
 from mfllm.simulation.store import RunStore
+from mfllm.simulation.sweep import completed_run, simulate_task
 
 BRANCH_FILE = "branch.json"
 ARMS = ("factual", "counterfactual")
 
 
-class BranchConfig(YamlConfig):
-    """A branch of a run: where it starts, what changes, and the seeds of the ensemble."""
+class BranchConfig(ExecutorConfig):
+    """A branch of a run: where it starts, what changes, the seeds of the ensemble, and the executor its runs go to."""
 
     run: str = Field(description="The parent run directory.")
     at: int = Field(ge=0, description="Branch point: the number of the parent's committed steps copied (the change may start here).")
@@ -77,7 +78,8 @@ def _labelled(progress: ProgressFactory | None, prefix: str) -> ProgressFactory 
 
 
 def branch(config: BranchConfig, pool: Any = None, resume: bool = False, progress: ProgressFactory | None = None) -> Path:
-    """Run (or resume) every arm and seed of the branch, sharing one model pool; returns the branch directory."""
+    """Run (or resume) every arm and seed of the branch, one task per run on the config's executor (in this
+    process by default, sharing one model pool); returns the branch directory."""
     out = config.output_dir
     record = _record(config)
     path = out / BRANCH_FILE
@@ -91,7 +93,10 @@ def branch(config: BranchConfig, pool: Any = None, resume: bool = False, progres
     plan = branch_plan(config)
     out.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(record, indent=1, ensure_ascii=False), encoding="utf-8")
-    for arm, run_config, directory, point in plan:
-        pool = pool or run_config.model_pool()
-        simulate(run_config, directory, pool=pool, resume=resume, progress=_labelled(progress, f"{arm} seed{run_config.seed}"), branch=point)
+    executor = config.executor_settings()
+    tasks = [Task(str(directory), simulate_task,
+                  (run_config, directory, resume, None if executor.parallel else _labelled(progress, f"{arm} seed{run_config.seed}"), point),
+                  run_config.pool_options())
+             for arm, run_config, directory, point in plan if not (resume and completed_run(directory, run_config, point))]
+    run_tasks(tasks, executor, pool=pool, progress=progress is not None)
     return out

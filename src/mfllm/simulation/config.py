@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -67,12 +67,16 @@ class SimulationConfig(YamlConfig):
             raise ValueError(f"method {self.method!r} has no mean-field model: drop {', '.join(f for f in mean_field_settings if getattr(self, f) is not None)}")
         return self
 
+    def pool_options(self) -> dict[str, Any]:
+        """The :class:`~mfllm.backends.ModelPool` keyword arguments of this run: device, dtype, engine and server settings."""
+        return {"device": self.device, "dtype": self.dtype, "request_timeout_s": self.request_timeout_s, "max_attempts": self.max_attempts,
+                "engine": self.engine, "threads": self.threads, "n_ctx": self.n_ctx}
+
     def model_pool(self) -> ModelPool:
-        """A model pool with this run's device, dtype, engine and server settings."""
+        """A model pool with this run's :meth:`pool_options`."""
         from mfllm.backends import ModelPool
 
-        return ModelPool(self.device, self.dtype, request_timeout_s=self.request_timeout_s, max_attempts=self.max_attempts,
-                         engine=self.engine, threads=self.threads, n_ctx=self.n_ctx)
+        return ModelPool(**self.pool_options())
 
     @property
     def resolved_mean_field_model(self) -> str:

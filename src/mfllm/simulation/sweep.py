@@ -1,13 +1,17 @@
-"""Many runs: every event x method x seed, into ``root/<event>/<method>/seed<k>``, with one model pool."""
+"""Many runs: every event x method x seed, into ``root/<event>/<method>/seed<k>``, on an executor (:mod:`mfllm.executors`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mfllm.data.loaders import get_reader, load_event
+from mfllm.data.schema import Event
+from mfllm.executors import ExecutorConfig, Task, on_values, run_tasks
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.engine import ProgressFactory, estimate, simulate
+from mfllm.simulation.engine import BranchPoint, ProgressFactory, comparable_config, estimate, simulate
+from mfllm.simulation.scenario import Scenario
+from mfllm.simulation.store import RunStore
 
 
 def sweep_configs(base: SimulationConfig, events: Sequence[str | None] = (None,), methods: Sequence[str | None] = (None,),
@@ -46,17 +50,53 @@ def sweep_plan(configs: Sequence[SimulationConfig], root: str | Path) -> list[tu
     return plan
 
 
+def completed_run(directory: str | Path, config: SimulationConfig, branch: BranchPoint | None = None) -> bool:
+    """Whether ``directory`` already holds the finished run of ``config`` (same settings, same branch point):
+    a re-submitted sweep skips it instead of opening it again."""
+    store = RunStore(directory)
+    if not store.exists():
+        return False
+    manifest = store.manifest()
+    return (manifest.get("status") == "completed" and manifest.get("branch") == (branch.describe() if branch else None)
+            and comparable_config(manifest["config"]) == comparable_config(config.model_dump()))
+
+
+def simulate_task(pool: Any, config: SimulationConfig, directory: Path, resume: bool, progress: ProgressFactory | None = None,
+                  branch: BranchPoint | None = None, scenario: Callable[[Event], Scenario] | None = None) -> Path:
+    """One run as an executor task (see :mod:`mfllm.executors`): :func:`simulate` with the worker's pool."""
+    return simulate(config, directory, pool=pool, resume=resume, progress=progress, scenario=scenario, branch=branch)
+
+
+def simulation_tasks(plan: RunPlan, resume: bool = False, progress: ProgressFactory | None = None,
+                     pool_options: Mapping[str, Any] | None = None,
+                     branches: Sequence[BranchPoint | None] | None = None) -> tuple[list[Task], list[Path]]:
+    """Executor tasks of the runs of ``plan`` still to make, and the run directories already complete
+    (skipped when ``resume``). ``pool_options`` overrides each config's :meth:`~SimulationConfig.pool_options`."""
+    tasks, done = [], []
+    for (config, directory), point in zip(plan, branches or [None] * len(plan)):
+        if resume and completed_run(directory, config, point):
+            done.append(Path(directory))
+            continue
+        args = (config, Path(directory), resume, progress, point)
+        tasks.append(Task(str(directory), simulate_task, args, dict(pool_options or config.pool_options())))
+    return tasks, done
+
+
 def simulate_many(plan: RunPlan, pool: Any = None, resume: bool = False, progress: ProgressFactory | None = None,
-                  on_run: Callable[[Path], None] | None = None) -> list[Path]:
-    """Simulate every (config, run directory) of ``plan``, sharing one model pool; returns the run directories."""
-    runs = []
-    for config, directory in plan:
-        pool = pool or config.model_pool()
-        run = simulate(config, directory, pool=pool, resume=resume, progress=progress)
-        runs.append(run)
+                  on_run: Callable[[Path], None] | None = None, executor: ExecutorConfig | None = None,
+                  pool_options: Mapping[str, Any] | None = None) -> list[Path]:
+    """Simulate every (config, run directory) of ``plan`` on ``executor`` (default: one after another in
+    this process, sharing ``pool``); returns the run directories in plan order. With ``resume``, finished
+    runs are skipped and partial ones continue. A failed run is reported and the others finish; then its
+    error is raised (:class:`~mfllm.executors.TaskFailures`, naming each, when several failed). ``progress`` draws one bar over the runs
+    (and, in this process, one per run over its agents)."""
+    executor = executor or ExecutorConfig()
+    tasks, done = simulation_tasks(plan, resume, None if executor.parallel else progress, pool_options)
+    for run in done:
         if on_run is not None:
             on_run(run)
-    return runs
+    run_tasks(tasks, executor, pool=pool, progress=progress is not None, on_result=on_values(on_run))
+    return [Path(directory) for _, directory in plan]
 
 
 def estimate_many(configs: Sequence[SimulationConfig], pool: Any = None) -> list[dict[str, Any]]:
