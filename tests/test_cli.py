@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from mfllm.cli import main
+from mfllm.simulation.methods import resolve_method
 
 
 def test_data_list_inspect_convert(shared_data: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -40,7 +41,8 @@ def test_simulate_matrix_and_dry_run(demo_event_path: Path, tmp_path: Path, caps
     args = ["simulate", "--data", str(demo_event_path), "--policy-model", "fake", "--agents", "16", "--warmup", "8", "--batch", "8"]
     assert main(args + ["--method", "mf", "--method", "popular", "--seeds", "0", "1", "--output", str(tmp_path)]) == 0
     runs = sorted(p.parent.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("manifest.json"))
-    assert runs == ["4484800548711562/mf/seed0", "4484800548711562/mf/seed1", "4484800548711562/popular/seed0",
+    mf = resolve_method("mf")  # the alias runs (and names directories after) the default mean field
+    assert runs == [f"4484800548711562/{mf}/seed0", f"4484800548711562/{mf}/seed1", "4484800548711562/popular/seed0",
                     "4484800548711562/popular/seed1"]
     capsys.readouterr()
     assert main(args + ["--dry-run"]) == 0

@@ -17,9 +17,10 @@ from mfllm.analysis.forecast import ForecastConfig, forecast, forecast_scenario,
 from mfllm.analysis.plan import PlanConfig, plan
 from mfllm.backends import FakeModel
 from mfllm.cli import main
+from mfllm.prompts import marker
 from mfllm.data import load_event
 from mfllm.data.population import load_personas, prefix_population
-from mfllm.interfaces import Prompt, SamplingParams
+from mfllm.interfaces import ContinuationScore, Prompt, SamplingParams
 from mfllm.simulation.arrivals import DecayingRate, Hawkes, fit_arrivals
 from mfllm.simulation.store import RunStore
 
@@ -35,6 +36,11 @@ class KeywordModel(FakeModel):
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         self.usage.generate_calls += 1
         return [POSITIVE if KEYWORD in p.completion else NEGATIVE for p in prompts]
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
+        """Every agent comments (the comment marker is all but certain), so every agent writes a text."""
+        self.usage.score_calls += 1
+        return [ContinuationScore((0.0 if c == marker("comment", "zh") else -30.0,)) for c in continuations]
 
 
 def forecast_config(data: Path, output: Path, **changes: object) -> ForecastConfig:
@@ -183,7 +189,8 @@ def test_scored_forecasts_print_skill_against_both_naive_forecasts(demo_event_pa
     assert set(skills) == {("sentiment", "kl"), ("sentiment", "w1"), ("sentiment", "dtw"), ("volume", "mae")}
     with (out / "scores.csv").open(encoding="utf-8") as handle:
         windows = [r for r in csv.DictReader(handle) if r["dimension"] == "sentiment"]
-    assert {r["origin"] for r in windows} == {"48", "96"}
+    event, _ = load_event(demo_event_path)
+    assert {r["origin"] for r in windows} == {str(round(share * len(event.reactions))) for share in (0.3, 0.6)}
     for row in skills.values():
         assert 0.0 <= float(row["coverage"]) <= 1.0 and int(row["forecasts"]) == 2
         for naive in ("last_window", "prefix"):
@@ -205,7 +212,7 @@ def write_grid(path: Path) -> Path:
 
 def test_a_plan_ranks_the_candidate_the_model_reacts_to_first_within_its_budget(demo_event_path: Path, tmp_path: Path) -> None:
     model = KeywordModel()
-    config = PlanConfig(data=str(demo_event_path), policy_model="fake", method="state", horizon_agents=16, batch_size=8, warmup=120,
+    config = PlanConfig(data=str(demo_event_path), policy_model="fake", method="state", horizon_agents=16, batch_size=8, warmup=72,
                         target_dimension="sentiment", target_label="negative", candidates=str(write_grid(tmp_path / "grid.yaml")),
                         budget=10, bootstrap=200, output=str(tmp_path / "plan"))
     result = plan(config, pool=FixedPool(model))
@@ -213,11 +220,12 @@ def test_a_plan_ranks_the_candidate_the_model_reacts_to_first_within_its_budget(
     assert best["candidate"] == "c1" and KEYWORD in best["description"]
     assert best["share"] == 0.0 and best["effect_high"] < 0 and result.control["share"] == 1.0
     assert all(r["share"] == 1.0 for r in result.ranking[1:])
-    assert result.runs <= config.budget and result.calls == model.usage.generate_calls
+    assert result.runs <= config.budget and result.calls == model.usage.generate_calls + model.usage.score_calls  # texts and kind choices
     assert sum(len(list((tmp_path / "plan" / "runs" / arm).iterdir())) for arm in ("control", "c0", "c1", "c2", "c3")) == result.runs
     assert [h["candidates"][0] for h in result.rounds] == ["c1", "c1"] and len(result.rounds[-1]["candidates"]) == 2
     branch = RunStore(tmp_path / "plan" / "runs" / "c1" / "seed1").manifest()
-    assert branch["branch"]["at"] == 15 and branch["interventions"]["scheduled"][0]["start_step"] == 15  # after the shared prefix
+    origin_step = config.warmup // config.batch_size  # after the shared prefix
+    assert branch["branch"]["at"] == origin_step and branch["interventions"]["scheduled"][0]["start_step"] == origin_step
     recorded = json.loads((tmp_path / "plan" / "plan.json").read_text(encoding="utf-8"))
     assert recorded["ranking"][0]["candidate"] == "c1" and recorded["validation"][0]["accuracy"] > 0.5
     with pytest.raises(FileExistsError):

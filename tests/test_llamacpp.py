@@ -101,7 +101,7 @@ def test_a_converted_lora_adapter_changes_only_its_own_view(tmp_path: Path) -> N
     tuned = pool.get(spec, adapter=str(adapter), role="policy")
     assert len(pool.loaded) == 1 and tuned.describe()["adapter"] == str(adapter)
     after = tuned.score(PROMPTS, CONTINUATIONS)
-    assert all(abs(a.logprob - b.logprob) > 0.1 for a, b in zip(before, after))
+    assert all(abs(a.logprob - b.logprob) > 1e-3 for a, b in zip(before, after))  # a small random adapter: small, real changes
     assert [s.token_logprobs for s in base.score(PROMPTS, CONTINUATIONS)] == [s.token_logprobs for s in before]
 
 

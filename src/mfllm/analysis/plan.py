@@ -395,6 +395,9 @@ def plan(config: PlanConfig, pool: Any = None, resume: bool = False, progress: P
     record = out / PLAN_FILE
     _check_record(record, config, resume)
     event, _ = load_event(config.data, config.event_id, config.data_format)
+    if config.warmup is not None and not 0 < config.warmup <= len(event.reactions):
+        raise ValueError(f"{config.data}: event {event.event_id} has {len(event.reactions)} reactions; the warm-up (the plan's origin) "
+                         f"must be between 1 and that, got {config.warmup}")
     metered = MeteredPool(pool or config.model_pool())
     labeller = labeller or build_labeller(EvaluationConfig(dimensions=[config.target_dimension], dimensions_file=config.dimensions_file,
                                                            judge_model=config.judge_model, judge_mode=config.judge_mode, device=config.device),
