@@ -59,3 +59,16 @@ def test_mean_field_gain_needs_its_model_and_lands_in_the_evaluation(demo_event_
     assert evaluation.summary()["information_gain.comment"] == gains["comment"]["gain"]
     rows = {r["metric"]: r for r in method_table([evaluation]) if r["dimension"] == "(policy)"}
     assert rows["information_gain.all"]["mean"] == pytest.approx(gains["all"]["gain"])
+
+
+def test_a_gain_that_cannot_depend_on_the_seed_is_measured_once(demo_event_path: Path) -> None:
+    event, _ = load_event(demo_event_path)
+    policy = FakeModel()  # counts its calls
+    first = information_gain(config(demo_event_path, "recent").model_copy(update={"seed": 11}), event, policy)
+    calls = policy.usage.score_calls
+    assert information_gain(config(demo_event_path, "recent").model_copy(update={"seed": 12}), event, policy) == first
+    assert policy.usage.score_calls == calls  # recent samples nothing along the real history
+    information_gain(config(demo_event_path, "mf-hybrid").model_copy(update={"seed": 11}), event, policy, FakeModel())
+    calls = policy.usage.score_calls
+    information_gain(config(demo_event_path, "mf-hybrid").model_copy(update={"seed": 12}), event, policy, FakeModel())
+    assert policy.usage.score_calls > calls  # the key points are sampled with the run's seed

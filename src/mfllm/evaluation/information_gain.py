@@ -18,6 +18,7 @@ interventions play no part in it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -25,7 +26,8 @@ from mfllm.data.schema import Event
 from mfllm.interfaces import LanguageModel
 from mfllm.manifest import derive_seed
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.engine import make_context
+from mfllm.simulation.engine import RUNTIME_FIELDS, make_context
+from mfllm.simulation.methods import get_method
 from mfllm.simulation.scenario import Replay
 from mfllm.simulation.step import StepContext
 
@@ -47,10 +49,30 @@ class GainTotals:
         return (self.nll_without - self.nll_with) / self.tokens if self.tokens else None
 
 
+_MEASURED: dict[str, dict[str, dict[str, Any]]] = {}
+"""Gains already measured in this process, by :func:`gain_key`."""
+
+
+def gain_key(config: SimulationConfig, event: Event, policy: LanguageModel) -> str:
+    """What a gain depends on. A method with no model-written part builds the same contexts whatever the
+    seed (nothing is sampled along the real history), so its gain is measured once for all seeds."""
+    settings = {k: v for k, v in config.model_dump().items() if k not in RUNTIME_FIELDS}
+    if not get_method(config.method).needs_mean_field_model:
+        settings.pop("seed")
+    return json.dumps([settings, event.content_hash(), policy.describe()], sort_keys=True, default=str)
+
+
 def information_gain(config: SimulationConfig, event: Event, policy: LanguageModel,
                      mean_field_model: LanguageModel | None = None) -> dict[str, dict[str, Any]]:
     """Per action group ("comment", "repost", "all"): the gain of ``config.method``'s context over no
-    context, with the totals behind it (see the module docstring)."""
+    context, with the totals behind it (see the module docstring). Measured once per :func:`gain_key`."""
+    key = gain_key(config, event, policy)
+    if key not in _MEASURED:
+        _MEASURED[key] = _measure(config, event, policy, mean_field_model)
+    return _MEASURED[key]
+
+
+def _measure(config: SimulationConfig, event: Event, policy: LanguageModel, mean_field_model: LanguageModel | None) -> dict[str, dict[str, Any]]:
     method = make_context(config, event, mean_field_model)
     if method.needs_mean_field_model and mean_field_model is None:
         raise ValueError(f"information gain of {config.method!r} needs its mean-field model")
