@@ -1,5 +1,11 @@
-"""Run directories written before the engine redesign (tests/fixtures/runs) are reproduced byte for byte,
-and an old run cut short resumes to the same bytes."""
+"""Reference run directories (tests/fixtures/runs) are reproduced byte for byte, and a reference run cut
+short resumes to the same bytes.
+
+History: the fixtures were first written at 47110d5, before the engine redesign, which reproduced them
+exactly. They were regenerated on purpose (tests/fixtures/make_fixture_runs.py) when agents began to
+choose their action kind through kind markers, the readers began to drop repeated reactions and the
+mean-field methods became mf-llm, mf-stats and mf-hybrid (issue 9): behaviour changed there by design.
+Any other difference is a regression."""
 
 from __future__ import annotations
 
@@ -64,28 +70,20 @@ def assert_recorded(new: object, old: object, where: str) -> None:
 
 
 @pytest.mark.parametrize("name", RUNS)
-def test_old_run_is_reproduced_byte_for_byte(shared_data: Path, tmp_path: Path, name: str) -> None:
+def test_reference_run_is_reproduced_byte_for_byte(shared_data: Path, tmp_path: Path, name: str) -> None:
     config = fixture_config(name, shared_data)
     run = simulate(config, tmp_path / "run")
     assert_same_run(run, FIXTURES / "runs" / name)
     event, _ = load_event(config.data, config.event_id)
     derived = json.loads((FIXTURES / "runs" / name / "derived.json").read_text(encoding="utf-8"))
-    expected = derived["estimate"]
-    if event.language == "en" and config.method == "mf":
-        # The only change: the English stand-in summary of dry runs ("word " x N) now loses its trailing
-        # space like every real summary does, one character (a fake-backend token) per prompt.
-        expected["mean_field_prompt_tokens"] -= len(RunStore(run).committed_steps())
-        for step in expected["per_step"]:
-            step["policy_prompt_tokens"] = round(step["policy_prompt_tokens"] - 1, 1)
-        expected["policy_prompt_tokens"] -= expected["agents"]
-    assert estimate(config, event, FakeModel()) == expected
+    assert estimate(config, event, FakeModel()) == derived["estimate"]
     assert list(policy_nll(RunStore(run), FakeModel(), event)) == derived["policy_nll"]
 
 
-@pytest.mark.parametrize("name", ["weibo_covid19_rumor/mf", "ced_weibo/popular", "rumdect/recent", "pheme_rumour_scheme_subset/state"])
+@pytest.mark.parametrize("name", ["weibo_covid19_rumor/mf-hybrid", "ced_weibo/popular", "rumdect/mf-llm", "pheme_rumour_scheme_subset/mf-stats"])
 @pytest.mark.parametrize("keep", [1, 3])
-def test_old_run_cut_short_resumes_to_the_same_bytes(shared_data: Path, tmp_path: Path, name: str, keep: int) -> None:
-    """A run killed by the old code after ``keep`` committed steps (as the old journal writes it) resumes exactly."""
+def test_reference_run_cut_short_resumes_to_the_same_bytes(shared_data: Path, tmp_path: Path, name: str, keep: int) -> None:
+    """A run killed after ``keep`` committed steps (as the journal writes it) resumes exactly."""
     old = FIXTURES / "runs" / name
     run = tmp_path / "run"
     shutil.copytree(old, run)

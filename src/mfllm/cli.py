@@ -275,21 +275,25 @@ def _cmd_fields(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mfllm.analysis import run_demo
 
+    from mfllm.simulation.methods import resolve_method
+
     config = DemoConfig.from_sources(None, DemoConfig.overrides(args))
-    print(f"mfllm demo: a real Weibo event ({demo_data_path().name}), simulated with {config.model} (mean field, and the state baseline)")
+    mean_field = resolve_method("mf")
+    print(f"mfllm demo: a real Weibo event ({demo_data_path().name}), simulated with {config.model} (the default mean field, "
+          f"{mean_field}, and the state baseline)")
     result = run_demo(config, resume=args.resume, progress=_progress)
     print(f"\nrun directories: {', '.join(map(str, result.runs))}  (manifest.json, actions.jsonl, mean_field.jsonl)")
-    print(f"throughput (mf): {result.throughput()} simulated actions/s")
+    print(f"throughput ({mean_field}): {result.throughput()} simulated actions/s")
     last_mean_field = result.last_mean_field()
     if last_mean_field:
-        print(f"\nlast mean field: {last_mean_field}\n")
-    print("real vs simulated (mf, first rows):")
+        print(f"\nlast mean field:\n{last_mean_field}\n")
+    print(f"real vs simulated ({mean_field}, first rows):")
     for real, simulated in result.side_by_side(config.show):
         print(f"  real: {real[:70]}\n  sim : {simulated[:70]}\n")
     print("fidelity (lower is closer to the real population):")
     for e in result.evaluations:
         kls = ", ".join(f"{name} {m.kl:.3f}" for name, m in e.dimensions.items())
-        print(f"  {e.method:6s} KL per window: {kls}; NLL of real actions {e.nll:.3f} nats/token")
+        print(f"  {e.method:9s} KL per window: {kls}; NLL of real actions {e.nll:.3f} nats/token")
     print(f"\nreport: {result.report}")
     return 0
 

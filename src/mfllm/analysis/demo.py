@@ -16,6 +16,7 @@ from mfllm.configuration import YamlConfig
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.evaluate import RunEvaluation
 from mfllm.evaluation.report import write_report
+from mfllm.prompts import action_line
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import ProgressFactory
 from mfllm.simulation.store import RunStore
@@ -58,8 +59,10 @@ class DemoResult:
         return RunStore(self.runs[0])
 
     def side_by_side(self, count: int) -> list[tuple[str, str]]:
-        """(real, simulated) texts of the mean-field run's first ``count`` rows."""
-        return [(row["real_text"], row["sim_text"]) for row in self.mean_field_run.actions()[:count]]
+        """(real, simulated) actions of the mean-field run's first ``count`` rows, as the policy writes them."""
+        language = self.mean_field_run.manifest()["event"]["language"]
+        return [(action_line(row["real_kind"], row["real_text"], language), action_line(row["sim_kind"] or "comment", row["sim_text"], language))
+                for row in self.mean_field_run.actions()[:count]]
 
     def last_mean_field(self) -> str | None:
         history = self.mean_field_run.mean_field_history()
