@@ -47,6 +47,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/throughput.py
 	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/scoring.py
+	$(BIN)/python bench/executors.py --runs 4 --agents 16
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -3,8 +3,10 @@ transformers vs mfllm on llama.cpp, side by side in one process, on the same eve
 
 The original style: HF ``generate`` on the de-quantised fp32 model with batch 16, a fixed 50 new
 tokens per action (cut at the first newline afterwards), 200-token mean-field updates, the stock
-top-p sampler. mfllm (both engines): stop at the end of the line, the step's shared prompt prefix
-computed once, top-k-then-top-p sampling; on llama.cpp the model runs from its quantised GGUF file.
+top-p sampler. mfllm (both engines, the LLM mean field ``mf-llm``): stop at the end of the line, the
+step's shared prompt prefix computed once, top-k-then-top-p sampling, and the kind of every action
+chosen from the policy's marker probabilities (a scoring pass the original loop does not make); on
+llama.cpp the model runs from its quantised GGUF file.
 Prints medians over ``--repeats`` runs and the ratios, then the policy prompt tokens per action for
 64, 256 and 1024 agents (the mean field keeps them flat; a prompt with the full history grows).
 
@@ -71,7 +73,7 @@ def original_style(model: Any, tokenizer: Any, event: Event, warmup: int, batch:
         else:
             texts = [r.text for r in reactions]
         actions = [AgentAction(persona_text(r.user, "zh", short=True), t, r.kind) for r, t in zip(reactions, texts)]
-        mean_field = sample([mean_field_prompt(event.source.text, mean_field, actions, "zh", 120).completion], 200)[0] or mean_field
+        mean_field = sample([mean_field_prompt(event.source.text, mean_field, actions, "zh").completion], 200)[0] or mean_field
     return done / (time.perf_counter() - start), 1 - kept / max(generated, 1)
 
 
@@ -92,7 +94,7 @@ def prompt_tokens_per_action(event: Event, policy: Any, warmup: int, batch: int)
         needed = warmup + agents
         repeats = -(-needed // len(event.reactions))
         long_event = event.model_copy(update={"reactions": (event.reactions * repeats)[:needed]})
-        config = SimulationConfig(data=str(demo_data_path()), warmup=warmup, batch_size=batch, num_agents=agents)
+        config = SimulationConfig(data=str(demo_data_path()), method="mf-llm", warmup=warmup, batch_size=batch, num_agents=agents)
         figures = estimate(config, long_event, policy)
         steps = figures["per_step"]
         per_action = sum(s["policy_prompt_tokens"] * s["agents"] for s in steps) / agents
@@ -124,8 +126,8 @@ def main() -> None:
         rate, discarded = original_style(model, tokenizer, event, args.warmup, args.batch, args.agents, seed)
         rates["original-style loop"].append(rate)
         waste["original-style loop"].append(discarded)
-        config = SimulationConfig(data=str(demo_data_path()), policy_model=spec, warmup=args.warmup, batch_size=args.batch,
-                                  num_agents=args.agents, seed=seed, device="cpu", dtype="fp32")
+        config = SimulationConfig(data=str(demo_data_path()), method="mf-llm", policy_model=spec, warmup=args.warmup,
+                                  batch_size=args.batch, num_agents=args.agents, seed=seed, device="cpu", dtype="fp32")
         for name, pool in engines.items():  # one pool per engine: weights load once, usage counted per run
             rate, discarded, described[name] = mfllm_run(config, pool)
             rates[f"mfllm on {name}"].append(rate)

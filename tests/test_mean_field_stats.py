@@ -11,6 +11,8 @@ from mfllm.interfaces import AgentAction
 from mfllm.simulation import RunStore, SimulationConfig, simulate
 from mfllm.simulation.methods.mean_field_stats import StatisticsMeanField
 
+from pools import FixedPool
+
 
 def test_shares_forget_older_steps_and_recent_comments_are_shown() -> None:
     stats = StatisticsMeanField("topic", "en", LabellerChain([KindLabeller()]), shown=7, forgetting=0.5)
@@ -48,3 +50,34 @@ def test_a_run_makes_no_mean_field_call_and_resumes_exactly(demo_event_path: Pat
     assert (cut / "actions.jsonl").read_text() == (run / "actions.jsonl").read_text()
     for name in ("steps.jsonl", "mean_field.jsonl"):
         assert (cut / name).read_text() == (run / name).read_text()
+
+
+def test_the_hybrid_adds_one_mean_field_call_per_step_and_folds_statements_into_its_points(demo_event_path: Path, tmp_path: Path) -> None:
+    from mfllm.backends import FakeModel
+    from mfllm.data import load_event
+    from mfllm.simulation.methods.mean_field_stats import HybridMeanField
+
+    config = SimulationConfig(data=str(demo_event_path), method="mf-hybrid", policy_model="fake", warmup=8, batch_size=4, num_agents=16)
+    class RolePool(FixedPool):  # a model per role, so each role's calls are counted apart
+        def __init__(self) -> None:
+            super().__init__(FakeModel())
+            self.models: dict[str, FakeModel] = {}
+
+        def get(self, spec, adapter=None, role="model"):  # type: ignore[no-untyped-def]
+            return self.models.setdefault(role, FakeModel())
+
+    pool = RolePool()
+    run = simulate(config, tmp_path / "run", pool=pool)
+    steps = RunStore(run).committed_steps()
+    assert pool.models["mean_field"].usage.generate_calls == len(steps)  # the key points: its only model call per step
+    assert pool.models["mean_field"].usage.score_calls == 0
+    last = RunStore(run).mean_field_history()[-1]["text"]
+    assert "%" in last and "要点：" in last and "有代表性的近期反应：" in last
+    event, _ = load_event(demo_event_path)
+    hybrid = HybridMeanField.create(config, event, None)
+    hybrid.load_state_dict(steps[-1]["context_state"])
+    before = hybrid.points.text
+    hybrid.accept("- [评论] 真的吗")  # a copied reaction line is no summary: the points stay
+    assert hybrid.points.text == before
+    hybrid.add_statement("官方已辟谣")  # a statement to everyone joins the points at once
+    assert hybrid.context().endswith(hybrid.render(f"{before} 官方已辟谣").split("\n")[-1]) and "官方已辟谣" in hybrid.context()
