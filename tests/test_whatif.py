@@ -24,7 +24,7 @@ from mfllm.evaluation import KindLabeller, LabellerChain, evaluate_run, resolve_
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.labellers import LabelItem, Labeller, LabelResult
 from mfllm.evaluation.report import intervention_marks
-from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams
+from mfllm.interfaces import ContinuationScore, Prompt, SamplingParams
 from mfllm.manifest import derive_seed
 from mfllm.simulation import Agent, Replay, RunStore, SimulationConfig, Step, estimate, load_interventions, simulate
 from mfllm.simulation.store import ACTIONS, MANIFEST, MEAN_FIELD, STEPS

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic import Field
 
-from mfllm.data.loaders import get_reader
+from mfllm.data.loaders import events_with_reactions
 from mfllm.evaluation.aggregate import headlines, paired_comparisons
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import resolve_dimensions
@@ -73,17 +73,7 @@ class BacktestConfig(ExecutorConfig):
     def resolved_events(self) -> list[str]:
         if self.events:
             return self.events
-        reader = get_reader(self.data, self.data_format)
-        chosen = []
-        for event_id in reader.list_events(Path(self.data)):
-            event, _ = reader.load_event(Path(self.data), event_id)
-            if len(event.reactions) >= max(self.min_reactions, self.warmup + 1):
-                chosen.append(event_id)
-            if len(chosen) == self.max_events:
-                break
-        if not chosen:
-            raise ValueError(f"{self.data}: no event with at least {self.min_reactions} reactions")
-        return chosen
+        return events_with_reactions(self.data, self.data_format, max(self.min_reactions, self.warmup + 1), self.max_events)
 
     def grid(self) -> list[dict[str, Any]]:
         """The grid points (one, the base schedule, without grids)."""

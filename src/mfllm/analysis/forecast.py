@@ -39,7 +39,7 @@ import numpy as np
 from pydantic import Field, field_validator, model_validator
 
 from mfllm.configuration import YamlConfig
-from mfllm.data.loaders import get_reader, load_event
+from mfllm.data.loaders import events_with_reactions, get_reader, load_event
 from mfllm.data.population import load_personas, prefix_population
 from mfllm.data.schema import Event, UserProfile
 from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
@@ -177,16 +177,7 @@ class ForecastConfig(HorizonSettings):
             raise ValueError(f"{self.data}: no event found")
         if not self.score:
             return listed[:1]
-        chosen = []
-        for event_id in listed:
-            event, _ = reader.load_event(Path(self.data), event_id)
-            if len(event.reactions) >= self.min_reactions:
-                chosen.append(event_id)
-            if len(chosen) == self.max_events:
-                break
-        if not chosen:
-            raise ValueError(f"{self.data}: no event with at least {self.min_reactions} reactions")
-        return chosen
+        return events_with_reactions(self.data, self.data_format, self.min_reactions, self.max_events)
 
     def origins_of(self, event: Event) -> list[int]:
         """The warm-up lengths (forecast origins) on ``event``."""

@@ -27,7 +27,7 @@ from mfllm.data.schema import DataFormatError, Event, LoadReport
 
 __all__ = ["READERS", "WEIBO_DEFAULT_REPOST_TEXT", "CEDReader", "DatasetReader", "GenericReader", "PhemeReader",
            "RumdectReader", "RumourEvalReader", "WeiboCovid19Reader", "clean_html", "detect_language", "get_reader",
-           "load_event", "write_generic"]
+           "events_with_reactions", "load_event", "write_generic"]
 
 READERS: dict[str, type[DatasetReader]] = discover_readers()
 
@@ -56,3 +56,18 @@ def load_event(path: str | Path, event_id: str | None = None, data_format: str |
             raise DataFormatError(f"{path}: no events found")
         event_id = ids[0]
     return reader.load_event(Path(path), event_id)
+
+
+def events_with_reactions(path: str | Path, data_format: str | None, minimum: int, limit: int) -> list[str]:
+    """The first ``limit`` events of ``path`` (in the reader's order) with at least ``minimum`` reactions."""
+    reader = get_reader(path, data_format)
+    chosen = []
+    for event_id in reader.list_events(Path(path)):
+        event, _ = reader.load_event(Path(path), event_id)
+        if len(event.reactions) >= minimum:
+            chosen.append(event_id)
+        if len(chosen) == limit:
+            break
+    if not chosen:
+        raise ValueError(f"{path}: no event with at least {minimum} reactions")
+    return chosen

@@ -68,8 +68,23 @@ class KeyPoints:
         self.accept(self.model.generate([self.prompt(actions)], replace(self.params, seed=seed))[0])
 
 
+class KeyPointsMeanField(LLMMeanField):
+    """An LLM mean field whose model-written part is :class:`KeyPoints` (``self.points``)."""
+
+    points: KeyPoints
+
+    def update_prompt(self, actions: Sequence[AgentAction]) -> Prompt:
+        return self.points.prompt(actions)
+
+    def accept(self, update: str) -> None:
+        self.points.accept(update)
+
+    def add_statement(self, text: str) -> None:
+        self.points.add(text)
+
+
 @register
-class MeanField(LLMMeanField):
+class MeanField(KeyPointsMeanField):
     """m_t = μ(m_{t-1}, latest batch of (persona, action)): key points sampled from the mean-field model
     with a completion layout a base model continues (two worked records, then the new one).
 
@@ -90,15 +105,6 @@ class MeanField(LLMMeanField):
     @classmethod
     def create(cls, config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> MeanField:
         return cls(KeyPoints(mean_field_model, event.source.text, event.language, mean_field_sampling(config), config.mean_field_max_chars))
-
-    def update_prompt(self, actions: Sequence[AgentAction]) -> Prompt:
-        return self.points.prompt(actions)
-
-    def accept(self, update: str) -> None:
-        self.points.accept(update)
-
-    def add_statement(self, text: str) -> None:
-        self.points.add(text)
 
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
         if actions:

@@ -20,10 +20,10 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Sequence
 
-from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel, LLMMeanField, Prompt
+from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel
 from mfllm.prompts import action_choice, render_actions
 from mfllm.simulation.methods import register
-from mfllm.simulation.methods.mean_field import KeyPoints, mean_field_sampling
+from mfllm.simulation.methods.mean_field import KeyPoints, KeyPointsMeanField, mean_field_sampling
 
 if TYPE_CHECKING:
     from mfllm.data.schema import Event
@@ -171,7 +171,7 @@ def lexicon_labeller() -> Labeller:
 
 
 @register
-class HybridMeanField(StatisticsMeanField, LLMMeanField):
+class HybridMeanField(StatisticsMeanField, KeyPointsMeanField):
     """The statistics of ``mf-stats`` with key points the mean-field model writes (its only model call per
     step): an update folds the batch into the shares, then rewrites the points from the previous points
     and the batch, as ``mf-llm`` does."""
@@ -189,15 +189,6 @@ class HybridMeanField(StatisticsMeanField, LLMMeanField):
     def create(cls, config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> HybridMeanField:
         points = KeyPoints(mean_field_model, event.source.text, event.language, mean_field_sampling(config), config.mean_field_max_chars)
         return cls(event.source.text, event.language, lexicon_labeller(), points, config.context_k)
-
-    def update_prompt(self, actions: Sequence[AgentAction]) -> Prompt:
-        return self.points.prompt(actions)
-
-    def accept(self, update: str) -> None:
-        self.points.accept(update)
-
-    def add_statement(self, text: str) -> None:
-        self.points.add(text)
 
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
         if actions:
