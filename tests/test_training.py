@@ -10,6 +10,7 @@ import pytest
 from mfllm.backends import ModelPool
 from mfllm.backends.hf import LoadedCausalLM, ModelSource, continuation_logprobs
 from mfllm.simulation import RunStore, SimulationConfig, simulate
+from mfllm.simulation.methods import resolve_method
 from mfllm.training import TrainConfig, parse_overrides, train
 from mfllm.training.data import split_events
 from mfllm.training.ib_tune import rloo_advantages, score_function_loss
@@ -151,6 +152,9 @@ def test_inconsistent_configs_are_refused(trained: dict[str, Path], tiny_model_d
         TrainConfig(task="sft", data="d", base_model="fake", output_dir="o")
     with pytest.raises(ValueError, match="split"):
         TrainConfig(task="sft", data="d", output_dir="o", split=(0.5, 0.5, 0.5))
+    with pytest.raises(ValueError, match="mf-stats.* has no language-model part .*choose mf-llm or mf-hybrid"):
+        TrainConfig(task="mean-field", data="d", output_dir="o", method="mf-stats")
+    assert TrainConfig(task="mean-field", data="d", output_dir="o", method="mf").method == resolve_method("mf")
     assert parse_overrides(["beta=0.1", "target_modules=[q_proj, v_proj]"]) == {"beta": 0.1, "target_modules": ["q_proj", "v_proj"]}
 
 
@@ -184,3 +188,16 @@ def test_mean_field_training_raises_the_expected_reward_on_its_context(tiny_base
     trainer.train(log=lambda stats: None, save=lambda: None)
     after = trainer.evaluate([event], MEAN_FIELD_ADAPTER, samples=16, max_steps=1)
     assert after["reward"] > before["reward"]
+
+
+def test_long_prompts_lose_their_start_not_the_action(tiny_model_dir: Path) -> None:
+    from transformers import AutoTokenizer
+
+    from mfllm.training.data import keep_prompt_end
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    prompt = " ".join(f"word{i}" for i in range(300)) + " THE END:"
+    kept, cut = keep_prompt_end(tokenizer, prompt, " [reply] yes\n", 64)
+    assert cut and kept.endswith("THE END:") and not kept.startswith("word0 ")
+    assert len(tokenizer(kept + " [reply] yes\n", add_special_tokens=False).input_ids) <= 64
+    assert keep_prompt_end(tokenizer, "short:", " [reply] yes\n", 64) == ("short:", False)

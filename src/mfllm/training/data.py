@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from mfllm.data.loaders import get_reader
 from mfllm.data.schema import Event
@@ -98,3 +98,16 @@ def completion_target(action: str, language: str, is_chat: bool, eos_token: str)
     """What the policy is trained to write after the prompt: the action (kind marker, then text), then
     where simulation stops generating (the end of the line, or the end of the turn)."""
     return action + (eos_token if is_chat else POLICY_STOP[-1])
+
+
+def keep_prompt_end(tokenizer: Any, prompt: str, completion: str, max_length: int) -> tuple[str, bool]:
+    """``prompt`` cut from the left so that it and ``completion`` fit ``max_length`` tokens (the completion,
+    what is learnt, is never cut), and whether it was cut. Training libraries cut from the right, which
+    would drop the completion and with it the example."""
+    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    room = max_length - len(tokenizer(completion, add_special_tokens=False).input_ids) - 1  # one special token at the start
+    if len(prompt_ids) <= room:
+        return prompt, False
+    if room <= 0:
+        raise ValueError(f"a completion of this example alone exceeds max_length={max_length} tokens: raise max_length")
+    return tokenizer.decode(prompt_ids[-room:]), True

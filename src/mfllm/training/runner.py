@@ -21,7 +21,7 @@ from mfllm.backends import ModelPool, local_source, parse_spec
 from mfllm.backends.hf import ADAPTER_META, LoadedCausalLM, TransformersModel, require
 from mfllm.manifest import base_manifest
 from mfllm.training.config import TrainConfig
-from mfllm.training.data import completion_target, load_training_events, policy_examples
+from mfllm.training.data import completion_target, keep_prompt_end, load_training_events, policy_examples
 from mfllm.training.ib_tune import MEAN_FIELD_ADAPTER, MeanFieldTrainer, lora_config
 
 
@@ -180,9 +180,13 @@ def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], 
     tokenizer = loaded.tokenizer
 
     def rows(examples: list[Any]) -> Any:
-        return datasets.Dataset.from_list([
-            {"prompt": loaded.render(e.prompt),
-             "completion": completion_target(e.action, e.language, loaded.is_chat, tokenizer.eos_token)} for e in examples])
+        records = []
+        for e in examples:
+            completion = completion_target(e.action, e.language, loaded.is_chat, tokenizer.eos_token)
+            prompt, cut = keep_prompt_end(tokenizer, loaded.render(e.prompt), completion, config.max_length)
+            metrics["prompts_cut_from_left"] = metrics.get("prompts_cut_from_left", 0) + cut
+            records.append({"prompt": prompt, "completion": completion})
+        return datasets.Dataset.from_list(records)
 
     args = trl.SFTConfig(
         output_dir=str(out / "checkpoints"), max_steps=config.max_steps, per_device_train_batch_size=config.train_batch_size,
