@@ -92,7 +92,7 @@ def test_a_new_baseline_is_one_class(registry: Any, demo_event_path: Path, tmp_p
     assert evaluation.method == "first" and evaluation.nll == policy_nll(RunStore(run), FakeModel(), event)[0]
     mf = evaluate_run(run, LabellerChain([KindLabeller()]), resolve_dimensions(["behaviour"]))
     mf.method = "mf-hybrid"
-    assert headline([mf, evaluation])["best_baseline"] == "first"  # the headline compares against it
+    assert headline([mf, evaluation], "mf-hybrid")["best_baseline"] == "first"  # the headline compares against it
     with pytest.raises(ValueError, match="registered methods: .*first"):
         SimulationConfig(data="x", method="firsts")
 

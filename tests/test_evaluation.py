@@ -14,6 +14,7 @@ from mfllm.evaluation import (BUILTIN_DIMENSIONS, SDQC, Dimension, KindLabeller,
                               LLMJudgeLabeller, RunEvaluation, bootstrap_mean, compare_streams, dtw_distance, evaluate_run,
                               headline, js_divergence, kl_divergence, load_dimensions, method_table, parse_label_answer,
                               window_ids, write_report)
+from mfllm.simulation.methods import resolve_method
 from mfllm.evaluation.metrics import DimensionMetrics, smoothed, wasserstein_or_tv
 from mfllm.interfaces import ContinuationScore
 from mfllm.simulation import RunStore, SimulationConfig, simulate
@@ -208,8 +209,8 @@ def test_bootstrap_and_headline_reduction() -> None:
     evaluations += [_synthetic("recent", f"e{e}", s, 0.30) for e in range(5) for s in range(3)]
     mean, low, high = bootstrap_mean({"a": [1.0, 2.0], "b": [3.0]})
     assert mean == pytest.approx(2.25) and 1.0 <= low <= mean <= high <= 3.0
-    top = headline(evaluations)
-    assert top["best_baseline"] == "state"
+    top = headline(evaluations, "mf-hybrid")
+    assert top["best_baseline"] == "state" and top["method"] == "mf-hybrid" and headline(evaluations, "mf-llm") is None
     assert top["relative_kl_reduction"] == pytest.approx(1 - 0.121 / 0.22, abs=1e-3)
     assert top["ci_low"] <= top["relative_kl_reduction"] <= top["ci_high"]
     rows = method_table(evaluations)
@@ -225,7 +226,7 @@ def test_report_is_a_self_contained_page(fake_runs: list[Path], tmp_path: Path) 
     page = index.read_text()
     assert page.count("data:image/png;base64,") >= 4 and "Headline" in page and "<table>" in page
     # the mean field's shares come from the lexicons: their dimensions are no measure of it
-    assert "mean KL of mf-hybrid" in page and "left out as circular: emotion, sentiment" in page
+    assert f"mean KL of {resolve_method('mf')}" in page and "left out as circular: emotion, sentiment" in page
     assert {p.name for p in (tmp_path / "report" / "figures").iterdir()} >= {"kl_by_method.png", "trajectory_4484800548711562_sentiment.png"}
     for name in ("metrics.json", "metrics.csv", "summary.csv", "labels.csv"):
         assert (tmp_path / "report" / name).stat().st_size > 0

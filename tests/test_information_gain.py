@@ -49,11 +49,11 @@ def test_state_has_no_gain_and_a_context_that_shows_repeats_has_some(demo_event_
 def test_mean_field_gain_needs_its_model_and_lands_in_the_evaluation(demo_event_path: Path, tmp_path: Path) -> None:
     event, _ = load_event(demo_event_path)
     with pytest.raises(ValueError, match="needs its mean-field model"):
-        information_gain(config(demo_event_path, "mf"), event, Recogniser())
-    gains = information_gain(config(demo_event_path, "mf"), event, Recogniser(), FakeModel())
+        information_gain(config(demo_event_path, "mf-hybrid"), event, Recogniser())
+    gains = information_gain(config(demo_event_path, "mf-hybrid"), event, Recogniser(), FakeModel())
     assert gains["all"]["actions"] == 48 and gains["all"]["gain"] is not None
-    assert gains == information_gain(config(demo_event_path, "mf"), event, Recogniser(), FakeModel())  # seeded as simulation
-    run = simulate(config(demo_event_path, "mf"), tmp_path / "run")
+    assert gains == information_gain(config(demo_event_path, "mf-hybrid"), event, Recogniser(), FakeModel())  # seeded as simulation
+    run = simulate(config(demo_event_path, "mf-hybrid"), tmp_path / "run")
     evaluation = evaluate_run(run, LabellerChain([KindLabeller()]), resolve_dimensions(["behaviour"]), gain_models=(Recogniser(), FakeModel()))
     assert evaluation.information_gain == gains
     assert evaluation.summary()["information_gain.comment"] == gains["comment"]["gain"]

@@ -122,7 +122,7 @@ class _CrashingModel(FakeModel):
         return super().generate(prompts, params)
 
 
-@pytest.mark.parametrize("method,crash_on_call", [("mf", 5), ("mf", 8), ("recent", 3)])
+@pytest.mark.parametrize("method,crash_on_call", [("mf-hybrid", 5), ("mf-hybrid", 8), ("recent", 3)])
 def test_killed_run_resumes_to_the_uninterrupted_result(demo_event_path: Path, tmp_path: Path, method: str, crash_on_call: int) -> None:
     config = SimulationConfig(data=str(demo_event_path), method=method, policy_model="fake", warmup=10, batch_size=8, num_agents=40, seed=3)
     reference = simulate(config, tmp_path / "reference")

@@ -124,7 +124,7 @@ def test_rules_combine_profile_and_action_fields(tmp_path: Path) -> None:
 # ---------------------------------------------------------------- interventions in the prompts and contexts
 
 
-@pytest.mark.parametrize("method", ["state", "recent", "popular", "mf"])
+@pytest.mark.parametrize("method", ["state", "recent", "popular", "mf-hybrid"])
 def test_posts_reach_prompts_from_their_step_and_only_the_targeted_agents(demo_event_path: Path, tmp_path: Path, method: str) -> None:
     file = write(tmp_path / "posts.yaml", """interventions:
   - {kind: post, at_step: 3, author: fan club, text: TARGETED-POST, audience: {field: profile.gender, equals: female}}
@@ -144,7 +144,7 @@ def test_posts_reach_prompts_from_their_step_and_only_the_targeted_agents(demo_e
             assert ("PUBLIC-POST" in text) == (step >= public_step), (step, position)
             targeted_seen += "TARGETED-POST" in text
     assert targeted_seen >= 2
-    if method == "mf":  # the mean field takes the public post in at its step's update, never the targeted one
+    if method == "mf-hybrid":  # the mean field takes the public post in at its step's update, never the targeted one
         updates = calls_by_step(model, 0, "mean_field", 8)
         assert [s for s, (text,) in sorted(updates.items()) if "PUBLIC-POST" in text] == [public_step]
         assert not any("TARGETED-POST" in text for _, (text,) in updates.items())
@@ -158,7 +158,7 @@ def test_posts_reach_prompts_from_their_step_and_only_the_targeted_agents(demo_e
     assert [(r["id"], r["start_step"]) for r in recorded] == [("post0", 3), ("post1", public_step)]
 
 
-@pytest.mark.parametrize("method, folded", [("mf", True), ("state", False)])
+@pytest.mark.parametrize("method, folded", [("mf-hybrid", True), ("state", False)])
 def test_a_statement_joins_the_mean_field_or_shows_as_a_notice(demo_event_path: Path, tmp_path: Path, method: str, folded: bool) -> None:
     file = write(tmp_path / "statement.yaml", "interventions: [{kind: statement, at_step: 4, text: OFFICIAL-DENIAL}]")
     model = Recording()
@@ -196,7 +196,7 @@ def test_moderation_removes_matching_actions_before_anyone_sees_them(demo_event_
 def test_dry_run_estimates_count_the_pinned_posts(demo_event_path: Path, tmp_path: Path) -> None:
     file = write(tmp_path / "iv.yaml", "interventions: [{kind: post, at_step: 5, author: police, text: " + "long denial " * 20 + "}]")
     event, _ = load_event(str(demo_event_path))
-    plain, intervened = (estimate(config(demo_event_path, "mf", files), event, FakeModel())["per_step"] for files in ([], [file]))
+    plain, intervened = (estimate(config(demo_event_path, "mf-hybrid", files), event, FakeModel())["per_step"] for files in ([], [file]))
     grown = [b["policy_prompt_tokens"] - a["policy_prompt_tokens"] for a, b in zip(plain, intervened)]
     assert [g > 0 for g in grown] == [row["step"] >= 5 for row in plain]
 
@@ -223,19 +223,19 @@ def test_an_intervened_run_resumes_exactly_and_refuses_a_changed_file(demo_event
   - {{kind: post, at_step: 3, author: police, text: DENIAL}}
   - {{kind: moderate, at_step: 4, rule: {{field: action.text, contains: {RUMOUR}}}}}
 """)
-    whole = simulate(config(demo_event_path, "mf", [file]), tmp_path / "whole", pool=FixedPool(FakeModel()))
+    whole = simulate(config(demo_event_path, "mf-hybrid", [file]), tmp_path / "whole", pool=FixedPool(FakeModel()))
     cut = tmp_path / "cut"
     shutil.copytree(whole, cut)
     for name in RUN_FILES:
         kept = [line for line in (cut / name).read_text(encoding="utf-8").splitlines(keepends=True) if json.loads(line)["step"] < 4]
         (cut / name).write_text("".join(kept), encoding="utf-8")
-    simulate(config(demo_event_path, "mf", [file]), cut, pool=FixedPool(FakeModel()), resume=True)
+    simulate(config(demo_event_path, "mf-hybrid", [file]), cut, pool=FixedPool(FakeModel()), resume=True)
     assert all((cut / n).read_bytes() == (whole / n).read_bytes() for n in RUN_FILES)
     write(file, file.read_text(encoding="utf-8").replace("DENIAL", "DENIAL!"))
     with pytest.raises(ValueError, match="cannot resume with different interventions"):
-        simulate(config(demo_event_path, "mf", [file]), cut, pool=FixedPool(FakeModel()), resume=True)
+        simulate(config(demo_event_path, "mf-hybrid", [file]), cut, pool=FixedPool(FakeModel()), resume=True)
     with pytest.raises(ValueError, match="cannot resume with different interventions"):
-        simulate(config(demo_event_path, "mf"), cut, pool=FixedPool(FakeModel()), resume=True)
+        simulate(config(demo_event_path, "mf-hybrid"), cut, pool=FixedPool(FakeModel()), resume=True)
 
 
 def test_the_report_marks_interventions_on_the_trajectories(demo_event_path: Path, tmp_path: Path) -> None:
@@ -272,7 +272,7 @@ def lines_before(path: Path, step: int) -> list[bytes]:
 def branched(demo_event_path: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """A mean-field parent run and a branch at step 4 that moderates rumour talk, over seeds 0-2."""
     root = tmp_path_factory.mktemp("branch")
-    parent = simulate(config(demo_event_path, "mf"), root / "parent", pool=FixedPool(FakeModel()))
+    parent = simulate(config(demo_event_path, "mf-hybrid"), root / "parent", pool=FixedPool(FakeModel()))
     change = write(root / "change.yaml", f"""interventions:
   - {{kind: moderate, id: no-rumour, rule: {{field: action.text, contains: {RUMOUR}}}}}
   - {{kind: post, id: denial, at_step: 5, author: city police (verified), text: DENIAL}}
@@ -406,7 +406,7 @@ class ScoreRecording(FakeModel):
         return super().score(prompts, continuations)
 
 
-@pytest.mark.parametrize("method", ["mf", "recent"])
+@pytest.mark.parametrize("method", ["mf-hybrid", "recent"])
 def test_policy_nll_scores_real_actions_under_the_prompts_agents_saw(demo_event_path: Path, tmp_path: Path, method: str) -> None:
     from mfllm.evaluation.evaluate import policy_nll
 

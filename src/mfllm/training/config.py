@@ -44,8 +44,9 @@ class TrainConfig(YamlConfig):
     beta: float = Field(default=0.05, ge=0.0, description="mean-field: weight of KL(q || p0), p0 = base model prompted without history.")
     sample_temperature: float = Field(default=1.0, gt=0, description="mean-field: temperature of the sampled summaries.")
     max_action_tokens: int = Field(default=48, ge=1, description="Longest action kept in training examples (tokens).")
-    method: str = Field(default="mf", description="mean-field and policy tasks: the mean-field method whose language-model part is "
-                                                "trained or whose mean fields the policy learns from (its steps are the simulator's).")
+    method: str = Field(default="mf-hybrid", description="mean-field and policy tasks: the mean-field method whose language-model "
+                                                       "part is trained or whose mean fields the policy learns from (its steps are "
+                                                       "the simulator's): mf-hybrid or mf-llm.")
     max_mean_field_tokens: int = Field(default=128, ge=8, description="Longest mean-field summary (tokens), as in simulation.")
     mean_field_temperature: float | None = Field(default=None, ge=0.0, description="Temperature of the mean fields the policy is trained "
                                                                                      "on and evaluation samples; simulation's default when omitted.")

@@ -17,7 +17,7 @@ from typing import TypeVar
 from mfllm.interfaces import ContextProvider
 
 ENTRY_POINT_GROUP = "mfllm.methods"
-ALIASES = {"mf": "mf-hybrid"}
+ALIASES = {"mf": "mf-stats"}
 """Names that stand for a registered method: ``mf`` is the default mean field, chosen by information gain
 and KL on the development events named in the README. Configs record the resolved name."""
 _REGISTRY: dict[str, type[ContextProvider]] = {}
