@@ -101,6 +101,14 @@ def test_a_forecast_past_the_end_draws_the_requested_agents_from_the_event_popul
     assert len({tuple(r["user_id"] for r in RunStore(run).actions()) for run in runs}) > 1  # each seed draws its own agents
 
 
+def test_forecast_ensembles_run_on_a_process_pool_to_the_same_runs(past_the_end: dict, tmp_path: Path) -> None:
+    config = past_the_end["config"].model_copy(update={"output": str(tmp_path / "pooled"), "executor": "process", "workers": 2})
+    forecast(config)
+    for run in sorted((past_the_end["out"] / "runs").rglob("seed*")):
+        pooled = tmp_path / "pooled" / run.relative_to(past_the_end["out"])
+        assert (pooled / "actions.jsonl").read_bytes() == (run / "actions.jsonl").read_bytes()
+
+
 def test_the_forecast_writes_bands_volume_and_a_report(past_the_end: dict) -> None:
     result = past_the_end["result"]
     (ensemble,) = result.ensembles

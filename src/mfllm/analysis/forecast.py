@@ -32,6 +32,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -45,14 +46,16 @@ from mfllm.data.schema import Event, UserProfile
 from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import DEFAULT_ALPHA, counts, dtw_distance, kl_divergence, smoothed, wasserstein_or_tv
+from mfllm.executors import ExecutorConfig, Task, run_tasks
 from mfllm.manifest import derive_seed
 from mfllm.simulation.arrivals import fit_arrivals
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.engine import ProgressFactory, simulate
+from mfllm.simulation.engine import ProgressFactory
 from mfllm.simulation.interventions import _seconds as duration_seconds
 from mfllm.simulation.methods import get_method
 from mfllm.simulation.scenario import Forecast
 from mfllm.simulation.store import RunStore
+from mfllm.simulation.sweep import simulate_task
 
 SUMMARY_FILE = "forecast.json"
 NAIVE = ("last_window", "prefix")
@@ -124,7 +127,7 @@ class HorizonSettings(YamlConfig):
         return ModelPool(self.device, self.dtype, engine=self.engine)
 
 
-class ForecastConfig(HorizonSettings):
+class ForecastConfig(HorizonSettings, ExecutorConfig):
     """A forecast ensemble past a real prefix, or (``score``) scored forecasts from origins inside real events."""
 
     events: list[str] | None = Field(default=None, description="Event ids (default: the first event; with score, the first max_events "
@@ -245,11 +248,18 @@ def _check_scenario(directory: Path, scenario: Forecast) -> None:
                          "cannot resume (use another --output)")
 
 
+def fixed_scenario(scenario: Forecast, event: Event) -> Forecast:
+    """The scenario a forecast run was drawn with, whatever the event it is asked for (a picklable factory
+    for executor workers, through :func:`functools.partial`)."""
+    return scenario
+
+
 def run_forecasts(config: ForecastConfig, pool: Any = None, resume: bool = False, progress: ProgressFactory | None = None) -> list[ForecastUnit]:
-    """Simulate (or continue) every run of every forecast, sharing one model pool."""
+    """Simulate (or continue) every run of every forecast: one executor task per run (sequential by default,
+    sharing one model pool; ``--executor process|ray`` spreads the ensembles over workers)."""
     personas = load_personas(config.personas) if config.personas else None
-    pool = pool or config.model_pool()
-    units = []
+    executor = config.executor_settings()
+    units, tasks = [], []
     for event_id in config.resolved_events():
         event, _ = load_event(config.data, event_id, config.data_format)
         for warmup in config.origins_of(event):
@@ -257,14 +267,18 @@ def run_forecasts(config: ForecastConfig, pool: Any = None, resume: bool = False
             for seed in config.seeds:
                 scenario = forecast_scenario(event, config, warmup, seed, personas)
                 directory = run_path(config.output, event.event_id, warmup, seed)
-                if resume and RunStore(directory).exists():
+                if RunStore(directory).exists():
+                    if not resume:  # before any run starts, not once per run from the workers
+                        raise FileExistsError(f"{directory} already holds a run; pass resume=True (--resume) to continue it")
                     _check_scenario(directory, scenario)
+                run_config = config.simulation_config(event.event_id, warmup, seed)
                 label = f"origin{warmup} seed{seed}"
-                simulate(config.simulation_config(event.event_id, warmup, seed), directory, pool=pool, resume=resume,
-                         progress=(lambda total, text, label=label: progress(total, f"{text} {label}")) if progress else None,
-                         scenario=lambda _event, scenario=scenario: scenario)
+                bar = (lambda total, text, label=label: progress(total, f"{text} {label}")) if progress and not executor.parallel else None
+                tasks.append(Task(str(directory), simulate_task, (run_config, directory, resume, bar, None, partial(fixed_scenario, scenario)),
+                                  run_config.pool_options()))
                 unit.runs[seed], unit.scenarios[seed] = directory, scenario
             units.append(unit)
+    run_tasks(tasks, executor, pool=pool if executor.parallel else (pool or config.model_pool()), progress=progress is not None)
     return units
 
 
