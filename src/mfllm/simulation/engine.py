@@ -54,8 +54,9 @@ class Simulator:
         return SamplingParams(self.config.max_action_tokens, self.config.temperature, self.config.top_p, POLICY_STOP, seed)
 
     def _generate(self, step: Step, prompts: list[Prompt]) -> tuple[list[str], dict[int, dict[str, Any]]]:
-        """One text per prompt. An empty reply is a failed generation: it is asked again, alone, with a
-        new seed per attempt (recorded in its row); after the last attempt it is recorded as a failure."""
+        """One text per prompt (each ends after a kind marker that needs text). An empty text is a failed
+        generation: it is asked again, alone, with a new seed per attempt (recorded in its row); after the
+        last attempt it is recorded as a failure."""
         language = self.event.language
         texts = [strip_marker(text, language) for text in self.policy.generate(prompts, self._policy_params(step, 0))] if prompts else []
         notes: dict[int, dict[str, Any]] = {}
@@ -72,6 +73,24 @@ class Simulator:
             notes[i] = {**notes.get(i, {"attempts": 1}), "failure": FAILED_EMPTY}
         return texts, notes
 
+    def _act(self, step: Step, agents: list[Agent], active: list[Scheduled]) -> tuple[list[dict[str, float]], list[str], list[Prompt],
+                                                                                       list[str], dict[int, dict[str, Any]]]:
+        """The agents' actions: each kind drawn from the policy's marker probabilities, then the texts of the
+        kinds that need one (a bare repost carries the platform's default text). Returns the probabilities,
+        choices, prompts (ending after each chosen marker), texts and per-agent generation notes."""
+        probabilities = self.step_context.choice_probabilities(self.policy, self.step_context.prompts(agents, active))
+        choices = sample_choices(probabilities, derive_seed(self.config.seed, step.index, "choice"))
+        prompts = self.step_context.prompts(agents, active, choices)
+        writing = [i for i, choice in enumerate(choices) if needs_text(choice)]
+        written, written_notes = self._generate(step, [prompts[i] for i in writing])
+        texts = [bare_repost_text(self.event.language)] * len(agents)
+        notes = {}
+        for slot, i in enumerate(writing):
+            texts[i] = written[slot]
+            if slot in written_notes:
+                notes[i] = written_notes[slot]
+        return probabilities, choices, prompts, texts, notes
+
     def run_step(self, step: Step) -> list[dict[str, Any]]:
         """Replay (warm-up) or act (rollout) one step and update the context; returns the step's rows.
 
@@ -87,17 +106,7 @@ class Simulator:
                        if a.real is not None and not (active and self.step_context.removed_by(a, a.real.text, a.real.kind, active))]
             self.step_context.observe([*injected, *actions], mean_field_seed)
             return []
-        probabilities = self.step_context.choice_probabilities(self.policy, self.step_context.prompts(agents, active))
-        choices = sample_choices(probabilities, derive_seed(self.config.seed, step.index, "choice"))
-        prompts = self.step_context.prompts(agents, active, choices)
-        writing = [i for i, choice in enumerate(choices) if needs_text(choice)]
-        written, written_notes = self._generate(step, [prompts[i] for i in writing])
-        texts = [bare_repost_text(self.event.language)] * len(agents)
-        notes = {}
-        for slot, i in enumerate(writing):
-            texts[i] = written[slot]
-            if slot in written_notes:
-                notes[i] = written_notes[slot]
+        probabilities, choices, prompts, texts, notes = self._act(step, agents, active)
         rows = []
         for i, (agent, prompt, text) in enumerate(zip(agents, prompts, texts)):
             row = action_row(step.index, agent, self.step_context.persona(agent), prompt, choices[i], probabilities[i], text, self.policy)
