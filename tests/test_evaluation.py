@@ -14,10 +14,10 @@ from mfllm.evaluation import (BUILTIN_DIMENSIONS, SDQC, Dimension, KindLabeller,
                               LLMJudgeLabeller, RunEvaluation, bootstrap_mean, compare_streams, dtw_distance, evaluate_run,
                               headline, js_divergence, kl_divergence, load_dimensions, method_table, parse_label_answer,
                               window_ids, write_report)
-from mfllm.simulation.methods import resolve_method
 from mfllm.evaluation.metrics import DimensionMetrics, smoothed, wasserstein_or_tv
 from mfllm.interfaces import ContinuationScore
 from mfllm.simulation import RunStore, SimulationConfig, simulate
+from mfllm.simulation.methods import resolve_method
 
 SENTIMENT = BUILTIN_DIMENSIONS["sentiment"]
 EMOTION = BUILTIN_DIMENSIONS["emotion"]

@@ -83,7 +83,7 @@ def test_mean_field_sees_real_actions_in_warmup_and_simulated_ones_after(demo_ev
 
     event, _ = load_event(demo_event_path)
     mean_field = Recorder()
-    config = SimulationConfig(data=str(demo_event_path), policy_model="fake", warmup=5, batch_size=4, num_agents=4)
+    config = SimulationConfig(data=str(demo_event_path), method="mf-hybrid", policy_model="fake", warmup=5, batch_size=4, num_agents=4)
     simulator = Simulator(config, event, FakeModel(), mean_field)
     warmup_rows = simulator.run_step(simulator.steps[0])
     first = event.reactions[0]

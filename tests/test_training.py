@@ -120,8 +120,8 @@ def test_policy_and_sft_adapters_record_heldout_nll(trained: dict[str, Path]) ->
 
 def test_simulator_runs_mf_with_both_adapters_on_one_base(trained: dict[str, Path], tiny_base_model_dir: Path, demo_event_path: Path,
                                                           tmp_path: Path) -> None:
-    base = dict(data=str(demo_event_path), policy_model=f"hf:{tiny_base_model_dir}", warmup=4, batch_size=4, num_agents=4,
-                max_action_tokens=6, max_mean_field_tokens=8, device="cpu")
+    base = dict(data=str(demo_event_path), method="mf-hybrid", policy_model=f"hf:{tiny_base_model_dir}", warmup=4, batch_size=4,
+                num_agents=4, max_action_tokens=6, max_mean_field_tokens=8, device="cpu")
     plain = simulate(SimulationConfig(**base), tmp_path / "plain")
     tuned = simulate(SimulationConfig(**base, policy_adapter=str(trained["policy"]), mean_field_adapter=str(trained["mean_field"])),
                      tmp_path / "tuned")
@@ -154,7 +154,10 @@ def test_inconsistent_configs_are_refused(trained: dict[str, Path], tiny_model_d
         TrainConfig(task="sft", data="d", output_dir="o", split=(0.5, 0.5, 0.5))
     with pytest.raises(ValueError, match="mf-stats.* has no language-model part .*choose mf-llm or mf-hybrid"):
         TrainConfig(task="mean-field", data="d", output_dir="o", method="mf-stats")
-    assert TrainConfig(task="mean-field", data="d", output_dir="o", method="mf").method == resolve_method("mf")
+    assert TrainConfig(task="mean-field", data="d", output_dir="o").method == "mf-hybrid"  # the default has a model part
+    with pytest.raises(ValueError, match="has no language-model part"):
+        TrainConfig(task="policy", data="d", output_dir="o", method="mf")  # mf stands for mf-stats
+    assert resolve_method("mf") == "mf-stats"
     assert parse_overrides(["beta=0.1", "target_modules=[q_proj, v_proj]"]) == {"beta": 0.1, "target_modules": ["q_proj", "v_proj"]}
 
 
@@ -167,7 +170,7 @@ def test_ablate_reports_every_variant_in_one_table(trained: dict[str, Path], tin
                  "--sft-adapter", str(trained["sft"]), "--agents", "4", "--warmup", "4", "--batch", "4", "--device", "cpu",
                  "--dimension", "sentiment", "--output", str(tmp_path)]) == 0
     summary = (tmp_path / "report" / "summary.csv").read_text()
-    for variant in ("mf (untuned)", "mf + tuned policy", "mf + tuned mean field", "mf + both tuned", "sft", "state"):
+    for variant in ("mf-hybrid (untuned)", "mf-hybrid + tuned policy", "mf-hybrid + tuned mean field", "mf-hybrid + both tuned", "sft", "state"):
         assert f"{variant},sentiment,kl" in summary
     assert "(policy),nll" in summary
 

@@ -25,6 +25,8 @@ class AblationConfig(YamlConfig):
     policy_adapter: str | None = Field(default=None, description="Policy adapter from `mfllm train policy`.")
     mean_field_adapter: str | None = Field(default=None, description="Mean-field adapter from `mfllm train mean-field`.")
     sft_adapter: str | None = Field(default=None, description="SFT adapter from `mfllm train sft` (adds the sft baseline).")
+    method: str = Field(default="mf-hybrid", description="The mean field the adapters were trained for (one with a model part: "
+                                                        "mf-hybrid or mf-llm).")
     num_agents: int = Field(default=32, ge=1, description="Agents simulated per run after warm-up.")
     warmup: int = Field(default=16, ge=0, description="Real reactions fed to the context before simulation starts.")
     batch_size: int = Field(default=16, ge=1, description="Agents per step.")
@@ -35,13 +37,14 @@ class AblationConfig(YamlConfig):
 
     def variants(self) -> dict[str, dict[str, Any]]:
         """Variant name -> the settings that make it (each adapter alone, both together, sft, state)."""
-        variants: dict[str, dict[str, Any]] = {"mf (untuned)": {}}
+        name = self.method
+        variants: dict[str, dict[str, Any]] = {f"{name} (untuned)": {}}
         if self.policy_adapter:
-            variants["mf + tuned policy"] = {"policy_adapter": self.policy_adapter}
+            variants[f"{name} + tuned policy"] = {"policy_adapter": self.policy_adapter}
         if self.mean_field_adapter:
-            variants["mf + tuned mean field"] = {"mean_field_adapter": self.mean_field_adapter}
+            variants[f"{name} + tuned mean field"] = {"mean_field_adapter": self.mean_field_adapter}
         if self.policy_adapter and self.mean_field_adapter:
-            variants["mf + both tuned"] = {"policy_adapter": self.policy_adapter, "mean_field_adapter": self.mean_field_adapter}
+            variants[f"{name} + both tuned"] = {"policy_adapter": self.policy_adapter, "mean_field_adapter": self.mean_field_adapter}
         if self.sft_adapter:
             variants["sft"] = {"method": "sft", "policy_adapter": self.sft_adapter}
         variants["state"] = {"method": "state"}
@@ -58,7 +61,7 @@ def ablate(config: AblationConfig, pool: Any = None, resume: bool = False, progr
             for seed in config.seeds:
                 simulation = SimulationConfig(data=config.data, data_format=config.data_format, policy_model=config.base_model,
                                               num_agents=config.num_agents, warmup=config.warmup, batch_size=config.batch_size,
-                                              device=config.device, event_id=event_id, seed=seed, **{"method": "mf", **extra})
+                                              device=config.device, event_id=event_id, seed=seed, **{"method": config.method, **extra})
                 plan.append((simulation, Path(config.output) / slug / event_id / f"seed{seed}"))
                 labels.append(name)
     evaluation = EvaluationConfig(dimensions=config.dimensions, nll=True, device=config.device)

@@ -15,9 +15,11 @@ import numpy as np
 from mfllm.evaluation.aggregate import bootstrap_mean, headlines, method_table
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.evaluate import RunEvaluation
+from mfllm.simulation.methods import resolve_method
 from mfllm.simulation.store import RunStore
 
-COLOURS = {"real": "black", "mf": "tab:red", "state": "tab:blue", "recent": "tab:green", "popular": "tab:orange", "sft": "tab:purple"}
+COLOURS = {"real": "black", "mf-stats": "tab:red", "mf-hybrid": "tab:brown", "mf-llm": "tab:pink", "state": "tab:blue", "recent": "tab:green",
+           "popular": "tab:orange", "sft": "tab:purple"}
 
 
 def write_metrics(evaluations: Sequence[RunEvaluation], output: str | Path) -> dict[str, Path]:
@@ -199,7 +201,7 @@ def corrected_rows(evaluations: Sequence[RunEvaluation], resamples: int = 2000, 
     The corrected interval resamples events and seeds and, with each, one draw of the labeller's confusion."""
     rows = []
     rng = np.random.default_rng(seed)
-    for method in sorted({e.method for e in evaluations}, key=lambda m: (m != "mf", m)):
+    for method in sorted({e.method for e in evaluations}, key=lambda m: (m != resolve_method("mf"), m)):
         runs = [e for e in evaluations if e.method == method]
         for dimension in sorted({d for e in runs for d in e.corrected}):
             by_event: dict[str, list[Any]] = {}
