@@ -280,3 +280,13 @@ def test_scored_forecasts_on_shared_weibo_events(shared_data: Path, tmp_path: Pa
         assert int(row["events"]) >= 1 and 0.0 <= float(row["coverage"]) <= 1.0
         for naive in ("last_window", "prefix"):
             assert np.isfinite(float(row[f"skill_vs_{naive}"]))
+
+
+def test_a_plan_runs_its_rounds_on_a_process_pool_to_the_same_shares(demo_event_path: Path, tmp_path: Path) -> None:
+    values = dict(data=str(demo_event_path), policy_model="fake", method="state", horizon_agents=16, batch_size=8, warmup=72,
+                  target_dimension="behaviour", target_label="share", candidates=str(write_grid(tmp_path / "grid.yaml")), budget=10,
+                  bootstrap=200)
+    here = plan(PlanConfig(**values, output=str(tmp_path / "here")))
+    pooled = plan(PlanConfig(**values, output=str(tmp_path / "pooled"), executor="process", workers=2))
+    assert [(r["candidate"], r["share"], r["seeds"]) for r in pooled.ranking] == [(r["candidate"], r["share"], r["seeds"]) for r in here.ranking]
+    assert pooled.runs == here.runs and pooled.control["share"] == here.control["share"]

@@ -24,6 +24,7 @@ import itertools
 import json
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
@@ -32,16 +33,19 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mfllm.analysis.compare import CompareConfig, _interval
-from mfllm.analysis.forecast import HorizonSettings, forecast_scenario
+from mfllm.analysis.forecast import HorizonSettings, fixed_scenario, forecast_scenario
 from mfllm.data.loaders import load_event
 from mfllm.data.population import load_personas
 from mfllm.data.schema import Event
 from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
 from mfllm.evaluation.labellers import LabelItem, Labeller
+from mfllm.executors import ExecutorConfig, Task, run_tasks
 from mfllm.interfaces import LanguageModel
+from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import BranchPoint, ProgressFactory, simulate
 from mfllm.simulation.interventions import Rule, _seconds as duration_seconds, load_interventions
 from mfllm.simulation.store import RunStore
+from mfllm.simulation.sweep import simulate_task
 
 JUDGE_ONLY_DIMENSIONS = ("belief", "stance")
 """Dimensions no offline labeller measures well enough to plan on: a plan on them needs an LLM judge."""
@@ -50,7 +54,7 @@ CALLS_FILE = "model_calls.json"
 """Model calls of each run of a plan, kept across sessions so that a resumed plan reports its whole cost."""
 
 
-class PlanConfig(HorizonSettings):
+class PlanConfig(HorizonSettings, ExecutorConfig):
     """A target, candidate interventions, and the budget of an intervention search."""
 
     event_id: str | None = Field(default=None, description="Event whose prefix is shared (default: the first event).")
@@ -234,8 +238,8 @@ class Planner:
         """The run whose prefix every other run copies: the control under seed 0 (the first run made)."""
         return self.root / "control" / "seed0"
 
-    def run(self, arm: Arm, seed: int) -> None:
-        """Make (or continue) the run of ``arm`` under ``seed``, and measure it."""
+    def _member(self, arm: Arm, seed: int) -> tuple[Path, SimulationConfig, BranchPoint | None, Any]:
+        """Where the run of ``arm`` under ``seed`` goes, its config, its branch point and its scenario."""
         directory = self.root / arm.name / f"seed{seed}"
         files = [arm.candidate.file] if arm.candidate else []
         scenario = forecast_scenario(self.event, self.config, self.warmup, seed, self.personas)
@@ -244,14 +248,45 @@ class Planner:
                              "give a longer horizon_time, or horizon_agents")
         config = self.config.simulation_config(self.event.event_id, self.warmup, seed, files)
         branch = None if arm.candidate is None and seed == 0 else BranchPoint(self.parent, self.at, tuple(files))
+        return directory, config, branch, scenario
+
+    def run(self, arm: Arm, seed: int) -> None:
+        """Make (or continue) the run of ``arm`` under ``seed`` in this process, and measure it (calls metered)."""
+        directory, config, branch, scenario = self._member(arm, seed)
         label = f"{arm.name} seed{seed}"
         progress = self.progress
         self.pool.start()
         simulate(config, directory, pool=self.pool, resume=self.resume,
                  progress=(lambda total, text: progress(total, f"{label} {text}")) if progress else None,
                  scenario=lambda _event: scenario, branch=branch)
+        self._record(arm, seed, directory, self.pool.calls())
+
+    def run_round(self, members: Sequence[tuple[Arm, int]]) -> None:
+        """Make the runs of one round: here one after another, or as executor tasks on parallel workers (the
+        shared prefix, the control under seed 0, first). Parallel runs' calls are read from their manifests."""
+        executor = self.config.executor_settings()
+        if not executor.parallel:
+            for arm, seed in members:
+                self.run(arm, seed)
+            return
+        first = [(arm, seed) for arm, seed in members if arm.candidate is None and seed == 0]
+        for arm, seed in first:
+            self.run(arm, seed)
+        rest = [(arm, seed) for arm, seed in members if (arm, seed) not in first]
+        tasks = []
+        for arm, seed in rest:
+            directory, config, branch, scenario = self._member(arm, seed)
+            tasks.append(Task(str(directory), simulate_task, (config, directory, self.resume, None, branch, partial(fixed_scenario, scenario)),
+                              config.pool_options()))
+        run_tasks(tasks, executor, progress=self.progress is not None)
+        for arm, seed in rest:
+            directory = self.root / arm.name / f"seed{seed}"
+            usage = RunStore(directory).manifest().get("usage", {})
+            self._record(arm, seed, directory, sum(u.get("generate_calls", 0) + u.get("score_calls", 0) for u in usage.values() if u))
+
+    def _record(self, arm: Arm, seed: int, directory: Path, calls: int) -> None:
         key = str(directory)
-        self.ledger[key] = self.ledger.get(key, 0) + self.pool.calls()  # with the calls of earlier sessions of a resumed run
+        self.ledger[key] = self.ledger.get(key, 0) + calls  # with the calls of earlier sessions of a resumed run
         self.ledger_path.write_text(json.dumps(self.ledger, indent=1), encoding="utf-8")
         arm.calls += self.ledger[key]
         arm.runs[seed] = directory
@@ -289,9 +324,7 @@ def successive_halving(planner: Planner, candidates: Sequence[Candidate], budget
         allotment = left // (rounds - round_index)
         arms_now = len(surviving) + 1  # each new seed also needs its control run
         new_seeds = min(max(allotment // arms_now, 1 if round_index == 0 else 0), left // arms_now)
-        for seed in range(seeds, seeds + new_seeds):
-            for arm in [control, *surviving]:
-                planner.run(arm, seed)
+        planner.run_round([(arm, seed) for seed in range(seeds, seeds + new_seeds) for arm in [control, *surviving]])
         seeds += new_seeds
         for arm in surviving:
             arm.round_reached = round_index + 1
