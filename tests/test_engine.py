@@ -299,9 +299,15 @@ def test_fuzzed_crash_damage_resumes_to_the_same_bytes(reference: tuple[Simulati
 
 
 class SlowFake(FakeModel):
+    """A fake backend whose every call takes a moment, so that a kill lands inside a run."""
+
     def generate(self, prompts, params):  # type: ignore[no-untyped-def]
         time.sleep(0.02)
         return super().generate(prompts, params)
+
+    def score(self, prompts, continuations):  # type: ignore[no-untyped-def]
+        time.sleep(0.02)
+        return super().score(prompts, continuations)
 
 
 def _run_child(config: SimulationConfig, run: str) -> None:
@@ -309,7 +315,8 @@ def _run_child(config: SimulationConfig, run: str) -> None:
 
 
 def test_kill_9_at_random_moments_resumes_byte_equal(demo_event_path: Path, tmp_path: Path) -> None:
-    config = SimulationConfig(data=str(demo_event_path), policy_model="fake", warmup=8, batch_size=2, num_agents=120, seed=9)
+    config = SimulationConfig(data=str(demo_event_path), method="mf-llm", policy_model="fake", warmup=8, batch_size=2, num_agents=120,
+                              seed=9)
     ref = simulate(config, tmp_path / "reference")
     run = tmp_path / "killed"
     rng, kills = random.Random(0), 0
