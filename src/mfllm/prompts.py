@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+from mfllm.data.readers.base import WEIBO_DEFAULT_REPOST_TEXT
 from mfllm.interfaces import AgentAction, Message, Prompt
 
 MAX_TOPIC_CHARS = 300
@@ -63,7 +64,7 @@ TEMPLATES: dict[str, Templates] = {
         mean_field_batch="网友的反应：",
         mean_field_cue="要点：",
         markers={"comment": "[评论]", "repost_with_text": "[转发并评论]", "repost": "[转发]"},
-        bare_repost_text="转发微博",
+        bare_repost_text=WEIBO_DEFAULT_REPOST_TEXT,
     ),
     "en": Templates(
         topic="Post: {topic}",
@@ -107,7 +108,8 @@ ACTION_CHOICES = ("comment", "repost_with_text", "repost")
 """What an agent can do: comment (a reply counts as one), repost with words, or repost without."""
 POLICY_STOP = ("\n",)
 """Where an action ends: it is one line."""
-BARE_REPOST_TEXTS = frozenset({"", "转发微博", "转发", "repost", "retweet", "rt"})
+BARE_REPOST_TEXTS = frozenset({"", WEIBO_DEFAULT_REPOST_TEXT, "转发", "repost", "retweet", "rt"})
+"""Texts a repost carries when its author wrote nothing (the platforms' defaults)."""
 
 
 def action_choice(kind: str, text: str) -> str:

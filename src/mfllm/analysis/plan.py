@@ -258,7 +258,7 @@ class Planner:
         self.pool.start()
         simulate(config, directory, pool=self.pool, resume=self.resume,
                  progress=(lambda total, text: progress(total, f"{label} {text}")) if progress else None,
-                 scenario=lambda _event: scenario, branch=branch)
+                 scenario=partial(fixed_scenario, scenario), branch=branch)
         self._record(arm, seed, directory, self.pool.calls())
 
     def run_round(self, members: Sequence[tuple[Arm, int]]) -> None:
@@ -269,18 +269,19 @@ class Planner:
             for arm, seed in members:
                 self.run(arm, seed)
             return
-        first = [(arm, seed) for arm, seed in members if arm.candidate is None and seed == 0]
-        for arm, seed in first:
-            self.run(arm, seed)
-        rest = [(arm, seed) for arm, seed in members if (arm, seed) not in first]
-        tasks = []
+        is_parent = [arm.candidate is None and seed == 0 for arm, seed in members]
+        for (arm, seed), parent in zip(members, is_parent):
+            if parent:
+                self.run(arm, seed)
+        rest = [(arm, seed) for (arm, seed), parent in zip(members, is_parent) if not parent]
+        tasks, directories = [], []
         for arm, seed in rest:
             directory, config, branch, scenario = self._member(arm, seed)
             tasks.append(Task(str(directory), simulate_task, (config, directory, self.resume, None, branch, partial(fixed_scenario, scenario)),
                               config.pool_options()))
+            directories.append(directory)
         run_tasks(tasks, executor, progress=self.progress is not None)
-        for arm, seed in rest:
-            directory = self.root / arm.name / f"seed{seed}"
+        for (arm, seed), directory in zip(rest, directories):
             usage = RunStore(directory).manifest().get("usage", {})
             self._record(arm, seed, directory, sum(u.get("generate_calls", 0) + u.get("score_calls", 0) for u in usage.values() if u))
 

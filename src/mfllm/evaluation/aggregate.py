@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mfllm.evaluation.evaluate import RunEvaluation
-from mfllm.simulation.methods import baseline_names, get_method, resolve_method
+from mfllm.simulation.methods import baseline_names, mean_field_names, resolve_method
 
 METRICS = ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1")
 GAIN_GROUPS = ("comment", "repost", "all")
@@ -51,14 +51,15 @@ def mean_kl(evaluation: RunEvaluation, exclude: Sequence[str] = ()) -> float | N
     return float(np.mean(values)) if values else None
 
 
-def _is_mean_field(method: str) -> bool:
-    return _registered(method) and not get_method(method).is_baseline
+def circular_for(evaluations: Sequence[RunEvaluation], method: str) -> list[str]:
+    """The dimensions circular for ``method`` in any of its runs: left out of its comparisons for every method."""
+    return sorted({d for e in evaluations if e.method == method for d in e.circular})
 
 
 def method_table(evaluations: Sequence[RunEvaluation], resamples: int = 2000) -> list[dict[str, Any]]:
     """One row per (method, dimension, metric): mean, 95% CI, events and runs behind it."""
     rows = []
-    methods = sorted({e.method for e in evaluations}, key=lambda m: (not _is_mean_field(m), m))
+    methods = sorted({e.method for e in evaluations}, key=lambda m: (m not in mean_field_names(), m))
     dimensions = sorted({d for e in evaluations for d in e.dimensions})
     for method in methods:
         runs = [e for e in evaluations if e.method == method]
@@ -94,7 +95,7 @@ def headline(evaluations: Sequence[RunEvaluation], method: str = "mf", resamples
     """
     method = resolve_method(method)
     runs = [e for e in evaluations if e.method == method]
-    excluded = sorted({d for e in runs for d in e.circular})
+    excluded = circular_for(evaluations, method)
     challenger = {k: float(np.mean(v)) for k, v in _event_values(runs, lambda e: mean_kl(e, excluded)).items()}
     candidates = {}
     for baseline in baseline_names():
@@ -124,7 +125,7 @@ def headline(evaluations: Sequence[RunEvaluation], method: str = "mf", resamples
 def headlines(evaluations: Sequence[RunEvaluation], resamples: int = 2000) -> list[dict[str, Any]]:
     """The :func:`headline` of every mean-field method among ``evaluations`` (the default one first)."""
     default = resolve_method("mf")
-    present = sorted({e.method for e in evaluations if _is_mean_field(e.method)}, key=lambda m: (m != default, m))
+    present = sorted({e.method for e in evaluations} & set(mean_field_names()), key=lambda m: (m != default, m))
     return [top for top in (headline(evaluations, m, resamples) for m in present) if top is not None]
 
 
@@ -135,12 +136,11 @@ def paired_comparisons(evaluations: Sequence[RunEvaluation], resamples: int = 20
     them). Negative KL/NLL differences favour the method."""
     by_key = {(e.method, e.event_id, e.seed): e for e in evaluations}
     present = sorted({e.method for e in evaluations})
-    known = [m for m in present if _registered(m)]
-    challengers = [m for m in known if not get_method(m).is_baseline]
-    baselines = [m for m in known if get_method(m).is_baseline]
+    challengers = [m for m in present if m in mean_field_names()]
+    baselines = [m for m in present if m in baseline_names()]
     rows = []
     for method in challengers:
-        excluded = sorted({d for e in evaluations if e.method == method for d in e.circular})  # as in the headline
+        excluded = circular_for(evaluations, method)  # as in the headline
         metrics = {"mean_kl": lambda e: mean_kl(e, excluded), "nll": lambda e: e.nll,
                    "information_gain.all": lambda e: (e.information_gain or {}).get("all", {}).get("gain")}
         for baseline in baselines:
@@ -156,9 +156,3 @@ def paired_comparisons(evaluations: Sequence[RunEvaluation], resamples: int = 20
                     rows.append({"method": method, "baseline": baseline, "metric": metric, "difference": mean, "ci_low": low,
                                  "ci_high": high, "events": len(by_event), "pairs": sum(len(v) for v in by_event.values())})
     return rows
-
-
-def _registered(method: str) -> bool:
-    from mfllm.simulation.methods import method_names
-
-    return method in method_names()

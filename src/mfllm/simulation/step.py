@@ -8,9 +8,9 @@ of them (per agent when an intervention targets a subgroup) and what the shared 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 import math
 import random
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
 from mfllm.data.personas import persona_text

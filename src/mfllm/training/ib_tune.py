@@ -29,7 +29,7 @@ from mfllm.backends.hf import LoadedCausalLM, TransformersModel, continuation_lo
 from mfllm.data.schema import Event
 from mfllm.interfaces import LanguageModel, LLMMeanField, Prompt, SamplingParams
 from mfllm.manifest import derive_seed
-from mfllm.simulation.methods.mean_field import UPDATE_STOP
+from mfllm.prompts import MEAN_FIELD_STOP
 from mfllm.simulation.step import Agent, StepContext
 from mfllm.training.config import TrainConfig
 from mfllm.training.data import history, mean_field_seed, step_context
@@ -121,7 +121,7 @@ class MeanFieldTrainer:
 
     def _sample_params(self, seed: int) -> SamplingParams:
         """Summaries scored by the estimator come from q itself: full distribution at ``sample_temperature``."""
-        return SamplingParams(self.config.max_mean_field_tokens, self.config.sample_temperature, 1.0, UPDATE_STOP, seed)
+        return SamplingParams(self.config.max_mean_field_tokens, self.config.sample_temperature, 1.0, MEAN_FIELD_STOP, seed)
 
     def _policy_logprob(self, step: StepContext, next_batch: Sequence[Agent]) -> tuple[Any, int]:
         """sum_i log pi(a*_i | s_i, context) of the next batch's real actions under the step's current context."""

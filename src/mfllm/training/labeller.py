@@ -30,7 +30,6 @@ from pydantic import Field
 from tqdm import tqdm
 
 from mfllm.configuration import YamlConfig
-
 from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS, SDQC, Dimension
 from mfllm.evaluation.labellers import MODEL_SUFFIX, MODELS_FOLDER, Labeller, hashed_counts, tfidf_rows
 from mfllm.evaluation.validate import (SDQC_TO_STANCE, Validation, load_gold_set, validation_from_predictions,

@@ -14,15 +14,11 @@ if TYPE_CHECKING:
     from mfllm.data.schema import Event
     from mfllm.simulation.config import SimulationConfig
 
-UPDATE_STOP = MEAN_FIELD_STOP
-"""Where a mean-field update ends."""
-
-
 def mean_field_sampling(config: SimulationConfig) -> SamplingParams:
     """How a run samples its mean-field updates (the run records the resolved settings)."""
     temperature = config.temperature if config.mean_field_temperature is None else config.mean_field_temperature
     top_p = config.top_p if config.mean_field_top_p is None else config.mean_field_top_p
-    return SamplingParams(config.max_mean_field_tokens, temperature, top_p, UPDATE_STOP)
+    return SamplingParams(config.max_mean_field_tokens, temperature, top_p, MEAN_FIELD_STOP)
 
 
 def clip_points(text: str, language: str, max_chars: int) -> str:

@@ -111,16 +111,17 @@ class StatisticsMeanField(ContextProvider):
         counts = {c: int(q) for c, q in quotas.items()}
         for c in sorted(quotas, key=lambda c: counts[c] - quotas[c])[: self.shown - sum(counts.values())]:
             counts[c] += 1
+        made = [action_choice(a.kind, a.text) for a in self.recent]
         picked: list[int] = []
         for choice, count in counts.items():
-            texts: set[str] = set()
+            taken: list[int] = []
             for i in reversed(range(len(self.recent))):
-                action = self.recent[i]
-                if len(texts) >= count:
+                if len(taken) == count:
                     break
-                if action_choice(action.kind, action.text) == choice and (choice == "repost" or action.text not in texts):
-                    texts.add(action.text if choice != "repost" else str(i))
-                    picked.append(i)
+                # bare reposts all read alike; a text already taken is not shown twice
+                if made[i] == choice and (choice == "repost" or all(self.recent[j].text != self.recent[i].text for j in taken)):
+                    taken.append(i)
+            picked += taken
         return [self.recent[i] for i in sorted(picked)]
 
     def _shares(self, name: str) -> str | None:
