@@ -160,6 +160,7 @@ def _evaluations(args: argparse.Namespace) -> tuple[list[Any], list[Any]]:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from mfllm.evaluation import write_metrics
+    from mfllm.evaluation.report import realism_summary
 
     evaluations, _ = _evaluations(args)
     written = write_metrics(evaluations, args.output)
@@ -167,8 +168,21 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         summary = e.summary()
         kls = ", ".join(f"{d} {summary[f'{d}.kl']:.3f}" for d in e.dimensions)
         nll = f", NLL {e.nll:.3f}" if e.nll is not None else ""
-        print(f"{e.event_id} {e.method} seed{e.seed}: KL {kls}{nll}")
-    print(f"metrics written to {written['metrics.json'].parent}")
+        print(f"{e.event_id} {e.method} seed{e.seed}: " + "; ".join(part for part in (f"KL {kls}{nll}" if kls else "",
+                                                                                      realism_summary(e.realism)) if part))
+    print(f"metrics written to {written['metrics.json'].parent} (realism table: {written['realism.csv']})")
+    return 0
+
+
+def _cmd_realism(args: argparse.Namespace) -> int:
+    from mfllm.evaluation import write_metrics
+    from mfllm.evaluation.pipeline import find_runs, realism_only
+    from mfllm.evaluation.report import realism_console_table
+
+    evaluations = realism_only(find_runs(args.runs))
+    written = write_metrics(evaluations, args.output)
+    print(realism_console_table(evaluations))
+    print(f"realism table written to {written['realism.csv']}")
     return 0
 
 
@@ -250,13 +264,15 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def _cmd_backtest(args: argparse.Namespace) -> int:
     from mfllm.analysis.backtest import backtest
-    from mfllm.evaluation.report import headline_text
+    from mfllm.evaluation.report import headline_text, realism_headline_text
 
     config = BacktestConfig.from_sources(args.config, BacktestConfig.overrides(args))
     result = backtest(config, progress=_progress)
     for point in result["points"]:
         for top in point["headlines"]:
             print(f"{point['name']}: {headline_text(top)}")
+        if point["realism_headline"]:
+            print(f"{point['name']}: {realism_headline_text(point['realism_headline'])}")
         for row in point["paired"]:
             print(f"  {row['method']} - {row['baseline']} {row['metric']}: {row['difference']:+.4f} "
                   f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] over {row['pairs']} pairs")
@@ -428,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
         _evaluation_flags(p)
         _executor_flags(p)
         p.set_defaults(func=_cmd_evaluate if name == "evaluate" else _cmd_report)
+
+    realism = sub.add_parser("realism", help="realism of runs' texts only (no labels, no model; seconds): the realism table")
+    realism.add_argument("runs", nargs="+", help="run directories, or roots holding them")
+    realism.add_argument("--output", default="realism", help="output directory (metrics files, realism.csv)")
+    realism.set_defaults(func=_cmd_realism)
 
     validate = sub.add_parser("evaluate-labeller", help="agreement of the labellers with human labels (accuracy, macro-F1, "
                                                        "per-class recall, confusion, majority baseline)")

@@ -21,17 +21,19 @@ from typing import Any
 from pydantic import Field
 
 from mfllm.data.loaders import events_with_reactions
-from mfllm.evaluation.aggregate import headlines, paired_comparisons
+from mfllm.evaluation.aggregate import headlines, paired_comparisons, realism_headline
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import resolve_dimensions
-from mfllm.evaluation.evaluate import RunEvaluation
+from mfllm.evaluation.evaluate import RunEvaluation, run_realism
 from mfllm.evaluation.metrics import CorrectedMetrics, DimensionMetrics
 from mfllm.evaluation.pipeline import evaluate_runs
+from mfllm.evaluation.realism import Realism
 from mfllm.evaluation.report import write_report
 from mfllm.executors import ExecutorConfig
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import ProgressFactory
 from mfllm.simulation.methods import get_method, method_names, resolve_method
+from mfllm.simulation.store import RunStore
 from mfllm.simulation.sweep import simulate_many, sweep_configs, sweep_plan
 
 EVALUATION_FILE = "evaluation.json"
@@ -86,7 +88,15 @@ def _evaluation_from_json(data: dict[str, Any]) -> RunEvaluation:
     data = dict(data)
     data["dimensions"] = {k: DimensionMetrics(**v) for k, v in data["dimensions"].items()}
     data["corrected"] = {k: CorrectedMetrics(**v) for k, v in data.get("corrected", {}).items()}
+    data["realism"] = Realism(**data["realism"]) if data.get("realism") else None
     return RunEvaluation(**data)
+
+
+def _with_realism(run: Path, evaluation: RunEvaluation) -> RunEvaluation:
+    """A saved evaluation made before realism was measured, with the run's realism added (no model needed)."""
+    if evaluation.realism is None:
+        evaluation.realism = run_realism(RunStore(run))
+    return evaluation
 
 
 def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, executor: ExecutorConfig | None = None,
@@ -99,7 +109,7 @@ def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, exec
         if path.exists():
             saved = json.loads(path.read_text(encoding="utf-8"))
             if saved.get("settings") == key:
-                cached[run] = _evaluation_from_json(saved["evaluation"])
+                cached[run] = _with_realism(run, _evaluation_from_json(saved["evaluation"]))
     todo = [run for run in runs if run not in cached]
     fresh, dimensions = evaluate_runs(todo, config, pool, executor=executor, pool_options=pool_options) if todo \
         else ([], resolve_dimensions(config.dimensions, config.dimensions_file))
@@ -151,7 +161,7 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
         report = write_report(evaluations, dimensions, Path(config.output) / "report" / name if len(grid) > 1 else Path(config.output) / "report",
                               sections=[_paired_section(evaluations)])
         points.append({"point": point, "name": name, "report": str(report), "headlines": headlines(evaluations),
-                       "paired": paired_comparisons(evaluations)})
+                       "realism_headline": realism_headline(evaluations), "paired": paired_comparisons(evaluations)})
     if len(grid) > 1:
         index = Path(config.output) / "report" / "index.html"
         index.write_text(_sensitivity_page(points), encoding="utf-8")

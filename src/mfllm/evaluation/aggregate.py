@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mfllm.evaluation.evaluate import RunEvaluation
+from mfllm.evaluation.realism import REALISM_COLUMNS, realism_value
 from mfllm.simulation.methods import baseline_names, mean_field_names, resolve_method
 
 METRICS = ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1")
@@ -81,7 +82,44 @@ def method_table(evaluations: Sequence[RunEvaluation], resamples: int = 2000) ->
                 mean, low, high = bootstrap_mean(by_event, resamples)
                 rows.append({"method": method, "dimension": "(policy)", "metric": metric, "mean": mean, "ci_low": low, "ci_high": high,
                              "events": len(by_event), "runs": sum(len(v) for v in by_event.values())})
+        rows += [{**row, "method": method, "dimension": "(realism)", "metric": f"{row['metric']}.{side}"} for side in ("sim", "real")
+                 for row in realism_rows(runs, side, resamples)]
     return rows
+
+
+def realism_rows(evaluations: Sequence[RunEvaluation], side: str = "sim", resamples: int = 2000) -> list[dict[str, Any]]:
+    """One row per (method, realism metric) of the ``side`` (``sim``: each method's simulated texts;
+    ``real``: one row ``real`` for the real texts beside all runs): mean over events of the mean over
+    runs, with the two-level bootstrap 95% CI."""
+    groups = {"real": list(evaluations)} if side == "real" else \
+        {m: [e for e in evaluations if e.method == m] for m in sorted({e.method for e in evaluations},
+                                                                      key=lambda m: (m not in mean_field_names(), m))}
+    rows = []
+    for name, runs in groups.items():
+        for column in REALISM_COLUMNS:
+            by_event = _event_values(runs, lambda e, c=column: realism_value(e.realism, c, side))
+            if by_event:
+                mean, low, high = bootstrap_mean(by_event, resamples)
+                rows.append({"method": name, "metric": column, "mean": mean, "ci_low": low, "ci_high": high, "events": len(by_event),
+                             "runs": sum(len(v) for v in by_event.values())})
+    return rows
+
+
+def realism_table(evaluations: Sequence[RunEvaluation], resamples: int = 2000) -> list[dict[str, Any]]:
+    """The realism table: the real texts' row first, then each method's simulated texts (long format)."""
+    return realism_rows(evaluations, "real", resamples) + realism_rows(evaluations, "sim", resamples)
+
+
+def realism_headline(evaluations: Sequence[RunEvaluation], resamples: int = 2000) -> dict[str, Any] | None:
+    """Realism of the default mean field (else the first mean-field method present) beside the real texts:
+    {"method", "sim": {metric: row}, "real": {metric: row}}; None without a mean-field run with realism."""
+    present = {e.method for e in evaluations if e.realism is not None}
+    method = next((m for m in [resolve_method("mf"), *mean_field_names()] if m in present), None)
+    if method is None:
+        return None
+    runs = [e for e in evaluations if e.method == method]
+    return {"method": method, "sim": {r["metric"]: r for r in realism_rows(runs, "sim", resamples)},
+            "real": {r["metric"]: r for r in realism_rows(runs, "real", resamples)}}
 
 
 def headline(evaluations: Sequence[RunEvaluation], method: str = "mf", resamples: int = 2000, seed: int = 0) -> dict[str, Any] | None:

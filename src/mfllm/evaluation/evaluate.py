@@ -13,7 +13,8 @@ from mfllm.evaluation.information_gain import information_gain
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import (DEFAULT_ALPHA, CorrectedMetrics, DimensionMetrics, compare_streams, corrected_comparison,
                                      pooled_confusion, window_ids)
-from mfllm.interfaces import LanguageModel
+from mfllm.evaluation.realism import Realism, measure_realism
+from mfllm.interfaces import LanguageModel, Prompt
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import make_context
 from mfllm.simulation.interventions import scheduled_from_manifest
@@ -50,6 +51,8 @@ class RunEvaluation:
     corrected: dict[str, CorrectedMetrics] = field(default_factory=dict)
     circular: list[str] = field(default_factory=list)
     """Dimensions labelled by a labeller the method's context is built from: not an independent measure of it."""
+    realism: Realism | None = None
+    """Whether the simulated texts read like the real ones beside them (see :mod:`mfllm.evaluation.realism`)."""
 
     def summary(self) -> dict[str, Any]:
         """Flat metrics (no per-window series, no labels), for tables."""
@@ -63,6 +66,8 @@ class RunEvaluation:
             out[f"information_gain.{group}"] = gain["gain"]
         for name, corrected in self.corrected.items():
             out[f"{name}.kl_corrected"] = corrected.kl_corrected
+        for name, value in (self.realism.values() if self.realism else {}).items():
+            out[f"realism.{name}"] = value
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -104,6 +109,36 @@ def contexts_by_step(store: RunStore, config: SimulationConfig, event: Event) ->
     return contexts
 
 
+def agent_prompts(contexts: dict[int, StepContext], scheduled: Sequence[Any], event: Event, rows: Sequence[dict[str, Any]]) -> list[Prompt]:
+    """The policy prompt each row's agent had: its step's context and the interventions that reached it."""
+    prompts = []
+    for r in rows:
+        active = [s for s in scheduled if s.active(r["step"])]
+        if active:
+            agent = Agent.of(event.reactions[r["position"]], r["position"])
+            prompts.append(contexts[r["step"]].prompts([agent], active)[0])
+        else:
+            prompts.append(contexts[r["step"]].prompt(r["persona"]))
+    return prompts
+
+
+def evaluated_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The actions an evaluation compares: generated, with a real reaction beside them."""
+    return [r for r in rows if "failure" not in r and r.get("real_text") is not None]
+
+
+def run_realism(store: RunStore, event: Event | None = None, rows: Sequence[dict[str, Any]] | None = None) -> Realism:
+    """Realism of ``rows`` (default: the run's :func:`evaluated_rows`), the copied shares against the
+    prompts the agents had (rebuilt from the journal, no model needed)."""
+    config = SimulationConfig(**store.manifest()["config"])
+    if event is None:
+        event, _ = load_event(config.data, config.event_id, config.data_format)
+    rows = evaluated_rows(store.actions()) if rows is None else rows
+    prompts = agent_prompts(contexts_by_step(store, config, event), scheduled_from_manifest(store.manifest()), event, rows)
+    return measure_realism([(r["real_kind"], r["real_text"]) for r in rows], [(r["sim_kind"], r["sim_text"]) for r in rows],
+                           [p.completion for p in prompts], event.language)
+
+
 def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = None) -> tuple[float, float]:
     """(token-weighted mean NLL per token, mean over actions of per-token NLL) of the real actions,
     teacher-forced under ``policy`` with the same prompt (topic, persona, simulated context, the
@@ -115,16 +150,8 @@ def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = Non
     if event is None:
         event, _ = load_event(config.data, config.event_id, config.data_format)
     contexts = contexts_by_step(store, config, event)
-    scheduled = scheduled_from_manifest(manifest)
     rows = [r for r in store.actions() if r.get("real_text") is not None]
-    prompts = []
-    for r in rows:
-        active = [s for s in scheduled if s.active(r["step"])]
-        if active:
-            agent = Agent.of(event.reactions[r["position"]], r["position"])
-            prompts.append(contexts[r["step"]].prompts([agent], active)[0])
-        else:
-            prompts.append(contexts[r["step"]].prompt(r["persona"]))
+    prompts = agent_prompts(contexts, scheduled_from_manifest(manifest), event, rows)
     scores = policy.score(prompts, [contexts[r["step"]].continuation(r["real_kind"], r["real_text"]) for r in rows])
     tokens = sum(s.num_tokens for s in scores)
     per_action = [s.mean_nll for s in scores if s.num_tokens]
@@ -153,7 +180,7 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
         raise ValueError(f"{run_dir}: the run has no simulated actions yet")
     failed = sum("failure" in r for r in all_rows)
     unpaired = sum(r.get("real_text") is None for r in all_rows)
-    rows = [r for r in all_rows if "failure" not in r and r.get("real_text") is not None]
+    rows = evaluated_rows(all_rows)
     if not rows:
         raise ValueError(f"{run_dir}: no simulated action has a real reaction beside it to compare with "
                          f"({failed} failed generations, {unpaired} actions without a real reaction)")
@@ -179,6 +206,7 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
             if corrected is not None:
                 evaluation.corrected[dimension.name] = corrected
     evaluation.labels = per_row
+    evaluation.realism = run_realism(store, event, rows)
     evaluation.circular = circular_dimensions(config["method"], evaluation.validity)
     if policy is not None:
         evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy, event)

@@ -55,6 +55,11 @@ def evaluate_task(pool: Any, run: Path, config: EvaluationConfig) -> RunEvaluati
                         (policy, mean_field_model) if policy is not None and config.information_gain else None)
 
 
+def realism_only(runs: Sequence[Path]) -> list[RunEvaluation]:
+    """Every run's evaluation with its realism alone: no labels, no model (a fraction of a second a run)."""
+    return [evaluate_run(run, LabellerChain([]), []) for run in runs]
+
+
 def labelling_rounds(runs: Sequence[Path], config: EvaluationConfig, executor: ExecutorConfig) -> list[list[int]]:
     """Indices of ``runs`` in the order they are evaluated. Runs of one event share its real reactions, so
     with a judge on parallel workers one run per event goes first and fills the shared label cache

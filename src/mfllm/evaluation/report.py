@@ -12,9 +12,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mfllm.evaluation.aggregate import bootstrap_mean, headlines, method_table
+from mfllm.evaluation.aggregate import bootstrap_mean, headlines, method_table, realism_headline, realism_table
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.evaluate import RunEvaluation
+from mfllm.evaluation.realism import REALISM_COLUMNS, Realism
 from mfllm.simulation.methods import resolve_method
 from mfllm.simulation.store import RunStore
 
@@ -24,17 +25,21 @@ COLOURS = {"real": "black", "mf-stats": "tab:red", "mf-hybrid": "tab:brown", "mf
 
 def write_metrics(evaluations: Sequence[RunEvaluation], output: str | Path) -> dict[str, Path]:
     """``metrics.json`` (everything, per-window series and labels included), ``metrics.csv`` (one row per
-    run), ``summary.csv`` (the method table with CIs) and ``labels.csv`` (every label of every run)."""
+    run), ``summary.csv`` (the method table with CIs), ``labels.csv`` (every label of every run) and
+    ``realism.csv`` (the realism table: real texts, then each method, with CIs)."""
     out = Path(output)
     out.mkdir(parents=True, exist_ok=True)
     table = method_table(evaluations)
-    data = {"runs": [e.to_json() for e in evaluations], "methods": table, "headlines": headlines(evaluations)}
+    realism = realism_table(evaluations)
+    data = {"runs": [e.to_json() for e in evaluations], "methods": table, "headlines": headlines(evaluations), "realism": realism,
+            "realism_headline": realism_headline(evaluations)}
     (out / "metrics.json").write_text(json.dumps(data, indent=1, ensure_ascii=False, default=_json_number), encoding="utf-8")
     _write_csv(out / "metrics.csv", [e.summary() for e in evaluations])
     _write_csv(out / "summary.csv", table)
     _write_csv(out / "labels.csv", [{"run": e.run, "event_id": e.event_id, "method": e.method, "seed": e.seed, **row}
                                     for e in evaluations for row in e.labels])
-    return {name: out / name for name in ("metrics.json", "metrics.csv", "summary.csv", "labels.csv")}
+    _write_csv(out / "realism.csv", realism)
+    return {name: out / name for name in ("metrics.json", "metrics.csv", "summary.csv", "labels.csv", "realism.csv")}
 
 
 def _json_number(value: Any) -> Any:
@@ -264,6 +269,72 @@ def headline_text(top: dict[str, Any]) -> str:
             f"{top['events']} events{excluded})")
 
 
+REALISM_HEADERS = {"discriminator_accuracy": "discriminator accuracy", "length_median": "median length", "length_ratio": "length ratio",
+                   "length_wasserstein_log": "length W1 (log)", "degenerate": "degenerate", "duplicate": "duplicates",
+                   "copied": "copied from prompt", "distinct1": "distinct-1", "distinct2": "distinct-2", "comment": "comments",
+                   "repost_with_text": "reposts with words", "repost": "bare reposts"}
+REALISM_HEADLINE = ("discriminator_accuracy", "duplicate", "degenerate", "copied", "length_median", "repost")
+"""The realism metrics the headline line shows."""
+
+
+def realism_headline_text(top: dict[str, Any]) -> str:
+    """One line for a :func:`~mfllm.evaluation.aggregate.realism_headline`: the method's value, its 95% CI,
+    and the real texts' value beside it."""
+    parts = []
+    for metric in REALISM_HEADLINE:
+        sim, real = top["sim"].get(metric), top["real"].get(metric)
+        if sim is None or math.isnan(sim["mean"]):
+            continue
+        share = metric not in ("discriminator_accuracy", "length_median")
+        value = (lambda v: f"{v:.0%}") if share else (lambda v: f"{v:.3g}")
+        beside = f", real {value(real['mean'])}" if real is not None else " (0.5: indistinguishable)"
+        parts.append(f"{REALISM_HEADERS[metric]} {value(sim['mean'])} [{value(sim['ci_low'])}–{value(sim['ci_high'])}]{beside}")
+    return f"realism of {top['method']}: " + "; ".join(parts)
+
+
+def realism_summary(realism: Realism | None) -> str:
+    """One run's realism in one line (simulated / real), for the console."""
+    if realism is None:
+        return ""
+    accuracy = "–" if realism.discriminator_accuracy is None else f"{realism.discriminator_accuracy:.2f}"
+    shares = ", ".join(f"{REALISM_HEADERS[m]} {_fmt(getattr(realism, f'{m}_sim'))}/{_fmt(getattr(realism, f'{m}_real'))}"
+                       for m in ("duplicate", "degenerate", "copied", "repost"))
+    return (f"realism (sim/real): discriminator {accuracy}, median length {_fmt(realism.length_median_sim)}/"
+            f"{_fmt(realism.length_median_real)}, {shares}")
+
+
+def realism_console_table(evaluations: Sequence[RunEvaluation]) -> str:
+    """The realism table as text: a row for the real texts and one per method, means with 95% CIs."""
+    cells = {(r["method"], r["metric"]): r for r in realism_table(evaluations)}
+    rows = [[method] + [f"{_fmt(cells[method, c]['mean'])} [{_fmt(cells[method, c]['ci_low'])}, {_fmt(cells[method, c]['ci_high'])}]"
+                        if (method, c) in cells else "–" for c in REALISM_COLUMNS]
+            for method in dict.fromkeys(m for m, _ in cells)]
+    columns = [[name] + [row[i + 1] for row in rows] for i, name in enumerate(REALISM_HEADERS[c] for c in REALISM_COLUMNS)]
+    widths = [max(len(row[0]) for row in rows)] + [max(map(len, column)) for column in columns]
+    lines = ["  ".join(text.ljust(width) for text, width in zip(["texts"] + [c[0] for c in columns], widths))]
+    lines += ["  ".join(text.ljust(width) for text, width in zip(row, widths)) for row in rows]
+    return "\n".join(lines)
+
+
+def realism_html(table: list[dict[str, Any]]) -> list[str]:
+    """The realism table: one row for the real texts, one per method, a column per metric (mean, 95% CI)."""
+    if not table:
+        return []
+    cells = {(r["method"], r["metric"]): r for r in table}
+    parts = ["<h2>Realism</h2><p>Whether the simulated texts read like the real ones of the same agents (bare reposts left out of "
+             "the text metrics; definitions in the README, Evaluating fidelity, Realism). Discriminator accuracy 0.5 means a classifier "
+             "cannot tell simulated from real; length ratio is simulated over real median; distinct-n on equal numbers of n-grams. "
+             "Mean over events of the mean over seeds, 95% bootstrap CI below.</p><table><tr><th>texts</th>"
+             + "".join(f"<th>{REALISM_HEADERS[c]}</th>" for c in REALISM_COLUMNS) + "</tr>"]
+    for method in dict.fromkeys(r["method"] for r in table):
+        row = [cells.get((method, c)) for c in REALISM_COLUMNS]
+        parts.append(f"<tr><td class=t>{html.escape(method)}</td>" + "".join(
+            f"<td>{_fmt(r['mean'])}<br><small>{_fmt(r['ci_low'])}–{_fmt(r['ci_high'])}</small></td>" if r else "<td>–</td>"
+            for r in row) + "</tr>")
+    parts.append("</table>")
+    return parts
+
+
 def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dimension], output: str | Path,
                  max_events: int = 4, samples: int = 8, sections: Sequence[str] = ()) -> Path:
     """Write metrics files, PNG figures and ``index.html`` (figures embedded, so the page stands alone).
@@ -294,6 +365,10 @@ def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dime
     ]
     for top in tops:
         parts.append(f"<p class='headline'><b>Headline:</b> {headline_text(top)} (the MF-LLM paper reports 47%).</p>")
+    realism_top = realism_headline(evaluations)
+    if realism_top is not None:
+        parts.append(f"<p class='headline'><b>Realism:</b> {html.escape(realism_headline_text(realism_top))}.</p>")
+    parts.extend(realism_html(realism_table(evaluations)))
     parts.extend(_validity_html(validity_rows(evaluations)))
     parts.extend(_corrected_html(corrected_rows(evaluations)))
     parts.append("<h2>Metrics by method</h2><table><tr><th>method</th><th>dimension</th><th>metric</th><th>mean</th>"
