@@ -38,7 +38,7 @@ DISCRIMINATOR_FOLDS = 5
 DISCRIMINATOR_REPEATS = 4
 
 _WORD = re.compile(r"\w+(?:['’]\w+)*")
-_DATE_TIME = re.compile(r"\d{1,4}\s*[-/.年]\s*\d{1,2}\s*[-/.月]\s*\d{1,4}\s*日?|\d{1,2}\s*[:：]\s*\d{2}(?:\s*[:：]\s*\d{2})?")
+_DATE_TIME = re.compile(r"\d{1,4}\s*[-/.年]\s*\d{1,2}\s*[-/.月]\s*\d{1,4}\s*日?|\d{1,2}\s*[:：]\s*\d{2}(?:\s*[:：]\s*\d{2})?(?:\s*[AaPp]\.?[Mm]\b\.?)?")
 _DIGITS = re.compile(r"\d+")
 
 
