@@ -193,3 +193,14 @@ def test_cli_realism_and_evaluate_report_it(recent_run: Path, tmp_path: Path, ca
     assert "realism (sim/real): discriminator" in capsys.readouterr().out
     saved = json.loads((tmp_path / "m" / "metrics.json").read_text(encoding="utf-8"))
     assert saved["runs"][0]["realism"]["texts_sim"] > 0 and saved["realism"][0]["method"] == "real"
+
+
+def test_a_saved_evaluation_keeps_its_realism_and_an_older_one_gets_it(recent_run: Path) -> None:
+    from mfllm.analysis.backtest import _evaluation_from_json, _with_realism
+    from mfllm.evaluation import LabellerChain, evaluate_run
+
+    evaluation = evaluate_run(recent_run, LabellerChain([]), [])
+    saved = json.loads(json.dumps(evaluation.to_json(), ensure_ascii=False))
+    assert _evaluation_from_json(saved).realism == evaluation.realism
+    older = _evaluation_from_json({**saved, "realism": None})
+    assert older.realism is None and _with_realism(recent_run, older).realism == evaluation.realism
