@@ -204,3 +204,17 @@ def test_a_saved_evaluation_keeps_its_realism_and_an_older_one_gets_it(recent_ru
     assert _evaluation_from_json(saved).realism == evaluation.realism
     older = _evaluation_from_json({**saved, "realism": None})
     assert older.realism is None and _with_realism(recent_run, older).realism == evaluation.realism
+
+
+def test_report_shows_the_realism_table_and_the_mean_fields_realism(recent_run: Path, demo_event_path: Path, tmp_path: Path) -> None:
+    from mfllm.evaluation import write_report
+    from mfllm.evaluation.pipeline import realism_only
+
+    config = SimulationConfig(data=str(demo_event_path), method="mf", policy_model="fake", warmup=16, batch_size=8, num_agents=24, seed=0)
+    evaluations = realism_only([simulate(config, tmp_path / "mf"), recent_run])
+    page = write_report(evaluations, [], tmp_path / "report").read_text(encoding="utf-8")
+    table = page[page.index("<h2>Realism</h2>"):page.index("</table>", page.index("<h2>Realism</h2>"))]
+    assert [row.split("</td>")[0] for row in table.split("<tr><td class=t>")[1:]] == ["real", resolve_method("mf"), "recent"]
+    assert f"<b>Realism:</b> realism of {resolve_method('mf')}: discriminator accuracy" in page
+    metrics_table = page[page.index("<h2>Metrics by method</h2>"):]
+    assert "(realism)" not in metrics_table[:metrics_table.index("</table>")]

@@ -373,7 +373,7 @@ def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dime
     parts.extend(_corrected_html(corrected_rows(evaluations)))
     parts.append("<h2>Metrics by method</h2><table><tr><th>method</th><th>dimension</th><th>metric</th><th>mean</th>"
                  "<th>95% CI</th><th>events</th><th>runs</th></tr>")
-    for r in table:
+    for r in (r for r in table if r["dimension"] != "(realism)"):  # those are in the realism table
         parts.append(f"<tr><td class=t>{r['method']}</td><td class=t>{r['dimension']}</td><td class=t>{r['metric']}</td>"
                      f"<td>{_fmt(r['mean'])}</td><td>{_fmt(r['ci_low'])} – {_fmt(r['ci_high'])}</td><td>{r['events']}</td><td>{r['runs']}</td></tr>")
     parts.append("</table>")
