@@ -76,6 +76,48 @@ def sample_choices(probabilities: Sequence[dict[str, float]], seed: int) -> list
     return [rng.choices(list(p), weights=list(p.values()))[0] for p in probabilities]
 
 
+def choice_distribution(logprobs: dict[str, float], temperature: float, offsets: dict[str, float] | None = None) -> dict[str, float]:
+    """The probabilities of the choices from the policy's marker log-probs: ``softmax(logprob / T + offset)``
+    over the choices offered (``T`` the run's temperature; at 0 the most likely choice is certain)."""
+    offsets = offsets or {}
+    if temperature <= 0:
+        best = max(logprobs, key=lambda c: logprobs[c] + offsets.get(c, 0.0))
+        return {c: float(c == best) for c in logprobs}
+    scaled = {c: lp / temperature + offsets.get(c, 0.0) for c, lp in logprobs.items()}
+    top = max(scaled.values())
+    weights = {c: math.exp(v - top) for c, v in scaled.items()}
+    total = sum(weights.values())
+    return {c: w / total for c, w in weights.items()}
+
+
+CALIBRATION_PRIOR = 1.0
+"""Pseudo-count added to every choice's warm-up count, so a choice absent from the warm-up stays possible."""
+
+
+def fit_choice_offsets(observed: Sequence[tuple[dict[str, float], str]], temperature: float, iterations: int = 200) -> dict[str, float]:
+    """Per-choice offsets that make the policy's mean choice probabilities over the warm-up's real reactors
+    (``observed``: each reactor's marker log-probs under the context it saw, and what it really did) equal
+    the shares of what they did (with :data:`CALIBRATION_PRIOR`): the prior-shift correction of Saerens et
+    al. (2002), by its fixed-point iteration. The context still moves each agent's probabilities; the
+    offsets only remove the policy's own bias towards one marker (a base model prefers ``[评论]``)."""
+    if not observed:
+        return {}
+    choices = list(observed[0][0])
+    counts = {c: CALIBRATION_PRIOR + sum(1 for _, made in observed if made == c) for c in choices}
+    target = {c: n / sum(counts.values()) for c, n in counts.items()}
+    scale = temperature if temperature > 0 else 1.0
+    offsets = {c: 0.0 for c in choices}
+    for _ in range(iterations):
+        mean = {c: 0.0 for c in choices}
+        for logprobs, _ in observed:
+            for c, p in choice_distribution(logprobs, scale, offsets).items():
+                mean[c] += p / len(observed)
+        offsets = {c: offsets[c] + math.log(target[c] / max(mean[c], 1e-12)) for c in choices}
+        anchor = offsets[choices[0]]
+        offsets = {c: v - anchor for c, v in offsets.items()}
+    return {c: round(v, 6) for c, v in offsets.items()}
+
+
 class StepContext:
     """An event seen through one context provider: the policy prompts of a step and the actions the
     provider takes in. The provider's state is the only thing that changes between steps."""
@@ -108,20 +150,20 @@ class StepContext:
                               "\n".join(part for part in (self.exposure_block(agent, active), block) if part) or None, choice)
                 for agent, choice in zip(agents, chosen)]
 
-    def choice_probabilities(self, policy: LanguageModel, prompts: Sequence[Prompt]) -> list[dict[str, float]]:
-        """The policy's own probabilities of each kind marker after each prompt, normalised over the
-        choices the event's platform offers (no fixed rate or rule: the context moves them)."""
+    def choice_logprobs(self, policy: LanguageModel, prompts: Sequence[Prompt]) -> list[dict[str, float]]:
+        """The policy's own log-probabilities of each kind marker the event's platform offers, after each
+        prompt (no fixed rate or rule: the context moves them); a single choice gets 0."""
         if len(self.choices) == 1:
-            return [{self.choices[0]: 1.0} for _ in prompts]
+            return [{self.choices[0]: 0.0} for _ in prompts]
         markers = [marker(choice, self.language) for choice in self.choices]
         scores = policy.score([p for p in prompts for _ in markers], markers * len(prompts))
-        probabilities = []
-        for i in range(len(prompts)):
-            logprobs = [s.logprob for s in scores[i * len(markers):(i + 1) * len(markers)]]
-            top = max(logprobs)
-            weights = [math.exp(lp - top) for lp in logprobs]
-            probabilities.append({choice: w / sum(weights) for choice, w in zip(self.choices, weights)})
-        return probabilities
+        return [{choice: s.logprob for choice, s in zip(self.choices, scores[i * len(markers):(i + 1) * len(markers)])}
+                for i in range(len(prompts))]
+
+    def choice_probabilities(self, policy: LanguageModel, prompts: Sequence[Prompt], temperature: float = 1.0,
+                             offsets: dict[str, float] | None = None) -> list[dict[str, float]]:
+        """Each prompt's probabilities of the choices (:func:`choice_distribution` of :meth:`choice_logprobs`)."""
+        return [choice_distribution(lp, temperature, offsets) for lp in self.choice_logprobs(policy, prompts)]
 
     def continuation(self, kind: str, text: str) -> str:
         """A recorded action as the policy would write it after its prompt: marker, then text."""

