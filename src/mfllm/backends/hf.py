@@ -178,7 +178,8 @@ def penalise(values: Any, indices: Any, generated: Any, params: SamplingParams) 
 
 def _top_k_top_p(params: SamplingParams, prompt_length: int) -> Any:
     """Top-k, repetition penalties over each row's generated tokens (after ``prompt_length``), temperature,
-    then nucleus sampling, in the order of the llama.cpp backend's sampler chain.
+    then nucleus sampling, in the order of the llama.cpp backend's sampler chain (at temperature 0, top-k
+    and the penalties only, before the greedy choice).
 
     transformers' own top-p warper sorts the whole vocabulary at every step (262k entries for
     Gemma 3), which on a CPU costs as much as the model's forward pass; selecting the top k first
@@ -192,6 +193,8 @@ def _top_k_top_p(params: SamplingParams, prompt_length: int) -> Any:
             values, indices = torch.topk(scores, min(params.top_k, scores.shape[-1]), dim=-1)
             if params.penalises:
                 values = penalise(values, indices, input_ids[:, prompt_length:], params)
+            if params.temperature <= 0:  # greedy: the best candidate after the penalties
+                return torch.full_like(scores, float("-inf")).scatter_(-1, indices, values)
             values = values / params.temperature
             probs = torch.softmax(values, dim=-1)
             outside = (probs.cumsum(-1) - probs) > params.top_p
@@ -301,7 +304,7 @@ class TransformersModel(LanguageModel):
             torch.manual_seed(params.seed)
         sampling = params.temperature > 0
         transformers = require("transformers", "hf")
-        warper = transformers.LogitsProcessorList([_top_k_top_p(params, prompt_length)]) if sampling else None
+        warper = transformers.LogitsProcessorList([_top_k_top_p(params, prompt_length)]) if sampling or params.penalises else None
         with torch.inference_mode(), adapter_context:
             cache = _prefix_cache(model, input_ids[:1, :shared], len(prompts)) if shared else None
             output = model.generate(

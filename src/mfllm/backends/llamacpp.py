@@ -267,16 +267,19 @@ class LoadedGGUF:
     def sampler(self, params: SamplingParams, seed: int) -> Any:
         """A sampler chain like the transformers backend's: top-k, repetition penalties over the tokens the
         row has generated (the chain accepts each sampled token), temperature, nucleus, then a seeded draw
-        (greedy when the temperature is 0)."""
+        (at temperature 0, the best token after the penalties)."""
         internals = require("llama_cpp._internals", "llamacpp")
         sampler = internals.LlamaSampler()
-        if params.temperature <= 0:
+        if params.temperature <= 0 and not params.penalises:
             sampler.add_greedy()
             return sampler
         sampler.add_top_k(params.top_k)
         if params.penalises:  # after top-k, as llama.cpp advises: the penalties then scan k candidates, not the vocabulary
             sampler.add_penalties(self.n_vocab, params.penalty_window, params.repetition_penalty, params.frequency_penalty,
                                   params.presence_penalty)
+        if params.temperature <= 0:
+            sampler.add_greedy()
+            return sampler
         sampler.add_temp(params.temperature)
         sampler.add_top_p(params.top_p, 1)
         sampler.add_dist(seed)

@@ -39,7 +39,7 @@ class SimulationConfig(YamlConfig):
     action_length: Literal["data", "fixed"] = Field(default="data", description="data: each agent's bound is length_slack times the "
                                                     "length of a real warm-up reaction drawn at random (seeded), so lengths follow the "
                                                     "event; fixed: max_action_tokens for every agent.")
-    length_slack: float = Field(default=1.2, ge=1.0, description="With action_length=data, an agent may write this many times the drawn "
+    length_slack: float = Field(default=1.5, ge=1.0, description="With action_length=data, an agent may write this many times the drawn "
                                                                   "real length (plus one token).")
     repetition_penalty: float = Field(default=1.0, gt=0.0, description="Policy: a token already generated in the action has its logit "
                                                                        "divided by this (1 = off); see SamplingParams.")
@@ -52,9 +52,10 @@ class SimulationConfig(YamlConfig):
     resample_copies: bool = Field(default=True, description="Ask an agent again (new seed, up to max_generation_attempts) when its "
                                                             "text repeats an earlier text of the run (warm-up, source post or another "
                                                             "agent's) or is degenerate (mfllm.text); the last attempt is kept and marked.")
-    calibrate_choices: bool = Field(default=True, description="Calibrate the kind choice on the warm-up: per-choice offsets that make "
-                                                              "the policy's mean marker probabilities on the real warm-up reactors "
-                                                              "equal what they did (see README 'Agents choose what to do').")
+    calibrate_choices: bool = Field(default=True, description="Calibrate the kind choice on the warm-up: a scale and per-choice offsets "
+                                                              "of the policy's marker log-probs, fitted by maximum likelihood to what the "
+                                                              "real warm-up reactors did (see README 'Agents choose what to do'); else "
+                                                              "the markers' probabilities at the run's temperature.")
     max_mean_field_tokens: int = Field(default=128, ge=8, description="Upper bound on a mean-field update (tokens).")
     mean_field_temperature: float | None = Field(default=None, ge=0.0, description="Temperature of mean-field updates; the policy's "
                                                                                      "temperature when omitted.")

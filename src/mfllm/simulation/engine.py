@@ -24,7 +24,7 @@ from mfllm.simulation.methods import get_method
 from mfllm.simulation.methods.mean_field import mean_field_sampling
 from mfllm.simulation.interventions import Scheduled, file_digest, schedule_interventions
 from mfllm.simulation.scenario import Intervened, Replay, Scenario
-from mfllm.simulation.step import Agent, Step, StepContext, action_row, fit_choice_offsets, sample_choices
+from mfllm.simulation.step import Agent, Step, StepContext, action_row, fit_choice_calibration, sample_choices
 from mfllm.text import is_degenerate, normalise
 from mfllm.simulation.store import RunStore
 
@@ -58,7 +58,7 @@ class Simulator:
         self.first_rollout_step = next((s.index for s in self.steps if s.phase == "rollout"), None)
         self._length_pool: list[int] | None = None
         self._calibration: list[tuple[dict[str, float], str]] = []
-        self._offsets: dict[str, float] | None = None
+        self._fitted: dict[str, Any] | None = None
         self._taken: set[str] = set()
         self.observed_choices: list[dict[str, Any]] = []
 
@@ -140,11 +140,11 @@ class Simulator:
                 del notes[i]["rejected"]
         return texts, notes
 
-    def _choice_offsets(self) -> dict[str, float] | None:
+    def _choice_calibration(self) -> dict[str, Any] | None:
         """The kind-choice calibration of this run, fitted once on the warm-up's real reactors."""
-        if self._offsets is None and self.config.calibrate_choices and len(self.step_context.choices) > 1:
-            self._offsets = fit_choice_offsets(self._calibration, self.config.temperature)
-        return self._offsets
+        if self._fitted is None and self.config.calibrate_choices and len(self.step_context.choices) > 1:
+            self._fitted = fit_choice_calibration(self._calibration)
+        return self._fitted
 
     def _observe_choices(self, agents: list[Agent], active: list[Scheduled]) -> list[dict[str, Any]]:
         """During warm-up: the policy's marker log-probs for each real reactor under the context it saw,
@@ -162,13 +162,13 @@ class Simulator:
 
     def _act(self, step: Step, agents: list[Agent], active: list[Scheduled]) -> tuple[list[dict[str, float]], list[str], list[Prompt],
                                                                                        list[str], dict[int, dict[str, Any]]]:
-        """The agents' actions: each kind drawn from the policy's marker probabilities (at the run's
-        temperature, with the warm-up calibration), then the texts of the kinds that need one (a bare repost
+        """The agents' actions: each kind drawn from the policy's marker probabilities (calibrated on the
+        warm-up, or at the run's temperature), then the texts of the kinds that need one (a bare repost
         carries the platform's default text). Returns the probabilities, choices, prompts (ending after each
         chosen marker), texts and per-agent generation notes."""
-        offsets = self._choice_offsets()
+        calibration = self._choice_calibration()
         probabilities = self.step_context.choice_probabilities(self.policy, self.step_context.prompts(agents, active), self.config.temperature,
-                                                               offsets)
+                                                               calibration)
         choices = sample_choices(probabilities, derive_seed(self.config.seed, step.index, "choice"))
         prompts = self.step_context.prompts(agents, active, choices)
         writing = [i for i, choice in enumerate(choices) if needs_text(choice)]
@@ -238,8 +238,8 @@ class Simulator:
                 record["interventions"] = starting
             if self.observed_choices:
                 record["choices_observed"] = self.observed_choices
-            if step.phase == "rollout" and step.index == self.first_rollout_step and self._offsets:
-                record["choice_offsets"] = self._offsets
+            if step.phase == "rollout" and step.index == self.first_rollout_step and self._fitted:
+                record["choice_calibration"] = self._fitted
             store.commit({**record, "context_state": self.context.state_dict()}, rows, entry)
             simulated += len(rows)
             if bar is not None and rows:
