@@ -93,3 +93,17 @@ def test_representative_actions_favour_recent_steps_but_keep_earlier_ones() -> N
         assert stats.representative() == stats.representative()  # a function of the state
     recent, older = sum(age <= 1 for age in ages), sum(age >= 3 for age in ages)
     assert recent > older > 0
+
+
+def test_the_actions_only_ablation_shows_the_same_actions_without_the_shares(demo_event_path: Path) -> None:
+    from mfllm.analysis.backtest import BacktestConfig
+    from mfllm.simulation.methods import get_method, method_names
+
+    actions = [AgentAction("p", "RT", "repost")] * 3 + [AgentAction("p", f"reply {i}", "comment") for i in range(5)]
+    full = StatisticsMeanField("topic", "en", LabellerChain([KindLabeller()]), shown=4)
+    ablated = get_method("mf-stats-actions")("topic", "en", LabellerChain([KindLabeller()]), shown=4)
+    for provider in (full, ablated):
+        provider.observe(actions, seed=0)
+    assert "%" in full.context() and "%" not in ablated.context()  # type: ignore[operator]
+    assert full.context().endswith(ablated.context().split("\n", 1)[1])  # type: ignore[union-attr]
+    assert "mf-stats-actions" in method_names() and "mf-stats-actions" not in BacktestConfig(data=str(demo_event_path)).resolved_methods()

@@ -165,6 +165,8 @@ class ContextProvider(ABC):
     """Whether :meth:`create` needs a mean-field model to update the context."""
     is_baseline: ClassVar[bool] = True
     """Whether the method is a non-mean-field baseline that mean-field methods are compared against."""
+    ablation_of: ClassVar[str | None] = None
+    """The method this one is an ablation of (it then stays out of default method lists, e.g. a backtest's)."""
     uses_labellers: ClassVar[tuple[str, ...]] = ()
     """Names of the labellers whose output the context is built from: evaluation flags a dimension one of
     them labels as circular for this method."""

@@ -31,7 +31,7 @@ from mfllm.evaluation.report import write_report
 from mfllm.executors import ExecutorConfig
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import ProgressFactory
-from mfllm.simulation.methods import get_method, method_names, resolve_method
+from mfllm.simulation.methods import get_method, default_method_names, resolve_method
 from mfllm.simulation.sweep import simulate_many, sweep_configs, sweep_plan
 
 EVALUATION_FILE = "evaluation.json"
@@ -68,7 +68,7 @@ class BacktestConfig(ExecutorConfig):
     def resolved_methods(self) -> list[str]:
         """The methods compared, aliases resolved (``mf`` is the default mean field), each once."""
         return list(dict.fromkeys(resolve_method(m) for m in self.methods)) if self.methods else \
-            [m for m in method_names() if m != "sft" or self.sft_adapter]
+            [m for m in default_method_names() if m != "sft" or self.sft_adapter]
 
     def resolved_events(self) -> list[str]:
         if self.events:

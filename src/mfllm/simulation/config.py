@@ -39,7 +39,7 @@ class SimulationConfig(YamlConfig):
     action_length: Literal["data", "fixed"] = Field(default="data", description="data: each agent's bound is length_slack times the "
                                                     "length of a real warm-up reaction drawn at random (seeded), so lengths follow the "
                                                     "event; fixed: max_action_tokens for every agent.")
-    length_slack: float = Field(default=1.5, ge=1.0, description="With action_length=data, an agent may write this many times the drawn "
+    length_slack: float = Field(default=2.0, ge=1.0, description="With action_length=data, an agent may write this many times the drawn "
                                                                   "real length (plus one token).")
     repetition_penalty: float = Field(default=1.0, gt=0.0, description="Policy: a token already generated in the action has its logit "
                                                                        "divided by this (1 = off); see SamplingParams.")
@@ -60,8 +60,9 @@ class SimulationConfig(YamlConfig):
     mean_field_temperature: float | None = Field(default=None, ge=0.0, description="Temperature of mean-field updates; the policy's "
                                                                                      "temperature when omitted.")
     mean_field_top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus mass of mean-field updates; top_p when omitted.")
-    max_generation_attempts: int = Field(default=3, ge=1, description="Tries per agent when the policy returns an empty reply (a new "
-                                                                      "seed each, recorded in the row); then the action is recorded as failed.")
+    max_generation_attempts: int = Field(default=4, ge=1, description="Tries per agent when its text is empty, or (resample_copies) repeats "
+                                                                      "an earlier text or loops: a new seed each, recorded in the row; then an "
+                                                                      "empty action is recorded as failed, any other text is kept and marked.")
     mean_field_max_chars: int = Field(default=120, ge=20, description="Longest key points a mean-field update keeps (characters in zh, "
                                                                                    "words in en).")
     interventions: list[str] = Field(default=[], description="YAML files of interventions (injected posts, statements, "

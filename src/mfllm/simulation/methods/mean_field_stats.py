@@ -62,6 +62,8 @@ class StatisticsMeanField(ContextProvider):
     headers = {"zh": "评论区概况：", "en": "What the replies say so far:"}
     is_baseline = False
     uses_labellers = ("lexicon",)
+    shows_shares: bool = True
+    """Whether the context shows the share lines (the ablation ``mf-stats-actions`` does not)."""
 
     def __init__(self, topic: str, language: str, labeller: Labeller | None, shown: int = 8, forgetting: float = FORGETTING):
         self.topic, self.language, self.labeller, self.forgetting, self.shown = topic, language, labeller, forgetting, shown
@@ -165,8 +167,8 @@ class StatisticsMeanField(ContextProvider):
         if not self.seen:
             return None
         lines = LINES.get(self.language, LINES["en"])
-        parts = [lines["volume"].format(n=self.seen)]
-        for name in ("behaviour", "sentiment", "emotion"):
+        parts = [lines["volume"].format(n=self.seen)] if self.shows_shares else []
+        for name in ("behaviour", "sentiment", "emotion") if self.shows_shares else ():
             shares = self._shares(name)
             if shares:
                 parts.append(lines[name].format(shares=shares))
@@ -208,6 +210,18 @@ def _apportion(weights: dict[Any, float], total: int, available: dict[Any, int],
         if not refill:
             break
     return {key: n for key, n in counts.items() if n}
+
+
+@register
+class ActionsOnlyMeanField(StatisticsMeanField):
+    """``mf-stats`` without its share lines: the same representative actions (chosen by the same carried
+    shares), so comparing the two attributes the statistics' part of the information gain."""
+
+    name = "mf-stats-actions"
+    description = "ablation of mf-stats: its representative actions without the share lines"
+    headers = {"zh": "评论区的反应：", "en": "Reactions so far:"}
+    ablation_of = "mf-stats"
+    shows_shares = False
 
 
 def lexicon_labeller() -> Labeller:
