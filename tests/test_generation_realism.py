@@ -130,3 +130,24 @@ def test_a_calibrated_run_records_its_fit_and_resumes_to_the_same_bytes(demo_eve
     simulate(config, cut, resume=True)
     for name in ("steps.jsonl", "actions.jsonl"):
         assert (cut / name).read_text() == (whole / name).read_text()
+
+
+def test_texts_that_differ_only_in_punctuation_or_blanks_are_one_text() -> None:
+    assert normalise("戴口罩必会！") == normalise("戴口罩 必会") == normalise("戴口罩必会") != normalise("戴口罩必会你为什么")
+    assert normalise("Fake NEWS!!") == normalise("fake news") and normalise("👍") == "👍" != normalise("👍👍")
+
+
+def test_a_retry_samples_hotter_with_its_own_seed(demo_event_path: Path, tmp_path: Path) -> None:
+    model = Repeating("同样的一句话")
+    seen = []
+    generate = model.generate
+
+    def recording(prompts, params):  # type: ignore[no-untyped-def]
+        seen.append((params.seed, params.temperature))
+        return generate(prompts, params)
+
+    model.generate = recording  # type: ignore[method-assign]
+    run(demo_event_path, tmp_path, model, temperature=0.8)
+    first = {derive_seed(0, step, "policy") for step in range(20)}
+    assert {t for s, t in seen if s in first} == {0.8}
+    assert {round(t, 2) for s, t in seen if s not in first} <= {1.0, 1.2, 1.4} and len(seen) > len(first & {s for s, _ in seen})

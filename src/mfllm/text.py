@@ -26,8 +26,12 @@ DISTINCT_FROM = 8
 
 
 def normalise(text: str) -> str:
-    """The form in which two texts are compared: Unicode NFKC, lower case, blanks collapsed."""
-    return " ".join(unicodedata.normalize("NFKC", text).lower().split())
+    """The form in which two texts count as the same: Unicode NFKC, lower case, letters and digits only
+    (``戴口罩必会！`` and ``戴口罩 必会`` are one text); a text without any keeps its other characters, blanks
+    removed (``👍`` stays ``👍``)."""
+    folded = unicodedata.normalize("NFKC", text).lower()
+    kept = "".join(c for c in folded if _is_word_character(c))
+    return kept or "".join(folded.split())
 
 
 def _is_word_character(character: str) -> bool:
@@ -46,7 +50,7 @@ def repeated_piece(text: str) -> str | None:
     without (Chinese) is read as its letters, ideographs and digits, punctuation and blanks removed, and
     the pieces are runs of 2–6 characters (``哈哈哈哈哈哈哈哈`` repeats ``哈哈`` four times and counts). A text
     of few distinct units (:data:`MIN_DISTINCT`) is a loop too; its most frequent unit is returned."""
-    words = re.findall(r"[^\W_]+", normalise(text))
+    words = re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", text).lower())
     if _spaced(text):
         if len(words) >= DISTINCT_FROM and len(set(words)) / len(words) < MIN_DISTINCT:
             return Counter(words).most_common(1)[0][0]
@@ -56,7 +60,7 @@ def repeated_piece(text: str) -> str | None:
                 if count >= REPEATS and _non_overlapping(words, list(gram)) >= REPEATS:
                     return " ".join(gram)
         return None
-    letters = "".join(c for c in normalise(text) if _is_word_character(c))
+    letters = "".join(c for c in unicodedata.normalize("NFKC", text).lower() if _is_word_character(c))
     if len(letters) >= DISTINCT_FROM and len(set(letters)) / len(letters) < MIN_DISTINCT:
         return Counter(letters).most_common(1)[0][0]
     for size in CHARACTER_PIECES:

@@ -32,6 +32,9 @@ ProgressFactory = Callable[[int, str], Any]
 FAILED_EMPTY = "no text after a marker that needs one"
 REJECTIONS = ("empty", "repeat", "degenerate")
 """Why a generated text is asked again (see :meth:`Simulator._rejected`)."""
+RETRY_HEAT = 0.2
+"""Temperature added per retry of a rejected text."""
+MAX_RETRY_TEMPERATURE = 1.4
 MIN_LENGTH_SAMPLES = 8
 """Warm-up texts needed before action lengths follow the data (fewer: the fixed bound)."""
 
@@ -63,9 +66,14 @@ class Simulator:
         self.observed_choices: list[dict[str, Any]] = []
 
     def _policy_params(self, step: Step, attempt: int, bounds: Sequence[int] | None) -> SamplingParams:
+        """The policy's sampling for an attempt: a retry (``attempt > 0``) has its own seed and samples
+        :data:`RETRY_HEAT` hotter per attempt (at most :data:`MAX_RETRY_TEMPERATURE`), so it can leave the
+        mode that made the rejected text."""
         seed = derive_seed(self.config.seed, step.index, "policy") if attempt == 0 else derive_seed(self.config.seed, step.index, "policy", attempt)
         config = self.config
-        return SamplingParams(config.max_action_tokens, config.temperature, config.top_p, policy_stops(self.event.language), seed,
+        temperature = config.temperature if attempt == 0 or config.temperature <= 0 else \
+            max(config.temperature, min(MAX_RETRY_TEMPERATURE, config.temperature + RETRY_HEAT * attempt))
+        return SamplingParams(config.max_action_tokens, temperature, config.top_p, policy_stops(self.event.language), seed,
                               repetition_penalty=config.repetition_penalty, frequency_penalty=config.frequency_penalty,
                               presence_penalty=config.presence_penalty, penalty_window=config.penalty_window,
                               max_new_tokens_each=None if bounds is None else tuple(bounds))
