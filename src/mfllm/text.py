@@ -51,7 +51,7 @@ def repeated_piece(text: str) -> str | None:
     the pieces are runs of 2–6 characters (``哈哈哈哈哈哈哈哈`` repeats ``哈哈`` four times and counts). A text
     of few distinct units (:data:`MIN_DISTINCT`) is a loop too; its most frequent unit is returned."""
     words = re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", text).lower())
-    if _spaced(text):
+    if spaced(text):
         if len(words) >= DISTINCT_FROM and len(set(words)) / len(words) < MIN_DISTINCT:
             return Counter(words).most_common(1)[0][0]
         for size in WORD_PIECES:
@@ -72,7 +72,7 @@ def repeated_piece(text: str) -> str | None:
     return None
 
 
-def _spaced(text: str) -> bool:
+def spaced(text: str) -> bool:
     """Whether ``text`` is written in words separated by spaces: more Latin letters than ideographs."""
     ideographs = sum(1 for c in text if "CJK" in unicodedata.name(c, ""))
     latin = sum(1 for c in text if c.isascii() and c.isalpha())

@@ -27,6 +27,7 @@ from mfllm.evaluation.dimensions import resolve_dimensions
 from mfllm.evaluation.evaluate import RunEvaluation
 from mfllm.evaluation.metrics import CorrectedMetrics, DimensionMetrics
 from mfllm.evaluation.pipeline import evaluate_runs
+from mfllm.evaluation.realism import REALISM_METRICS
 from mfllm.evaluation.report import write_report
 from mfllm.executors import ExecutorConfig
 from mfllm.simulation.config import SimulationConfig
@@ -92,7 +93,7 @@ def _evaluation_from_json(data: dict[str, Any]) -> RunEvaluation:
 def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, executor: ExecutorConfig | None = None,
                      pool_options: dict[str, Any] | None = None) -> tuple[list[RunEvaluation], Any]:
     """Evaluate runs, reusing each run's saved evaluation when it was made with the same settings."""
-    key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    key = hashlib.sha256((config.model_dump_json() + ",".join(REALISM_METRICS)).encode()).hexdigest()[:16]  # an evaluation without them is stale
     cached: dict[Path, RunEvaluation] = {}
     for run in runs:
         path = run / EVALUATION_FILE
