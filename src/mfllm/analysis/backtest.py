@@ -27,12 +27,12 @@ from mfllm.evaluation.dimensions import resolve_dimensions
 from mfllm.evaluation.evaluate import RunEvaluation, run_realism
 from mfllm.evaluation.metrics import CorrectedMetrics, DimensionMetrics
 from mfllm.evaluation.pipeline import evaluate_runs
-from mfllm.evaluation.realism import Realism
+from mfllm.evaluation.realism import REALISM_METRICS
 from mfllm.evaluation.report import write_report
 from mfllm.executors import ExecutorConfig
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import ProgressFactory
-from mfllm.simulation.methods import get_method, method_names, resolve_method
+from mfllm.simulation.methods import default_method_names, get_method, resolve_method
 from mfllm.simulation.store import RunStore
 from mfllm.simulation.sweep import simulate_many, sweep_configs, sweep_plan
 
@@ -70,7 +70,7 @@ class BacktestConfig(ExecutorConfig):
     def resolved_methods(self) -> list[str]:
         """The methods compared, aliases resolved (``mf`` is the default mean field), each once."""
         return list(dict.fromkeys(resolve_method(m) for m in self.methods)) if self.methods else \
-            [m for m in method_names() if m != "sft" or self.sft_adapter]
+            [m for m in default_method_names() if m != "sft" or self.sft_adapter]
 
     def resolved_events(self) -> list[str]:
         if self.events:
@@ -88,21 +88,20 @@ def _evaluation_from_json(data: dict[str, Any]) -> RunEvaluation:
     data = dict(data)
     data["dimensions"] = {k: DimensionMetrics(**v) for k, v in data["dimensions"].items()}
     data["corrected"] = {k: CorrectedMetrics(**v) for k, v in data.get("corrected", {}).items()}
-    data["realism"] = Realism(**data["realism"]) if data.get("realism") else None
     return RunEvaluation(**data)
 
 
 def _with_realism(run: Path, evaluation: RunEvaluation) -> RunEvaluation:
-    """A saved evaluation made before realism was measured, with the run's realism added (no model needed)."""
-    if evaluation.realism is None:
-        evaluation.realism = run_realism(RunStore(run))
+    """A saved evaluation with the run's realism measured again (a fraction of a second, no model), so a
+    reused evaluation follows the current realism definitions."""
+    evaluation.realism = run_realism(RunStore(run))
     return evaluation
 
 
 def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, executor: ExecutorConfig | None = None,
                      pool_options: dict[str, Any] | None = None) -> tuple[list[RunEvaluation], Any]:
     """Evaluate runs, reusing each run's saved evaluation when it was made with the same settings."""
-    key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    key = hashlib.sha256((config.model_dump_json() + ",".join(REALISM_METRICS)).encode()).hexdigest()[:16]  # an evaluation without them is stale
     cached: dict[Path, RunEvaluation] = {}
     for run in runs:
         path = run / EVALUATION_FILE

@@ -9,7 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mfllm.evaluation.evaluate import RunEvaluation
-from mfllm.evaluation.realism import REALISM_COLUMNS, realism_value
+from mfllm.evaluation.realism import REALISM_COLUMNS, REALISM_METRICS, realism_value
 from mfllm.simulation.methods import baseline_names, mean_field_names, resolve_method
 
 METRICS = ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1")
@@ -76,14 +76,15 @@ def method_table(evaluations: Sequence[RunEvaluation], resamples: int = 2000) ->
         policy_metrics = {"nll": lambda e: e.nll}
         for group in GAIN_GROUPS:
             policy_metrics[f"information_gain.{group}"] = lambda e, g=group: (e.information_gain or {}).get(g, {}).get("gain")
+        for metric in REALISM_METRICS:
+            policy_metrics[f"realism.{metric}"] = lambda e, m=metric: e.realism.get(m)
         for metric, value in policy_metrics.items():
             by_event = _event_values(runs, value)
             if by_event:
                 mean, low, high = bootstrap_mean(by_event, resamples)
-                rows.append({"method": method, "dimension": "(policy)", "metric": metric, "mean": mean, "ci_low": low, "ci_high": high,
+                rows.append({"method": method, "dimension": "(realism)" if metric.startswith("realism.") else "(policy)",
+                             "metric": metric.removeprefix("realism."), "mean": mean, "ci_low": low, "ci_high": high,
                              "events": len(by_event), "runs": sum(len(v) for v in by_event.values())})
-        rows += [{**row, "method": method, "dimension": "(realism)", "metric": f"{row['metric']}.{side}"} for side in ("sim", "real")
-                 for row in realism_rows(runs, side, resamples)]
     return rows
 
 
@@ -113,7 +114,7 @@ def realism_table(evaluations: Sequence[RunEvaluation], resamples: int = 2000) -
 def realism_headline(evaluations: Sequence[RunEvaluation], resamples: int = 2000) -> dict[str, Any] | None:
     """Realism of the default mean field (else the first mean-field method present) beside the real texts:
     {"method", "sim": {metric: row}, "real": {metric: row}}; None without a mean-field run with realism."""
-    present = {e.method for e in evaluations if e.realism is not None}
+    present = {e.method for e in evaluations if e.realism}
     method = next((m for m in [resolve_method("mf"), *mean_field_names()] if m in present), None)
     if method is None:
         return None

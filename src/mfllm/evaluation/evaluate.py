@@ -13,7 +13,7 @@ from mfllm.evaluation.information_gain import information_gain
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import (DEFAULT_ALPHA, CorrectedMetrics, DimensionMetrics, compare_streams, corrected_comparison,
                                      pooled_confusion, window_ids)
-from mfllm.evaluation.realism import Realism, measure_realism
+from mfllm.evaluation.realism import realism
 from mfllm.interfaces import LanguageModel, Prompt
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import make_context
@@ -51,7 +51,7 @@ class RunEvaluation:
     corrected: dict[str, CorrectedMetrics] = field(default_factory=dict)
     circular: list[str] = field(default_factory=list)
     """Dimensions labelled by a labeller the method's context is built from: not an independent measure of it."""
-    realism: Realism | None = None
+    realism: dict[str, Any] = field(default_factory=dict)
     """Whether the simulated texts read like the real ones beside them (see :mod:`mfllm.evaluation.realism`)."""
 
     def summary(self) -> dict[str, Any]:
@@ -66,7 +66,7 @@ class RunEvaluation:
             out[f"information_gain.{group}"] = gain["gain"]
         for name, corrected in self.corrected.items():
             out[f"{name}.kl_corrected"] = corrected.kl_corrected
-        for name, value in (self.realism.values() if self.realism else {}).items():
+        for name, value in self.realism.items():
             out[f"realism.{name}"] = value
         return out
 
@@ -127,7 +127,7 @@ def evaluated_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if "failure" not in r and r.get("real_text") is not None]
 
 
-def run_realism(store: RunStore, event: Event | None = None, rows: Sequence[dict[str, Any]] | None = None) -> Realism:
+def run_realism(store: RunStore, event: Event | None = None, rows: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Realism of ``rows`` (default: the run's :func:`evaluated_rows`), the copied shares against the
     prompts the agents had (rebuilt from the journal, no model needed)."""
     config = SimulationConfig(**store.manifest()["config"])
@@ -135,8 +135,7 @@ def run_realism(store: RunStore, event: Event | None = None, rows: Sequence[dict
         event, _ = load_event(config.data, config.event_id, config.data_format)
     rows = evaluated_rows(store.actions()) if rows is None else rows
     prompts = agent_prompts(contexts_by_step(store, config, event), scheduled_from_manifest(store.manifest()), event, rows)
-    return measure_realism([(r["real_kind"], r["real_text"]) for r in rows], [(r["sim_kind"], r["sim_text"]) for r in rows],
-                           [p.completion for p in prompts], event.language)
+    return realism(rows, [p.completion for p in prompts], event.language, config.seed)
 
 
 def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = None) -> tuple[float, float]:

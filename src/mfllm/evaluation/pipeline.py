@@ -56,7 +56,7 @@ def evaluate_task(pool: Any, run: Path, config: EvaluationConfig) -> RunEvaluati
 
 
 def realism_only(runs: Sequence[Path]) -> list[RunEvaluation]:
-    """Every run's evaluation with its realism alone: no labels, no model (a fraction of a second a run)."""
+    """Every run's evaluation with its realism alone: no labels, no model (under a second a run)."""
     return [evaluate_run(run, LabellerChain([]), []) for run in runs]
 
 

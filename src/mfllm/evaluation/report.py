@@ -15,7 +15,7 @@ import numpy as np
 from mfllm.evaluation.aggregate import bootstrap_mean, headlines, method_table, realism_headline, realism_table
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.evaluate import RunEvaluation
-from mfllm.evaluation.realism import REALISM_COLUMNS, Realism
+from mfllm.evaluation.realism import REALISM_COLUMNS
 from mfllm.simulation.methods import resolve_method
 from mfllm.simulation.store import RunStore
 
@@ -141,7 +141,7 @@ def mark_steps(ax: Any, marks: Sequence[tuple[int, str]]) -> None:
 def metric_figure(table: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
     """Bar chart of ``metric`` per dimension and method, with 95% bootstrap CIs."""
     plt = _pyplot()
-    rows = [r for r in table if r["metric"] == metric and r["dimension"] not in ("(policy)",) and not math.isnan(r["mean"])]
+    rows = [r for r in table if r["metric"] == metric and r["dimension"] not in ("(policy)", "(realism)") and not math.isnan(r["mean"])]
     if not rows:
         return None
     dimensions = list(dict.fromkeys(r["dimension"] for r in rows))
@@ -269,12 +269,12 @@ def headline_text(top: dict[str, Any]) -> str:
             f"{top['events']} events{excluded})")
 
 
-REALISM_HEADERS = {"discriminator_accuracy": "discriminator accuracy", "length_median": "median length", "length_ratio": "length ratio",
-                   "length_wasserstein_log": "length W1 (log)", "degenerate": "degenerate", "duplicate": "duplicates",
-                   "copied": "copied from prompt", "distinct1": "distinct-1", "distinct2": "distinct-2", "comment": "comments",
-                   "repost_with_text": "reposts with words", "repost": "bare reposts"}
-REALISM_HEADLINE = ("discriminator_accuracy", "duplicate", "degenerate", "copied", "length_median", "repost")
-"""The realism metrics the headline line shows."""
+REALISM_HEADERS = {"discriminator_accuracy": "discriminator accuracy", "length_w1": "length W1 (log)", "median_length": "median length",
+                   "degenerate": "degenerate", "duplicate": "duplicates", "copied": "copied from prompt", "distinct1": "distinct-1",
+                   "distinct2": "distinct-2", "share_comment": "comments", "share_repost_with_text": "reposts with words",
+                   "share_repost": "bare reposts"}
+REALISM_HEADLINE = ("discriminator_accuracy", "duplicate", "degenerate", "copied", "median_length", "share_repost")
+"""The realism measures the headline line shows."""
 
 
 def realism_headline_text(top: dict[str, Any]) -> str:
@@ -285,22 +285,21 @@ def realism_headline_text(top: dict[str, Any]) -> str:
         sim, real = top["sim"].get(metric), top["real"].get(metric)
         if sim is None or math.isnan(sim["mean"]):
             continue
-        share = metric not in ("discriminator_accuracy", "length_median")
+        share = metric not in ("discriminator_accuracy", "median_length")
         value = (lambda v: f"{v:.0%}") if share else (lambda v: f"{v:.3g}")
         beside = f", real {value(real['mean'])}" if real is not None else " (0.5: indistinguishable)"
         parts.append(f"{REALISM_HEADERS[metric]} {value(sim['mean'])} [{value(sim['ci_low'])}–{value(sim['ci_high'])}]{beside}")
     return f"realism of {top['method']}: " + "; ".join(parts)
 
 
-def realism_summary(realism: Realism | None) -> str:
+def realism_summary(measures: dict[str, Any]) -> str:
     """One run's realism in one line (simulated / real), for the console."""
-    if realism is None:
+    if not measures:
         return ""
-    accuracy = "–" if realism.discriminator_accuracy is None else f"{realism.discriminator_accuracy:.2f}"
-    shares = ", ".join(f"{REALISM_HEADERS[m]} {_fmt(getattr(realism, f'{m}_sim'))}/{_fmt(getattr(realism, f'{m}_real'))}"
-                       for m in ("duplicate", "degenerate", "copied", "repost"))
-    return (f"realism (sim/real): discriminator {accuracy}, median length {_fmt(realism.length_median_sim)}/"
-            f"{_fmt(realism.length_median_real)}, {shares}")
+    pairs = ", ".join(f"{REALISM_HEADERS[m]} {_fmt(measures.get(f'{m}_sim'))}/{_fmt(measures.get(f'{m}_real'))}"
+                      for m in ("median_length", "duplicate", "degenerate", "share_repost"))
+    return (f"realism (sim/real): discriminator {_fmt(measures.get('discriminator_accuracy'))}, {pairs}, "
+            f"copied from prompt {_fmt(measures.get('copied_sim'))}")
 
 
 def realism_console_table(evaluations: Sequence[RunEvaluation]) -> str:
@@ -323,7 +322,7 @@ def realism_html(table: list[dict[str, Any]]) -> list[str]:
     cells = {(r["method"], r["metric"]): r for r in table}
     parts = ["<h2>Realism</h2><p>Whether the simulated texts read like the real ones of the same agents (bare reposts left out of "
              "the text metrics; definitions in the README, Evaluating fidelity, Realism). Discriminator accuracy 0.5 means a classifier "
-             "cannot tell simulated from real; length ratio is simulated over real median; distinct-n on equal numbers of n-grams. "
+             "cannot tell simulated from real; distinct-n on equal numbers of n-grams; the real row pools the real texts beside every run. "
              "Mean over events of the mean over seeds, 95% bootstrap CI below.</p><table><tr><th>texts</th>"
              + "".join(f"<th>{REALISM_HEADERS[c]}</th>" for c in REALISM_COLUMNS) + "</tr>"]
     for method in dict.fromkeys(r["method"] for r in table):
