@@ -15,7 +15,7 @@ import pytest
 from mfllm.cli import main
 from mfllm.evaluation import RunEvaluation
 from mfllm.evaluation.aggregate import method_table, realism_headline, realism_table
-from mfllm.evaluation.evaluate import contexts_by_step, run_realism
+from mfllm.evaluation.evaluate import contexts_by_step, run_realism, shown_prompts
 from mfllm.evaluation.realism import REALISM_METRICS, copied, discriminator_accuracy, distinct_n, duplicate_share, realism, tokens
 from mfllm.evaluation.report import realism_headline_text
 from mfllm.simulation import RunStore, SimulationConfig, simulate
@@ -143,6 +143,28 @@ def test_copied_is_measured_against_the_prompt_each_agent_had(recent_run: Path, 
         after = run_realism(RunStore(run))
         assert after["texts_sim"] == before["texts_sim"] > 0
         assert after["copied_sim"] * after["texts_sim"] == pytest.approx(copies + added)
+
+
+def test_a_mean_field_run_is_measured_against_the_context_it_recorded(demo_event_path: Path, tmp_path: Path) -> None:
+    """What agents were shown is the run's recorded mean-field history, even where code restoring the
+    context from the journal would now write it differently."""
+    config = SimulationConfig(data=str(demo_event_path), method="mf", policy_model="fake", warmup=16, batch_size=8, num_agents=24, seed=0)
+    run = simulate(config, tmp_path / "mf")
+    store = RunStore(run)
+    before = run_realism(store)
+    line = "这句话只在记录的上下文里出现过"
+    history = store.mean_field_history()
+    seen_by_step_3 = max(i for i, entry in enumerate(history) if entry["step"] == 2)
+    history[seen_by_step_3]["text"] += f"\n- [评论] {line}"
+    (run / "mean_field.jsonl").write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in history), encoding="utf-8")
+    rows = store.actions()
+    prompts = shown_prompts(store, SimulationConfig(**store.manifest()["config"]), _event(store), rows)
+    target = next(r for r, p in zip(rows, prompts) if r["step"] == 3 and r["sim_choice"] == "comment" and not copied(r["sim_text"], p, "zh"))
+    target["sim_text"] = line
+    (run / "actions.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    after = run_realism(RunStore(run))
+    assert line not in (contexts_by_step(store, SimulationConfig(**store.manifest()["config"]), _event(store))[3].context_block() or "")
+    assert after["copied_sim"] * after["texts_sim"] == pytest.approx(before["copied_sim"] * before["texts_sim"] + 1)
 
 
 def _evaluation(method: str, event: str, seed: int, duplicate: float, accuracy: float) -> RunEvaluation:

@@ -127,15 +127,29 @@ def evaluated_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if "failure" not in r and r.get("real_text") is not None]
 
 
+def shown_prompts(store: RunStore, config: SimulationConfig, event: Event, rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The text of each row's prompt as its agent saw it: rebuilt from the journal (no model), with the
+    context the run recorded (its mean-field history, where it keeps one; the entry after step s is what
+    step s + 1 saw) in place of the restored one, so that a run made by older code is measured against
+    what its agents were shown."""
+    contexts = contexts_by_step(store, config, event)
+    recorded = {entry["step"] + 1: entry.get("text") or "" for entry in store.mean_field_history()}
+    shown = []
+    for row, prompt in zip(rows, agent_prompts(contexts, scheduled_from_manifest(store.manifest()), event, rows)):
+        restored = contexts[row["step"]].provider.context()
+        shown.append(prompt.completion.replace(restored, recorded[row["step"]]) if restored and row["step"] in recorded
+                     else prompt.completion)
+    return shown
+
+
 def run_realism(store: RunStore, event: Event | None = None, rows: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
-    """Realism of ``rows`` (default: the run's :func:`evaluated_rows`), the copied shares against the
-    prompts the agents had (rebuilt from the journal, no model needed)."""
+    """Realism of ``rows`` (default: the run's :func:`evaluated_rows`), the copied share against the
+    prompts the agents were shown (:func:`shown_prompts`)."""
     config = SimulationConfig(**store.manifest()["config"])
     if event is None:
         event, _ = load_event(config.data, config.event_id, config.data_format)
     rows = evaluated_rows(store.actions()) if rows is None else rows
-    prompts = agent_prompts(contexts_by_step(store, config, event), scheduled_from_manifest(store.manifest()), event, rows)
-    return realism(rows, [p.completion for p in prompts], event.language, config.seed)
+    return realism(rows, shown_prompts(store, config, event, rows), event.language, config.seed)
 
 
 def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = None) -> tuple[float, float]:
