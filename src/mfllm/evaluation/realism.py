@@ -38,7 +38,7 @@ DIVERSITY_BUDGET = 200
 DIVERSITY_DRAWS = 10
 DIVERSITY_MIN_NGRAMS = 20
 FOLDS = 5
-REPEATS = 4
+DISCRIMINATOR_REPEATS = 4
 MIN_PER_CLASS = 10
 """Texts needed on each side for the discriminator."""
 
@@ -58,9 +58,10 @@ def tokens(text: str, language: str) -> list[str]:
 
 
 def discriminator_accuracy(real: Sequence[str], simulated: Sequence[str], seed: int = 0) -> float | None:
-    """Cross-validated accuracy of a classifier telling ``real`` from ``simulated`` texts: :data:`REPEATS`
-    times, both sides subsampled to the smaller one's size and scored by stratified :data:`FOLDS`-fold CV;
-    the mean over folds and repeats. None when a side has fewer than :data:`MIN_PER_CLASS`."""
+    """Cross-validated accuracy of a classifier telling ``real`` from ``simulated`` texts:
+    :data:`DISCRIMINATOR_REPEATS` times, both sides subsampled to the smaller one's size and scored by
+    stratified :data:`FOLDS`-fold CV; the mean over folds and repeats. None when a side has fewer than
+    :data:`MIN_PER_CLASS`."""
     size = min(len(real), len(simulated))
     if size < MIN_PER_CLASS:
         return None
@@ -73,11 +74,11 @@ def discriminator_accuracy(real: Sequence[str], simulated: Sequence[str], seed: 
         raise ImportError("realism's discriminator needs scikit-learn: pip install 'mfllm[labellers]'") from exc
     rng = np.random.default_rng(seed)
     scores = []
-    for repeat in range(REPEATS):
+    for repeat in range(DISCRIMINATOR_REPEATS):
         texts = [real[i] for i in rng.choice(len(real), size, replace=False)]
         texts += [simulated[i] for i in rng.choice(len(simulated), size, replace=False)]
         model = make_pipeline(TfidfVectorizer(analyzer="char", ngram_range=(1, 3), sublinear_tf=True), LogisticRegression(solver="liblinear"))
-        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed * REPEATS + repeat)
+        folds = StratifiedKFold(FOLDS, shuffle=True, random_state=seed * DISCRIMINATOR_REPEATS + repeat)
         scores.extend(cross_val_score(model, texts, [0] * size + [1] * size, cv=folds, scoring="accuracy"))
     return float(np.mean(scores))
 

@@ -305,6 +305,8 @@ def realism_summary(measures: dict[str, Any]) -> str:
 def realism_console_table(evaluations: Sequence[RunEvaluation]) -> str:
     """The realism table as text: a row for the real texts and one per method, means with 95% CIs."""
     cells = {(r["method"], r["metric"]): r for r in realism_table(evaluations)}
+    if not cells:
+        return "no realism measured (no run has texts to compare)"
     rows = [[method] + [f"{_fmt(cells[method, c]['mean'])} [{_fmt(cells[method, c]['ci_low'])}, {_fmt(cells[method, c]['ci_high'])}]"
                         if (method, c) in cells else "–" for c in REALISM_COLUMNS]
             for method in dict.fromkeys(m for m, _ in cells)]
