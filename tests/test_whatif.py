@@ -356,7 +356,7 @@ def test_the_comparison_measures_paired_effects_and_the_real_continuation(branch
         assert (mentions_per_step[~np.isnan(mentions_per_step)] == 0).all()  # moderated away at every step
     mentions = rumour.difference[0]
     # the mean effect is negative; a seed whose factual arm never mentions the rumour puts the CI's top at 0
-    assert mentions.mean == pytest.approx(-sum(shares) / 3) < 0 and mentions.low <= mentions.mean <= mentions.high <= 0
+    assert mentions.mean == pytest.approx(-sum(shares) / 3) and mentions.mean < 0 and mentions.low <= mentions.mean <= mentions.high <= 0
     assert rumour.kl_between_arms is not None and rumour.kl_between_arms.mean > 0
     assert rumour.real is not None and set(rumour.fidelity) == {"factual", "counterfactual"}
     effects = (compared["index"].parent / "effects.csv").read_text(encoding="utf-8")
