@@ -312,7 +312,8 @@ def simulate(config: SimulationConfig, output_dir: str | Path, pool: Any = None,
             store.write_manifest(manifest)
         if branch is not None and len(store.committed_steps()) < branch.at:
             store.copy_prefix(RunStore(branch.parent), branch.at)
-        throughput = simulator.run(store, progress)
+        with store.running():
+            throughput = simulator.run(store, progress)
         usage = {"policy": policy.usage.as_dict(), "mean_field": mean_field.usage.as_dict() if mean_field else None}
         rows = store.actions()
         failures = sum(1 for row in rows if "failure" in row)
