@@ -163,3 +163,51 @@ def test_a_truncated_manifest_is_named_on_resume(reference: tuple[SimulationConf
     (run / MANIFEST).write_bytes(data[: len(data) // 2])
     with pytest.raises(ValueError, match=rf"{run / MANIFEST}: corrupt or cut short at line 1 column \d+"):
         simulate(config, run, resume=True)
+
+
+SLOW_CLI = """
+import sys, time
+from mfllm.backends.fake import FakeModel
+from mfllm.cli import main
+generate = FakeModel.generate
+FakeModel.generate = lambda self, prompts, params: time.sleep(0.3) or generate(self, prompts, params)
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_prints_one_line_with_the_resume_hint(reference: tuple[SimulationConfig, Path], tmp_path: Path) -> None:
+    import signal
+    import time
+
+    config, ref = reference
+    command = [sys.executable, "-c", SLOW_CLI, "simulate", "--data", config.data, "--policy-model", "fake", "--warmup", str(WARMUP),
+               "--batch", str(BATCH), "--agents", str(AGENTS), "--seeds", str(SEED), "--method", "mf", "--output", str(tmp_path / "runs")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run = run_directory(tmp_path / "runs", config)
+    deadline = time.monotonic() + 60
+    while not (run / STEPS).exists() or not (run / STEPS).read_text():
+        assert time.monotonic() < deadline and process.poll() is None
+        time.sleep(0.1)
+    os.killpg(process.pid, signal.SIGINT)  # Ctrl-C reaches the terminal's whole process group
+    _, error = process.communicate(timeout=60)
+    lines = [line for line in error.replace("\r", "\n").splitlines() if "mfllm:" in line]
+    assert process.returncode == 130 and "Traceback" not in error
+    assert lines == ["mfllm: interrupted; run the same command with --resume to continue where it stopped"], error
+    assert RunStore(run).manifest()["status"] == "interrupted"
+    assert subprocess.run(command + ["--resume"], capture_output=True, text=True).returncode == 0  # the slow model: a few seconds
+    assert all((run / n).read_bytes() == (ref / n).read_bytes() for n in RUN_FILES)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"policy_model: fake\nwarmup: [1,\n", r"config.yaml: invalid YAML at line 3 column 1: while parsing a flow node expected the node content"),
+    (b"policy_model: fake\n  warmup: 2\n", r"config.yaml: invalid YAML at line 2 column 9: mapping values are not allowed here"),
+    (b"policy_model: \xff\xfe\n", r"config.yaml: not UTF-8 text: line 1, byte 14: invalid start byte"),
+])
+def test_a_malformed_config_is_one_line_naming_file_and_position(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  content: bytes, message: str) -> None:
+    import re
+
+    (tmp_path / "config.yaml").write_bytes(content)
+    assert main(["simulate", "--config", str(tmp_path / "config.yaml"), "--data", "x", "--output", str(tmp_path / "runs")]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and re.search(message, error), error

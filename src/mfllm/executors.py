@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import sys
 import threading
@@ -181,6 +182,7 @@ _PROCESS_POOLS: WorkerPools | None = None
 
 def _start_process_worker(threads: int, parent: int) -> None:
     global _PROCESS_POOLS
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: an idle worker leaves it to the parent
     exit_with_parent(parent)
     limit_threads(threads)
     _PROCESS_POOLS = WorkerPools(threads)
@@ -201,7 +203,11 @@ def exit_with_parent(parent: int, interval_s: float = PARENT_CHECK_S) -> None:
 def _run_in_process_worker(task: Task) -> TaskOutcome:
     if _PROCESS_POOLS is None:
         raise RuntimeError("process worker not started")
-    outcome = _PROCESS_POOLS.run(task)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the task's run, which records it
+    try:
+        outcome = _PROCESS_POOLS.run(task)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     outcome.exception = picklable(outcome.exception)
     return outcome
 

@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mfllm.analysis.compare import CompareConfig, _interval
 from mfllm.analysis.forecast import HorizonSettings, fixed_scenario, forecast_scenario
+from mfllm.configuration import read_yaml
 from mfllm.data.loaders import load_event
 from mfllm.data.population import load_personas
 from mfllm.data.schema import Event
@@ -97,10 +98,7 @@ class Candidate:
 
 
 def _grid(path: Path) -> CandidateGrid:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    raw = read_yaml(path)
     try:
         return CandidateGrid.model_validate(raw)
     except ValidationError as exc:
