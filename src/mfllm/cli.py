@@ -525,6 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mfllm.backends.wrappers import BackendError
     from mfllm.data.schema import DataFormatError
     from mfllm.executors import TaskFailures
+    from mfllm.redaction import redact_secrets
     from mfllm.simulation.store import RunLockedError
 
     args = build_parser().parse_args(argv)
@@ -539,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except (DataFormatError, BackendError, RunLockedError, TaskFailures, OSError, KeyError, ValueError, ImportError) as exc:
-        print(f"mfllm: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"mfllm: error: {redact_secrets(_one_line(exc))}", file=sys.stderr)
         return 2
 
 

@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 from pydantic import Field
 
 from mfllm.configuration import YamlConfig
+from mfllm.redaction import redact_secrets
 
 if TYPE_CHECKING:
     from mfllm.backends import ModelPool
@@ -241,7 +242,7 @@ class _Tracker:
     def done(self, index: int, outcome: TaskOutcome) -> None:
         self.outcomes[index] = outcome
         if not outcome.ok and len(self.outcomes) > 1:  # a lone task's failure is the command's own error, raised as it is
-            message = f"mfllm: {outcome.name} failed: {outcome.error}"
+            message = redact_secrets(f"mfllm: {outcome.name} failed: {outcome.error}")
             if self.bar is not None:
                 self.bar.write(message, file=sys.stderr)
             else:

@@ -17,6 +17,7 @@ from mfllm.data.schema import Event, LoadReport
 from mfllm.interfaces import ContextProvider, LanguageModel, LLMMeanField, Prompt, SamplingParams
 from mfllm.manifest import base_manifest, derive_seed
 from mfllm.prompts import POLICY_STOP, bare_repost_text, needs_text, strip_marker
+from mfllm.redaction import redacted
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.methods import get_method
 from mfllm.simulation.methods.mean_field import mean_field_sampling
@@ -176,9 +177,9 @@ checked separately) and where intervention files live (their content is compared
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A recorded config as the current code reads it (fields added since take their defaults), less
-    the :data:`RUNTIME_FIELDS`."""
-    return {k: v for k, v in SimulationConfig(**config).model_dump().items() if k not in RUNTIME_FIELDS}
+    """A recorded config as the current code reads it (fields added since take their defaults, credentials
+    redacted as in the manifest), less the :data:`RUNTIME_FIELDS`."""
+    return {k: v for k, v in redacted(SimulationConfig(**config).model_dump()).items() if k not in RUNTIME_FIELDS}
 
 
 LEGACY_BACKENDS = {"TransformersModel": "transformers", "FakeModel": "fake", "OpenAICompatibleModel": "openai"}

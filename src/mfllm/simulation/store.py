@@ -27,6 +27,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
+from mfllm.redaction import redact_secrets
+
 if TYPE_CHECKING:
     from mfllm.simulation.step import Step
 
@@ -240,7 +242,7 @@ class RunStore:
             yield
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, (KeyboardInterrupt, SystemExit)) else "failed"
-            reason = " ".join(f"{type(exc).__name__}: {exc}".split())
+            reason = redact_secrets(" ".join(f"{type(exc).__name__}: {exc}".split()))
             try:
                 self.update_manifest(status=status, error=reason)
             except OSError as failure:  # a full disk: the manifest keeps "running"; the original error is what matters
