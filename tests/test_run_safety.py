@@ -211,3 +211,12 @@ def test_a_malformed_config_is_one_line_naming_file_and_position(tmp_path: Path,
     assert main(["simulate", "--config", str(tmp_path / "config.yaml"), "--data", "x", "--output", str(tmp_path / "runs")]) == 2
     error = capsys.readouterr().err
     assert error.count("\n") == 1 and re.search(message, error), error
+
+
+def test_a_sweep_whose_runs_share_a_directory_names_them_before_starting(demo_event_path: Path, tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["simulate", "--data", str(demo_event_path), "--policy-model", "fake", "--method", "state", "--method", "mf", "--method", "mf-stats",
+                 "--seeds", "0", "1", "--output", str(tmp_path / "runs")])
+    error = capsys.readouterr().err
+    assert code == 2 and error.count("\n") == 1 and not (tmp_path / "runs").exists()
+    assert "mf-stats/seed0: runs 3 and 5 of the sweep would both write here" in error and "method mf-stats, seed 0" in error

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_COUNT = 10**12
+"""The largest follower, post or engagement count taken as real (more than any platform has users or posts)."""
 ReactionKind = Literal["comment", "repost", "reply"]
 Language = Literal["zh", "en"]
 
@@ -27,10 +29,10 @@ class UserProfile(BaseModel):
     gender: Literal["male", "female"] | None = None
     location: str | None = None
     description: str | None = None
-    followers_count: int | None = Field(default=None, ge=0)
-    friends_count: int | None = Field(default=None, ge=0)
-    bi_followers_count: int | None = Field(default=None, ge=0)
-    statuses_count: int | None = Field(default=None, ge=0)
+    followers_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    friends_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    bi_followers_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    statuses_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     verified: bool | None = None
     verified_type: int | None = None
     verified_reason: str | None = None
@@ -45,9 +47,9 @@ class Post(BaseModel):
     text: str
     timestamp: float = Field(description="Unix seconds (UTC).", allow_inf_nan=False)
     user: UserProfile = Field(default_factory=UserProfile)
-    reposts_count: int | None = Field(default=None, ge=0)
-    comments_count: int | None = Field(default=None, ge=0)
-    likes_count: int | None = Field(default=None, ge=0)
+    reposts_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    comments_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    likes_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     labels: dict[str, str] = Field(default_factory=dict, description="Gold annotations, e.g. stance.")
 
     @property

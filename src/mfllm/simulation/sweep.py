@@ -43,10 +43,16 @@ def run_directory(root: str | Path, config: SimulationConfig) -> Path:
 
 
 def sweep_plan(configs: Sequence[SimulationConfig], root: str | Path) -> list[tuple[SimulationConfig, Path]]:
-    """Each config with its :func:`run_directory` under ``root``."""
+    """Each config with its :func:`run_directory` under ``root``; refused before anything runs when two
+    runs would share a directory (an event, method or seed listed twice, or under two names)."""
     plan = [(config, run_directory(root, config)) for config in configs]
-    if len({directory for _, directory in plan}) != len(plan):
-        raise ValueError("two runs of the sweep would share a run directory")
+    first: dict[Path, int] = {}
+    for index, (config, directory) in enumerate(plan):
+        if directory in first:
+            raise ValueError(f"{directory}: runs {first[directory] + 1} and {index + 1} of the sweep would both write here "
+                             f"(event {config.event_id}, method {config.method}, seed {config.seed}); list each event, method "
+                             "and seed once")
+        first[directory] = index
     return plan
 
 

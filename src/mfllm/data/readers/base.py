@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from pydantic import ValidationError
 
-from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
+from mfllm.data.schema import MAX_COUNT, DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
 
 CST = timezone(timedelta(hours=8))
 WEIBO_DEFAULT_REPOST_TEXT = "转发微博"
@@ -159,6 +159,9 @@ class RecordContext:
         if number < 0:
             self.report.clear(self.file, self.record, field_name, f"negative: {number}")
             return None
+        if number > MAX_COUNT:
+            self.report.clear(self.file, self.record, field_name, f"out of range (above 10^12): {_short(value)}")
+            return None
         return number
 
     def optional_bool(self, value: Any, field_name: str) -> bool | None:
@@ -174,15 +177,19 @@ class RecordContext:
         return None
 
     def optional_str(self, value: Any, field_name: str) -> str | None:
-        if value is None:
+        problem = _text_problem(value)
+        if problem:
+            self.report.clear(self.file, self.record, field_name, problem)
             return None
-        if not isinstance(value, (str, int, float)):
-            self.report.clear(self.file, self.record, field_name, f"not text: {json_type(value)}")
-            return None
-        if isinstance(value, float) and not math.isfinite(value):
-            self.report.clear(self.file, self.record, field_name, f"not a finite number: {value!r}")
-            return None
-        text = str(value).strip()
+        text = str(value).strip() if value is not None else ""
+        return text or None
+
+    def required_id(self, value: Any, field_name: str) -> str | None:
+        """An id (text or a number); a record without a usable one is rejected, saying whether it is missing or of the wrong type."""
+        problem = _text_problem(value)
+        text = None if problem or value is None else str(value).strip()
+        if not text:
+            self.reject(field_name, f"wrong type: {problem}" if problem else "missing")
         return text or None
 
     def gender(self, value: Any, field_name: str = "gender") -> str | None:
@@ -240,11 +247,9 @@ class RecordContext:
                     tz: timezone = timezone.utc) -> tuple[str, str, float] | None:
         """The required (id, text, time) of a post, reported under the given keys; None (with every
         problem reported) when any is unusable."""
-        post_id = self.optional_str(raw.get(id_key), id_key)
+        post_id = self.required_id(raw.get(id_key), id_key)
         text = self.required_text(raw.get(text_key), text_key)
         timestamp = self.timestamp(raw.get(time_key), time_key, tz=tz)
-        if post_id is None:
-            self.reject(id_key, "missing")
         if post_id is None or text is None or timestamp is None:
             return None
         return post_id, text, timestamp
@@ -291,6 +296,15 @@ def _epoch(moment: datetime, tz: timezone) -> float | None:
         return (moment if moment.tzinfo else moment.replace(tzinfo=tz)).timestamp()
     except (OverflowError, ValueError):
         return None
+
+
+def _text_problem(value: Any) -> str:
+    """Why ``value`` cannot stand for a text field (an id, a name), or "" when it can (None is absent, not a problem)."""
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return ""
+    if isinstance(value, float):
+        return "" if math.isfinite(value) else f"not a finite number: {value!r}"
+    return f"not text: {json_type(value)}"
 
 
 def _short(value: Any, limit: int = 80) -> str:
