@@ -7,7 +7,7 @@ discarded and a torn last line (a write cut short, even inside a multi-byte char
 nothing is lost or duplicated; a journal whose steps repeat or go backwards is refused (resume, export).
 
 One process at a time holds a run: it holds an OS lock (``flock``) on ``run.flock`` for as long as it
-runs and writes ``run.lock`` (host and process, refreshed at every commit) for others to read. A
+runs (a process that locked a ``run.flock`` since removed locks the new one) and writes ``run.lock`` (host and process, refreshed at every commit) for others to read. A
 ``run.lock`` left by a dead process on this host, or not refreshed for ``STALE_LOCK_SECONDS`` on another
 host (shared storage), is taken over; an empty or unreadable one (a full disk) at once. Deciding and
 taking over happen under the OS lock, so of several processes resuming at once exactly one writes.
@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 
 MANIFEST, STEPS, ACTIONS, MEAN_FIELD, LOCK = "manifest.json", "steps.jsonl", "actions.jsonl", "mean_field.jsonl", "run.lock"
 OS_LOCK = "run.flock"
-"""Held (``flock``) by the process running the run; never deleted (deleting a locked file lets a second holder in)."""
+"""Held (``flock``) by the process running the run, removed (still held) when it ends."""
 STALE_LOCK_SECONDS = 600.0
 """A lock whose holder has not written for this long, on another host, is taken as abandoned."""
 logger = logging.getLogger(__name__)
@@ -144,6 +144,14 @@ def _holder(path: Path) -> dict[str, Any]:
     return holder if isinstance(holder, dict) else {}
 
 
+def _same_file(fd: int, path: Path) -> bool:
+    """Whether the open file ``fd`` is still the file at ``path``."""
+    try:
+        return os.path.samestat(os.fstat(fd), os.stat(path))
+    except FileNotFoundError:
+        return False
+
+
 def _process_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -188,23 +196,31 @@ class RunStore:
 
     @contextmanager
     def _os_lock(self, path: Path) -> Iterator[None]:
-        """Hold ``flock`` on the run's :data:`OS_LOCK` for the block (released by the OS if this process dies).
-        Where the file system has no ``flock`` (some network mounts), only ``run.lock`` guards the run."""
-        with _writing(self.root / OS_LOCK):
-            fd = os.open(self.root / OS_LOCK, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
+        """Hold ``flock`` on the run's :data:`OS_LOCK` for the block (the OS releases it if this process dies);
+        the file is removed, still locked, at the end. Where the file system has no ``flock`` (some network
+        mounts), only ``run.lock`` guards the run."""
+        target = self.root / OS_LOCK
+        while True:
+            with _writing(target):
+                fd = os.open(target, os.O_CREAT | os.O_RDWR, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except OSError as exc:
-                if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                    logger.debug("%s: no flock on this file system (%s); relying on %s", self.root, exc, LOCK)
-                else:
+                os.close(fd)
+                if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     holder = _holder(path)
                     raise RunLockedError(f"{self.root} is in use by process {holder.get('pid', '(unknown)')} on "
-                                         f"{holder.get('host', 'this or another host')} (it holds {self.root / OS_LOCK}); "
-                                         "wait for it to finish") from None
+                                         f"{holder.get('host', 'this or another host')} (it holds {target}); wait for it to finish") from None
+                logger.debug("%s: no flock on this file system (%s); relying on %s", self.root, exc, LOCK)
+                yield
+                return
+            if _same_file(fd, target):
+                break
+            os.close(fd)  # locked a file its holder removed on leaving: lock the one now at the path
+        try:
             yield
         finally:
+            target.unlink(missing_ok=True)
             os.close(fd)  # releases the flock
 
     def _live_holder(self, path: Path, stale_after: float) -> dict[str, Any] | None:
