@@ -5,7 +5,9 @@ History: the fixtures were first written at 47110d5, before the engine redesign,
 exactly. They were regenerated on purpose (tests/fixtures/make_fixture_runs.py) when agents began to
 choose their action kind through kind markers, the readers began to drop repeated reactions and the
 mean-field methods became mf-llm, mf-stats and mf-hybrid (issue 9): behaviour changed there by design.
-Any other difference is a regression."""
+The Weibo and generic (demo sample) manifests were rewritten when the readers began to keep a "repost and
+comment" as one repost (issue 21): the event lost one reaction, so its size and data hash changed (the rows
+did not). Any other difference is a regression."""
 
 from __future__ import annotations
 

@@ -108,7 +108,9 @@ class LoadReport:
     ``rejected`` records were left out (a required field was unusable); ``cleared`` records were
     kept with one optional field set to unknown because its value was invalid; ``repeats`` records
     were left out because they repeat a kept reaction (same id); ``conflicts`` are the repeats
-    whose content differs from the kept reaction (one line each, naming the differing fields).
+    whose content differs from the kept reaction (one line each, naming the differing fields);
+    ``repost_comments`` are comments left out because they are the comment half of a "repost and
+    comment" (Weibo records one action as both: the repost is kept).
     """
 
     loaded: int = 0
@@ -116,6 +118,7 @@ class LoadReport:
     cleared: list[RejectedRecord] = field(default_factory=list)
     repeats: list[RejectedRecord] = field(default_factory=list)
     conflicts: list[RejectedRecord] = field(default_factory=list)
+    repost_comments: list[RejectedRecord] = field(default_factory=list)
 
     def reject(self, file: str, record: str, field_name: str, reason: str) -> None:
         self.rejected.append(RejectedRecord(file, record, field_name, reason))
@@ -129,12 +132,16 @@ class LoadReport:
     def conflict(self, file: str, record: str, field_name: str, reason: str) -> None:
         self.conflicts.append(RejectedRecord(file, record, field_name, reason))
 
+    def repost_comment(self, file: str, record: str, field_name: str, reason: str) -> None:
+        self.repost_comments.append(RejectedRecord(file, record, field_name, reason))
+
     def merge(self, other: LoadReport) -> None:
         self.loaded += other.loaded
         self.rejected.extend(other.rejected)
         self.cleared.extend(other.cleared)
         self.repeats.extend(other.repeats)
         self.conflicts.extend(other.conflicts)
+        self.repost_comments.extend(other.repost_comments)
 
     def reasons(self) -> dict[str, int]:
         """Counts of rejected records per (field, reason)."""
@@ -152,6 +159,8 @@ class LoadReport:
             text += f", {len(self.cleared)} invalid optional fields set to unknown"
         if self.repeats:
             text += f", {len(self.repeats)} repeated reactions removed ({len(self.conflicts)} with conflicting content)"
+        if self.repost_comments:
+            text += f", {len(self.repost_comments)} repost-and-comment pairs kept as their repost"
         return text
 
 
