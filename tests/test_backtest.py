@@ -51,3 +51,32 @@ def test_backtest_grid_writes_a_sensitivity_page(shared_data: Path, tmp_path: Pa
     assert [p["point"]["batch_size"] for p in result["points"]] == [4, 8]
     assert "Backtest sensitivity" in (tmp_path / "report" / "index.html").read_text()
     assert all(Path(p["report"]).exists() for p in result["points"])
+
+
+def test_a_backtest_never_reuses_stale_runs_or_evaluations(demo_event_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mfllm.analysis import backtest as backtest_module
+    from mfllm.data.loaders import get_reader
+    from mfllm.simulation import sweep
+
+    data = tmp_path / "event.jsonl"
+    data.write_bytes(demo_event_path.read_bytes())
+    config = BacktestConfig(data=str(data), events=get_reader(str(data)).list_events(data), methods=["state"], seeds=[0],
+                            policy_model="fake", num_agents=8, warmup=8, batch_size=4, dimensions=["behaviour"], information_gain=False,
+                            output=str(tmp_path / "out"))
+    backtest(config, pool=FixedPool(FakeModel()))
+    saved = next((tmp_path / "out" / "runs").rglob("evaluation.json"))
+    settings = json.loads(saved.read_text())["settings"]
+    backtest(config, pool=FixedPool(FakeModel()))
+    assert json.loads(saved.read_text())["settings"] == settings  # nothing changed: reused
+    monkeypatch.setattr(backtest_module, "shipped_models_digest", lambda: "retrained")
+    backtest(config, pool=FixedPool(FakeModel()))
+    assert json.loads(saved.read_text())["settings"] != settings  # other labeller weights: evaluated again
+    versions = sweep.package_versions()
+    monkeypatch.setattr(sweep, "package_versions", lambda: {**versions, "mfllm": "99.0"})
+    with pytest.raises(sweep.StaleRunError, match=rf"{saved.parent}: cannot reuse or resume this run: it was made by mfllm .*, this is 99.0; "
+                                                  "write to a fresh output folder"):
+        backtest(config, pool=FixedPool(FakeModel()))
+    monkeypatch.setattr(sweep, "package_versions", lambda: versions)
+    data.write_text(data.read_text(encoding="utf-8").replace("转发微博", "转发", 1), encoding="utf-8")
+    with pytest.raises(sweep.StaleRunError, match="the event data changed since it ran"):
+        backtest(config, pool=FixedPool(FakeModel()))

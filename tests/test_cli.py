@@ -17,7 +17,8 @@ def test_data_list_inspect_convert(shared_data: Path, tmp_path: Path, capsys: py
     assert listing[0] == "format: pheme" and "552783667052167168" in listing
     assert main(["data", "inspect", str(shared_data / "weibo_covid19_rumor"), "--event", "4484800548711562", "--show", "2"]) == 0
     shown = capsys.readouterr().out
-    assert "96 reactions loaded, 0 rejected, 64 repeated reactions removed (0 with conflicting content)" in shown and "性别" in shown
+    assert ("95 reactions loaded, 0 rejected, 64 repeated reactions removed (0 with conflicting content), "
+            "1 repost-and-comment pairs kept as their repost") in shown and "性别" in shown
     out = tmp_path / "two.csv"
     assert main(["data", "convert", str(shared_data / "ced_weibo"), str(out), "--event", "0_yBmepBtUB_2279086572",
                  "--event", "1002_zne7v6NMq_2464670392"]) == 0

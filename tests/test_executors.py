@@ -221,3 +221,36 @@ def test_bench_script_runs_side_by_side_with_the_fake_backend(ray_cluster: Any, 
     lines = {line.split()[0]: line for line in result.stdout.splitlines() if line.split()}
     assert {"sequential", "process", "ray"} <= set(lines) and lines["ray"].endswith("x")
     assert "same runs from every executor: yes" in result.stdout
+
+
+POOL_PARENT = """
+import sys, time
+from mfllm import executors
+executors.run_tasks([executors.Task(str(i), repr) for i in range(2)], executors.ExecutorConfig(executor="process", workers=2))
+print(*[pid for pool in executors._PROCESS_EXECUTORS.values() for pid in pool._processes], flush=True)
+time.sleep(120)
+"""
+
+
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/status").read_text().split("State:")[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError):
+        return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads process states from /proc")
+def test_process_pool_workers_exit_when_their_parent_is_killed() -> None:
+    import signal
+    import time
+
+    parent = subprocess.Popen([sys.executable, "-c", POOL_PARENT], stdout=subprocess.PIPE, text=True)
+    workers = [int(pid) for pid in parent.stdout.readline().split()]  # type: ignore[union-attr]
+    assert len(workers) == 2 and all(_running(pid) for pid in workers)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while any(_running(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_running(pid) for pid in workers)

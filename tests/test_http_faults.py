@@ -101,9 +101,10 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            if self.path == "/v1/chat/completions":
+            route = self.path.partition("?")[0]
+            if route == "/v1/chat/completions":
                 texts = [body["messages"][-1]["content"]]
-            elif self.path == "/v1/completions":
+            elif route == "/v1/completions":
                 texts = body["prompt"] if isinstance(body["prompt"], list) else [body["prompt"]]
             else:
                 return self._send(404, json.dumps({"error": f"no route {self.path}"}))
@@ -153,7 +154,7 @@ def _handler(server: FaultServer) -> type[BaseHTTPRequestHandler]:
 
         def _choice(self, body: dict[str, Any], text: str, token: str, index: int, fault: str | None) -> dict[str, Any]:
             reply = {"null": None, "empty": ""}.get(fault or "", f"\nreply to {token}\nsecond line")
-            if self.path == "/v1/chat/completions":
+            if self.path.partition("?")[0] == "/v1/chat/completions":
                 return {"index": index, "message": {"role": "assistant", "content": reply}, "finish_reason": "stop"}
             if not body.get("echo"):
                 return {"index": index, "text": reply, "finish_reason": "stop"}
@@ -368,3 +369,29 @@ def test_retrying_model_honours_retry_after_and_gives_up_for_good() -> None:
     assert RetryPolicy(backoff_s=1.0, max_backoff_s=5.0).delay_s(10) == 5.0
     with pytest.raises(ValueError, match="max_attempts"):
         RetryPolicy(max_attempts=0)
+
+
+@pytest.mark.parametrize("chat", [True, False], ids=["chat", "completions"])
+def test_a_query_in_the_base_url_follows_each_request_path(server: FaultServer, chat: bool) -> None:
+    model = OpenAICompatibleModel("m", server.url + "?api_key=KEY123&x=1", api_key_env=KEY_ENV, chat=chat, sleep=RecordedSleep())
+    assert model.generate(_prompts(1), SamplingParams()) == ["reply to tok-0"]
+    path = "/v1/chat/completions" if chat else "/v1/completions"
+    assert [p for p, _ in server.requests] == [f"{path}?api_key=KEY123&x=1"]
+
+
+def test_a_key_in_a_model_url_is_never_recorded_or_printed(demo_event_path: Path, tmp_path: Path,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    from mfllm.cli import main
+
+    with socket.socket() as closed:  # a port nothing listens on: the run fails at its first request
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+    url = f"http://user:KEY123@127.0.0.1:{port}/v1?api_key=KEY456"
+    (tmp_path / "config.yaml").write_text(json.dumps({"method": "mf-llm", "mean_field_model": f"openai:n@{url}"}))
+    code = main(["simulate", "--config", str(tmp_path / "config.yaml"), "--data", str(demo_event_path), "--policy-model", f"openai:m@{url}",
+                 "--max-attempts", "1", "--warmup", "8", "--agents", "4", "--batch", "4", "--output", str(tmp_path / "runs")])
+    printed = capsys.readouterr()
+    manifest = next((tmp_path / "runs").rglob("manifest.json")).read_text(encoding="utf-8")
+    assert code == 2 and "failed" in manifest and "openai:m@http://[REDACTED]@127.0.0.1" in manifest
+    for text in (printed.out, printed.err, manifest):
+        assert "KEY123" not in text and "KEY456" not in text

@@ -145,3 +145,26 @@ def test_generic_record_without_event_id_or_with_a_user_string_is_reported(tmp_p
         ("line 2", "event_id", "missing: the record belongs to no event"), ("line 4", "<record>", "invalid JSON: nested too deeply")]
     assert [(r.record, r.field) for r in report.cleared] == [("line 3", "user")]
 
+
+
+ID_FIELD = {"weibo-covid19": "id", "ced": "mid", "pheme": "id_str", "rumoureval": "id", "rumdect": "mid", "generic": "post_id"}
+
+
+@pytest.mark.parametrize("name", ["weibo-covid19", "ced", "generic"])
+@pytest.mark.parametrize("bad_id", [{"a": 1}, [1, 2], True])
+def test_an_id_of_the_wrong_type_is_reported_as_such(name: str, bad_id: Any, tmp_path: Path) -> None:
+    event, report = _load(name, tmp_path, reactions=_with(name, 1, **{ID_FIELD[name]: bad_id}))
+    assert len(event.reactions) == 2 and report.cleared == []
+    assert [(r.field, r.reason.split(":")[0]) for r in report.rejected] == [(ID_FIELD[name], "wrong type")]
+
+
+@pytest.mark.parametrize("name,count_field,reported", [
+    ("weibo-covid19", "user", "user.followers_count"), ("rumdect", None, "followers_count"), ("generic", "user", "user_followers_count"),
+])
+def test_an_absurd_count_is_reported_and_set_to_unknown(name: str, count_field: str | None, reported: str, tmp_path: Path) -> None:
+    reactions = [FORMATS[name].reaction(i) for i in range(3)]
+    target = reactions[1][count_field] if count_field else reactions[1]
+    target["followers_count"] = 10**40
+    event, report = _load(name, tmp_path, reactions=reactions)
+    assert len(event.reactions) == 3 and event.reactions[1].user.followers_count is None
+    assert [(r.field, r.reason.split(":")[0]) for r in report.cleared] == [(reported, "out of range (above 10^12)")]

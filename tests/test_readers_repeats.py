@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from reader_layouts import FORMATS, T0
 
-from mfllm.data import DataFormatError, Reaction, UserProfile, get_reader
-from mfllm.data.readers.base import CollectedReactions, remove_repeats
+from mfllm.data import DataFormatError, Post, Reaction, UserProfile, get_reader
+from mfllm.data.readers.base import REPOST_COMMENT_WINDOW_S, CollectedReactions, finish_event, remove_repeats
 from mfllm.data.readers.pheme import read_json_objects
 from mfllm.data.schema import LoadReport
 
@@ -99,6 +99,31 @@ def test_records_without_an_id_repeat_when_user_text_and_time_match() -> None:
     assert not report.conflicts
 
 
+def _read(kind: str, user: str, text: str, seconds: float, post_id: str) -> Reaction:
+    return Reaction(post_id=post_id, text=text, timestamp=seconds, kind=kind, user=UserProfile(user_id=user),  # type: ignore[arg-type]
+                    parent_id="p" if kind == "repost" else None)
+
+
+def test_a_repost_and_comment_is_kept_as_one_repost_at_the_earlier_time() -> None:
+    collected = CollectedReactions()
+    records = [_read("comment", "u1", "真的吗", T0, "c1"), _read("comment", "u2", "真的吗", T0, "c2"),  # u2 made no repost
+               _read("repost", "u1", "真的吗", T0 + 1, "r1"), _read("repost", "u3", "假的", T0 + 5, "r3"),
+               _read("comment", "u3", "假的", T0 + 5 + REPOST_COMMENT_WINDOW_S + 1, "c3"),  # too late: a second action
+               _read("comment", "u1", "真的吗", T0 + 2, "c4")]  # its repost is taken: a second comment stays
+    for record, reaction in enumerate(records):
+        collected.add(reaction, "comments.json" if reaction.kind == "comment" else "reposts.json", str(record))
+    report = LoadReport()
+    event = finish_event({"event_id": "e", "dataset": "d", "language": "zh", "source": Post(post_id="s", text="源", timestamp=T0 - 9)},
+                         collected, report, "here")
+    assert [(r.post_id, r.kind, r.timestamp) for r in event.reactions] == [("c2", "comment", T0), ("r1", "repost", T0), ("c4", "comment", T0 + 2),
+                                                                           ("r3", "repost", T0 + 5), ("c3", "comment", T0 + 66)]
+    assert event.reactions[1].parent_id == "p" and report.loaded == 5 and not report.repeats
+    (merged,) = report.repost_comments
+    assert (merged.file, merged.record, merged.field) == ("comments.json", "0", "kind")
+    assert "kept as the repost reposts.json: record 2 (same user and text, 1 s apart)" in merged.reason
+    assert report.summary().endswith("1 repost-and-comment pairs kept as their repost")
+
+
 # ---------------------------------------------------------------- all shared data
 
 SHARED = {"weibo_covid19_rumor": "weibo-covid19", "ced_weibo": "ced", "pheme_rumour_scheme_subset": "pheme",
@@ -138,7 +163,7 @@ def _json(path: Path) -> Any:
 def test_no_shared_event_keeps_a_repeated_reaction_and_every_removal_is_counted(shared_data: Path, folder: str) -> None:
     path = shared_data / folder
     reader = get_reader(path, SHARED[folder])
-    removed = 0
+    repeats = merged = 0
     for event_id in reader.list_events(path):
         try:
             event, report = reader.load_event(path, event_id)
@@ -146,8 +171,11 @@ def test_no_shared_event_keeps_a_repeated_reaction_and_every_removal_is_counted(
             assert str(path) in str(exc)
             continue
         assert len({r.post_id for r in event.reactions}) == len(event.reactions), event_id
-        assert report.loaded + len(report.rejected) + len(report.repeats) == _raw_records(folder, path, event_id), event_id
+        removed = len(report.repeats) + len(report.repost_comments)
+        assert report.loaded + len(report.rejected) + removed == _raw_records(folder, path, event_id), event_id
         assert {(c.file, c.record) for c in report.conflicts} <= {(r.file, r.record) for r in report.repeats}
-        removed += len(report.repeats)
+        repeats += len(report.repeats)
+        merged += len(report.repost_comments)
     if folder in ("weibo_covid19_rumor", "ced_weibo"):  # both upstream sets repeat entries
-        assert removed > 0
+        assert repeats > 0
+    assert merged == (1380 if folder == "weibo_covid19_rumor" else 0)  # Weibo stores a repost and comment as both

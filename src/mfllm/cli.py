@@ -36,10 +36,15 @@ CONFIGS: dict[str, type[YamlConfig]] = {"simulate": SimulationConfig, "train": T
                                         "demo": DemoConfig, "forecast": ForecastConfig, "plan": PlanConfig}
 
 
+_BARS: list[Any] = []
+"""The progress bars this command drew (closed before an interruption is reported, so the report has its own line)."""
+
+
 def _progress(total: int, description: str) -> Any:
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, unit="agent", file=sys.stderr)
+    _BARS.append(tqdm(total=total, desc=description, unit="agent", file=sys.stderr))
+    return _BARS[-1]
 
 
 # ---------------------------------------------------------------- data
@@ -528,20 +533,35 @@ def _one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split())
 
 
+def _resume_hint(args: argparse.Namespace) -> str:
+    """How to continue an interrupted command: committed steps and finished runs are kept."""
+    if args.command == "backtest" or getattr(args, "resume", False):
+        return "; run the same command again to continue where it stopped"
+    if hasattr(args, "resume"):
+        return "; run the same command with --resume to continue where it stopped"
+    return ""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from mfllm.backends.wrappers import BackendError
     from mfllm.data.schema import DataFormatError
     from mfllm.executors import TaskFailures
+    from mfllm.redaction import redact_secrets
     from mfllm.simulation.store import RunLockedError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        while _BARS:
+            _BARS.pop().close()
+        print(f"mfllm: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader of our output went away (e.g. `| head`): not an error of ours
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 141
     except (DataFormatError, BackendError, RunLockedError, TaskFailures, OSError, KeyError, ValueError, ImportError) as exc:
-        print(f"mfllm: error: {_one_line(exc)}", file=sys.stderr)
+        print(f"mfllm: error: {redact_secrets(_one_line(exc))}", file=sys.stderr)
         return 2
 
 

@@ -50,6 +50,30 @@ def _argument_options(annotation: Any) -> dict[str, Any]:
     return {"type": str}
 
 
+def parse_yaml(text: str, where: str) -> Any:
+    """One YAML document; a malformed one is a one-line ValueError naming ``where`` and the position."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        position = f" at line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+        problem = " ".join(filter(None, (exc.context, exc.problem)))
+        raise ValueError(f"{where}: invalid YAML{position}: {problem}") from None
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{where}: invalid YAML: {' '.join(str(exc).split())}") from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    """A YAML (or JSON) file; a file that is not UTF-8 or not YAML is a one-line ValueError naming it and the position."""
+    data = Path(path).read_bytes()
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ValueError(f"{path}: not UTF-8 text: line {line}, byte {exc.start}: {exc.reason}") from None
+    return parse_yaml(text, str(path))
+
+
 class YamlConfig(BaseModel):
     """Unknown fields are errors; every field carries its help text in ``Field(description=...)``."""
 
@@ -60,7 +84,7 @@ class YamlConfig(BaseModel):
         """Values from a YAML file, then non-None overrides (CLI flags) on top."""
         values: dict[str, Any] = {}
         if yaml_path:
-            loaded = yaml.safe_load(Path(yaml_path).read_text(encoding="utf-8")) or {}
+            loaded = read_yaml(yaml_path) or {}
             if not isinstance(loaded, dict):
                 raise ValueError(f"{yaml_path}: expected a mapping of config fields")
             values.update(loaded)

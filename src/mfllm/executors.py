@@ -9,7 +9,8 @@ worker, not once per task. A task that raises is reported with its name (its run
 others finish; then its exception is raised (:class:`TaskFailures`, naming each, when several failed).
 
 Workers are kept for the life of the process (:func:`release_workers` stops them), so the evaluation
-after a sweep finds its models loaded. To distribute your own runs (e.g. forecast ensembles or plan
+after a sweep finds its models loaded. A process-pool worker exits within a second of its parent dying
+(even by ``kill -9``), so no worker is left holding its models. To distribute your own runs (e.g. forecast ensembles or plan
 candidates), give each run a directory and let the sweep skip finished ones::
 
     from mfllm.executors import ExecutorConfig
@@ -33,8 +34,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 import socket
 import sys
+import threading
+import time
 import traceback
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
@@ -44,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 from pydantic import Field
 
 from mfllm.configuration import YamlConfig
+from mfllm.redaction import redact_secrets
 
 if TYPE_CHECKING:
     from mfllm.backends import ModelPool
@@ -51,6 +56,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 """Environment variables that cap the math libraries' threads in a worker (read when they load)."""
+PARENT_CHECK_S = 0.5
+"""How often a process-pool worker checks that its parent is still alive."""
 
 
 class ExecutorConfig(YamlConfig):
@@ -174,16 +181,34 @@ def limit_threads(threads: int) -> None:
 _PROCESS_POOLS: WorkerPools | None = None
 
 
-def _start_process_worker(threads: int) -> None:
+def _start_process_worker(threads: int, parent: int) -> None:
     global _PROCESS_POOLS
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: an idle worker leaves it to the parent
+    exit_with_parent(parent)
     limit_threads(threads)
     _PROCESS_POOLS = WorkerPools(threads)
+
+
+def exit_with_parent(parent: int, interval_s: float = PARENT_CHECK_S) -> None:
+    """End this process as soon as ``parent`` (the process that started it) is gone: a daemon thread
+    checks every ``interval_s`` whether this process was handed to another parent. A thread, not
+    ``PR_SET_PDEATHSIG``: that signal fires when the starting *thread* ends, which a live parent may do."""
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os._exit(1)  # the parent is gone: nobody will read our results, and our models hold memory
+
+    threading.Thread(target=watch, name="mfllm-parent-watch", daemon=True).start()
 
 
 def _run_in_process_worker(task: Task) -> TaskOutcome:
     if _PROCESS_POOLS is None:
         raise RuntimeError("process worker not started")
-    outcome = _PROCESS_POOLS.run(task)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C stops the task's run, which records it
+    try:
+        outcome = _PROCESS_POOLS.run(task)
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
     outcome.exception = picklable(outcome.exception)
     return outcome
 
@@ -217,7 +242,7 @@ class _Tracker:
     def done(self, index: int, outcome: TaskOutcome) -> None:
         self.outcomes[index] = outcome
         if not outcome.ok and len(self.outcomes) > 1:  # a lone task's failure is the command's own error, raised as it is
-            message = f"mfllm: {outcome.name} failed: {outcome.error}"
+            message = redact_secrets(f"mfllm: {outcome.name} failed: {outcome.error}")
             if self.bar is not None:
                 self.bar.write(message, file=sys.stderr)
             else:
@@ -300,7 +325,7 @@ def _process_executor(config: ExecutorConfig) -> tuple[tuple[int, int], ProcessP
     if key not in _PROCESS_EXECUTORS:
         release_workers()  # one set of workers at a time: two would hold two copies of the models
         _PROCESS_EXECUTORS[key] = ProcessPoolExecutor(key[0], mp_context=multiprocessing.get_context("spawn"),
-                                                      initializer=_start_process_worker, initargs=(key[1],))
+                                                      initializer=_start_process_worker, initargs=(key[1], os.getpid()))
     return key, _PROCESS_EXECUTORS[key]
 
 

@@ -10,6 +10,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from mfllm.redaction import redacted
+
 TRACKED_PACKAGES = ("mfllm", "torch", "transformers", "peft", "trl", "numpy", "scipy", "pydantic", "httpx")
 
 
@@ -34,10 +36,11 @@ def git_commit(path: Path | None = None) -> str | None:
 
 
 def base_manifest(kind: str, config: dict[str, Any]) -> dict[str, Any]:
+    """What every manifest records; credentials in the config (a key in a model URL) are redacted."""
     return {
         "kind": kind,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "config": config,
+        "config": redacted(config),
         "seed": config.get("seed"),
         "versions": package_versions(),
         "git_commit": git_commit(),

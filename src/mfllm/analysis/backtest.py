@@ -25,11 +25,13 @@ from mfllm.evaluation.aggregate import headlines, paired_comparisons, realism_he
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import resolve_dimensions
 from mfllm.evaluation.evaluate import RunEvaluation, run_realism
+from mfllm.evaluation.labellers import shipped_models_digest
 from mfllm.evaluation.metrics import CorrectedMetrics, DimensionMetrics
 from mfllm.evaluation.pipeline import evaluate_runs
 from mfllm.evaluation.realism import REALISM_METRICS
 from mfllm.evaluation.report import write_report
 from mfllm.executors import ExecutorConfig
+from mfllm.manifest import package_versions
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import ProgressFactory
 from mfllm.simulation.methods import default_method_names, get_method, resolve_method
@@ -100,20 +102,24 @@ def _with_realism(run: Path, evaluation: RunEvaluation) -> RunEvaluation:
 
 def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, executor: ExecutorConfig | None = None,
                      pool_options: dict[str, Any] | None = None) -> tuple[list[RunEvaluation], Any]:
-    """Evaluate runs, reusing each run's saved evaluation when it was made with the same settings."""
-    key = hashlib.sha256((config.model_dump_json() + ",".join(REALISM_METRICS)).encode()).hexdigest()[:16]  # an evaluation without them is stale
+    """Evaluate runs, reusing each run's saved evaluation when it was made with the same settings, by the
+    same mfllm version and labeller models, of the same data, with the same realism measures; any other is
+    evaluated again (and replaced)."""
+    settings = [config.model_dump_json(), package_versions().get("mfllm"), shipped_models_digest(), list(REALISM_METRICS)]
+    keys = {run: hashlib.sha256(json.dumps([*settings, RunStore(run).manifest().get("data_hash")]).encode()).hexdigest()[:16]
+            for run in runs}
     cached: dict[Path, RunEvaluation] = {}
     for run in runs:
         path = run / EVALUATION_FILE
         if path.exists():
             saved = json.loads(path.read_text(encoding="utf-8"))
-            if saved.get("settings") == key:
+            if saved.get("settings") == keys[run]:
                 cached[run] = _with_realism(run, _evaluation_from_json(saved["evaluation"]))
     todo = [run for run in runs if run not in cached]
     fresh, dimensions = evaluate_runs(todo, config, pool, executor=executor, pool_options=pool_options) if todo \
         else ([], resolve_dimensions(config.dimensions, config.dimensions_file))
     for run, evaluation in zip(todo, fresh):
-        (run / EVALUATION_FILE).write_text(json.dumps({"settings": key, "evaluation": evaluation.to_json()}, ensure_ascii=False),
+        (run / EVALUATION_FILE).write_text(json.dumps({"settings": keys[run], "evaluation": evaluation.to_json()}, ensure_ascii=False),
                                            encoding="utf-8")
         cached[run] = evaluation
     return [cached[run] for run in runs], dimensions

@@ -48,6 +48,7 @@ from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import DEFAULT_ALPHA, counts, dtw_distance, kl_divergence, smoothed, wasserstein_or_tv
 from mfllm.executors import ExecutorConfig, Task, run_tasks
 from mfllm.manifest import derive_seed
+from mfllm.redaction import redacted
 from mfllm.simulation.arrivals import fit_arrivals
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import ProgressFactory
@@ -755,7 +756,7 @@ def forecast(config: ForecastConfig, pool: Any = None, resume: bool = False, pro
         _write_csv(files["scores.csv"], [row for s in scores for row in s.per_window])
         _write_csv(files["skill.csv"], skills)
     report = _report(config, ensembles, skills, horizon_rows, out / "report")
-    summary = {"settings": config.model_dump(), "settings_digest": _settings_digest(config),
+    summary = {"settings": redacted(config.model_dump()), "settings_digest": _settings_digest(config),
                "forecasts": [{"event": e.event_id, "origin": e.warmup, "origin_time": e.origin_time, "window_s": e.window,
                               "windows": e.windows, "observed_windows": e.observed, "agents": e.agents, "capped_seeds": e.capped,
                               "runs": [str(p) for p in u.runs.values()]} for e, u in zip(ensembles, units)],

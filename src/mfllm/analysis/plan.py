@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from mfllm.analysis.compare import CompareConfig, _interval
 from mfllm.analysis.forecast import HorizonSettings, fixed_scenario, forecast_scenario
+from mfllm.configuration import read_yaml
 from mfllm.data.loaders import load_event
 from mfllm.data.population import load_personas
 from mfllm.data.schema import Event
@@ -41,6 +42,7 @@ from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.executors import ExecutorConfig, Task, run_tasks
 from mfllm.interfaces import LanguageModel
+from mfllm.redaction import redacted
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import BranchPoint, ProgressFactory, simulate
 from mfllm.simulation.interventions import Rule, _seconds as duration_seconds, load_interventions
@@ -97,10 +99,7 @@ class Candidate:
 
 
 def _grid(path: Path) -> CandidateGrid:
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from None
+    raw = read_yaml(path)
     try:
         return CandidateGrid.model_validate(raw)
     except ValidationError as exc:
@@ -412,7 +411,7 @@ def _check_record(record: Path, config: PlanConfig, resume: bool) -> None:
     if not resume:
         raise FileExistsError(f"{record.parent} already holds a plan; pass resume=True (--resume) to continue it")
     recorded = json.loads(record.read_text(encoding="utf-8"))["settings"]
-    mine = config.model_dump()
+    mine = redacted(config.model_dump())
     changed = sorted(k for k in mine if k not in RESUMABLE_CHANGES and recorded.get(k) != mine[k])
     if changed:
         raise ValueError(f"{record.parent}: cannot resume a plan with different settings (changed: {', '.join(changed)})")
@@ -441,7 +440,7 @@ def plan(config: PlanConfig, pool: Any = None, resume: bool = False, progress: P
     candidates = expand_candidates(config, event, planner.at, out / "candidates")
     _check_budget(config.budget, len(candidates))
     out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"settings": config.model_dump()}, indent=1, ensure_ascii=False), encoding="utf-8")
+    record.write_text(json.dumps({"settings": redacted(config.model_dump())}, indent=1, ensure_ascii=False), encoding="utf-8")
     arms, control, rounds = successive_halving(planner, candidates, config.budget)
     ranking = _ranking(arms, control, target, config)
     control_row = {"share": _mean(list(control.shares.values())), "seeds": len(control.runs), "model_calls": control.calls}
@@ -452,7 +451,7 @@ def plan(config: PlanConfig, pool: Any = None, resume: bool = False, progress: P
         writer = csv.DictWriter(handle, fieldnames=list(ranking[0]))
         writer.writeheader()
         writer.writerows(ranking)
-    record.write_text(json.dumps({"settings": config.model_dump(), "target": target.describe(), "validation": target.validation,
+    record.write_text(json.dumps({"settings": redacted(config.model_dump()), "target": target.describe(), "validation": target.validation,
                                   "budget": config.budget, "runs": planner.runs_made, "model_calls": total_calls, "control": control_row,
                                   "rounds": rounds, "ranking": ranking}, indent=1, ensure_ascii=False), encoding="utf-8")
     return result

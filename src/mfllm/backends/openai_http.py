@@ -23,40 +23,19 @@ import math
 import os
 import re
 import time
+import urllib.parse
 from dataclasses import dataclass
 from typing import Any, Awaitable, Callable, Generic, Sequence, TypeVar
 
 from mfllm.backends.hf import clean_output, require
 from mfllm.backends.wrappers import BackendError, RetryPolicy, TransientBackendError
 from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams, UsageStats
+from mfllm.redaction import redact_secrets
 
 T = TypeVar("T")
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 EXCERPT_CHARS = 120
-REDACTED = "[REDACTED]"
-
-_SECRET_PATTERNS = (
-    # header or field names followed by a value: Authorization: Bearer x, "api_key": "x", api-key=x
-    (re.compile(r"""(?i)((?:proxy-)?authorization|x-api-key|api[-_]?key|access[-_]?token|secret|password)"""
-                r"""(["']?\s*[:=]\s*["']?)(?:(?:bearer|basic)\s+)?[^\s"',;&}]+"""), rf"\1\2{REDACTED}"),
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), rf"\1 {REDACTED}"),
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{8,}"), REDACTED),
-    (re.compile(r"(?i)([?&](?:key|token|api[-_]?key|access_token)=)[^&#\s]+"), rf"\1{REDACTED}"),
-    (re.compile(r"(://)[^/@\s:]+:[^/@\s]*@"), rf"\1{REDACTED}@"),
-)
-
-
-def redact_secrets(text: str, secrets: Sequence[str] = ()) -> str:
-    """``text`` with the given secret values and anything shaped like a credential replaced by ``[REDACTED]``."""
-    for secret in secrets:
-        if secret:
-            text = text.replace(secret, REDACTED)
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
-
-
 def excerpt(text: str, secrets: Sequence[str] = (), limit: int = EXCERPT_CHARS) -> str:
     """A redacted one-line excerpt of at most ``limit`` characters (redacted before it is cut)."""
     line = " ".join(redact_secrets(text, secrets).split())
@@ -106,7 +85,10 @@ class OpenAICompatibleModel(LanguageModel):
                  clock: Callable[[], float] = time.time):
         if request_timeout_s <= 0 or max_concurrency < 1 or prompts_per_score_request < 1:
             raise ValueError("request_timeout_s must be positive; max_concurrency and prompts_per_score_request at least 1")
-        self.name, self.base_url, self.chat = model, base_url.rstrip("/"), chat
+        url = urllib.parse.urlsplit(base_url)  # a query (e.g. ?api_key=...) goes after each request's path, not before it
+        self.name, self.chat, self.url = model, chat, base_url
+        self.base_url = urllib.parse.urlunsplit(url._replace(query="", fragment="")).rstrip("/")
+        self.query = urllib.parse.parse_qsl(url.query, keep_blank_values=True)
         self.api_key_env, self.max_concurrency, self.request_timeout_s = api_key_env, max_concurrency, request_timeout_s
         self.retry = RetryPolicy(max_attempts=max_attempts, backoff_s=backoff_s, max_backoff_s=max_backoff_s,
                                  max_retry_after_s=max_retry_after_s)
@@ -115,7 +97,7 @@ class OpenAICompatibleModel(LanguageModel):
         self.usage = UsageStats()
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "class": type(self).__name__, "backend": "openai", "base_url": redact_secrets(self.base_url),
+        return {"name": self.name, "class": type(self).__name__, "backend": "openai", "base_url": redact_secrets(self.url),
                 "chat": self.chat}
 
     def _api_key(self) -> str | None:
@@ -204,7 +186,7 @@ class OpenAICompatibleModel(LanguageModel):
 
         async def main() -> list[_Reply[T]]:
             semaphore = asyncio.Semaphore(self.max_concurrency)
-            async with httpx.AsyncClient(base_url=self.base_url, headers=headers, timeout=self.request_timeout_s,
+            async with httpx.AsyncClient(base_url=self.base_url, params=self.query, headers=headers, timeout=self.request_timeout_s,
                                          transport=self.transport) as client:
                 tasks = [asyncio.create_task(self._request(client, semaphore, path, body, count, extract))
                          for path, body, count in requests]

@@ -14,6 +14,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+MAX_COUNT = 10**12
+"""The largest follower, post or engagement count taken as real (more than any platform has users or posts)."""
 ReactionKind = Literal["comment", "repost", "reply"]
 Language = Literal["zh", "en"]
 
@@ -27,10 +29,10 @@ class UserProfile(BaseModel):
     gender: Literal["male", "female"] | None = None
     location: str | None = None
     description: str | None = None
-    followers_count: int | None = Field(default=None, ge=0)
-    friends_count: int | None = Field(default=None, ge=0)
-    bi_followers_count: int | None = Field(default=None, ge=0)
-    statuses_count: int | None = Field(default=None, ge=0)
+    followers_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    friends_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    bi_followers_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    statuses_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     verified: bool | None = None
     verified_type: int | None = None
     verified_reason: str | None = None
@@ -45,9 +47,9 @@ class Post(BaseModel):
     text: str
     timestamp: float = Field(description="Unix seconds (UTC).", allow_inf_nan=False)
     user: UserProfile = Field(default_factory=UserProfile)
-    reposts_count: int | None = Field(default=None, ge=0)
-    comments_count: int | None = Field(default=None, ge=0)
-    likes_count: int | None = Field(default=None, ge=0)
+    reposts_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    comments_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
+    likes_count: int | None = Field(default=None, ge=0, le=MAX_COUNT)
     labels: dict[str, str] = Field(default_factory=dict, description="Gold annotations, e.g. stance.")
 
     @property
@@ -106,7 +108,9 @@ class LoadReport:
     ``rejected`` records were left out (a required field was unusable); ``cleared`` records were
     kept with one optional field set to unknown because its value was invalid; ``repeats`` records
     were left out because they repeat a kept reaction (same id); ``conflicts`` are the repeats
-    whose content differs from the kept reaction (one line each, naming the differing fields).
+    whose content differs from the kept reaction (one line each, naming the differing fields);
+    ``repost_comments`` are comments left out because they are the comment half of a "repost and
+    comment" (Weibo records one action as both: the repost is kept).
     """
 
     loaded: int = 0
@@ -114,6 +118,7 @@ class LoadReport:
     cleared: list[RejectedRecord] = field(default_factory=list)
     repeats: list[RejectedRecord] = field(default_factory=list)
     conflicts: list[RejectedRecord] = field(default_factory=list)
+    repost_comments: list[RejectedRecord] = field(default_factory=list)
 
     def reject(self, file: str, record: str, field_name: str, reason: str) -> None:
         self.rejected.append(RejectedRecord(file, record, field_name, reason))
@@ -127,12 +132,16 @@ class LoadReport:
     def conflict(self, file: str, record: str, field_name: str, reason: str) -> None:
         self.conflicts.append(RejectedRecord(file, record, field_name, reason))
 
+    def repost_comment(self, file: str, record: str, field_name: str, reason: str) -> None:
+        self.repost_comments.append(RejectedRecord(file, record, field_name, reason))
+
     def merge(self, other: LoadReport) -> None:
         self.loaded += other.loaded
         self.rejected.extend(other.rejected)
         self.cleared.extend(other.cleared)
         self.repeats.extend(other.repeats)
         self.conflicts.extend(other.conflicts)
+        self.repost_comments.extend(other.repost_comments)
 
     def reasons(self) -> dict[str, int]:
         """Counts of rejected records per (field, reason)."""
@@ -150,6 +159,8 @@ class LoadReport:
             text += f", {len(self.cleared)} invalid optional fields set to unknown"
         if self.repeats:
             text += f", {len(self.repeats)} repeated reactions removed ({len(self.conflicts)} with conflicting content)"
+        if self.repost_comments:
+            text += f", {len(self.repost_comments)} repost-and-comment pairs kept as their repost"
         return text
 
 

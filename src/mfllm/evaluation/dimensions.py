@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from mfllm.configuration import read_yaml
 
 
 @dataclass(frozen=True)
@@ -49,7 +49,7 @@ SDQC = Dimension("sdqc", ("support", "deny", "query", "comment"),
 
 def load_dimensions(path: str | Path) -> list[Dimension]:
     """User dimensions from YAML: a list of {name, labels, definition, ordinal?, label_descriptions?}."""
-    items = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    items = read_yaml(path)
     if not isinstance(items, list):
         raise ValueError(f"{path}: expected a list of dimensions")
     dimensions = []

@@ -286,6 +286,20 @@ def shipped_labellers() -> list[LinearTextLabeller]:
     return [LinearTextLabeller(entry) for entry in sorted(folder.iterdir(), key=lambda e: e.name) if entry.name.endswith(MODEL_SUFFIX)]
 
 
+def shipped_models_digest() -> str:
+    """A digest of every file shipped in ``labeller_models`` (weights, vocabularies, validations): saved
+    evaluations made with other labellers are not reused."""
+    hasher = hashlib.sha256()
+    pending = [_models_folder()] if _models_folder().is_dir() else []
+    while pending:
+        for entry in sorted(pending.pop().iterdir(), key=lambda e: e.name):
+            if entry.is_dir():
+                pending.append(entry)
+            else:
+                hasher.update(entry.name.encode("utf-8") + b"\0" + hashlib.sha256(entry.read_bytes()).digest())
+    return hasher.hexdigest()[:16]
+
+
 def default_labellers() -> list[Labeller]:
     """The offline chain: action kind (behaviour), then the shipped trained models, then the lexicons."""
     return [KindLabeller(), *shipped_labellers(), LexiconLabeller()]

@@ -19,6 +19,7 @@ from mfllm.data.schema import Event, LoadReport
 from mfllm.interfaces import ContextProvider, LanguageModel, LLMMeanField, Prompt, SamplingParams
 from mfllm.manifest import base_manifest, derive_seed
 from mfllm.prompts import action_choice, bare_repost_text, needs_text, policy_stops, strip_marker
+from mfllm.redaction import redacted
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.methods import get_method
 from mfllm.simulation.methods.mean_field import mean_field_sampling
@@ -291,9 +292,9 @@ checked separately) and where intervention files live (their content is compared
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A recorded config as the current code reads it (fields added since take their defaults), less
-    the :data:`RUNTIME_FIELDS`."""
-    return {k: v for k, v in SimulationConfig(**config).model_dump().items() if k not in RUNTIME_FIELDS}
+    """A recorded config as the current code reads it (fields added since take their defaults, credentials
+    redacted as in the manifest), less the :data:`RUNTIME_FIELDS`."""
+    return {k: v for k, v in redacted(SimulationConfig(**config).model_dump()).items() if k not in RUNTIME_FIELDS}
 
 
 LEGACY_BACKENDS = {"TransformersModel": "transformers", "FakeModel": "fake", "OpenAICompatibleModel": "openai"}
@@ -427,7 +428,8 @@ def simulate(config: SimulationConfig, output_dir: str | Path, pool: Any = None,
             store.write_manifest(manifest)
         if branch is not None and len(store.committed_steps()) < branch.at:
             store.copy_prefix(RunStore(branch.parent), branch.at)
-        throughput = simulator.run(store, progress)
+        with store.running():
+            throughput = simulator.run(store, progress)
         usage = {"policy": policy.usage.as_dict(), "mean_field": mean_field.usage.as_dict() if mean_field else None}
         rows = store.actions()
         failures = sum(1 for row in rows if "failure" in row)

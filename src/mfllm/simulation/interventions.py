@@ -35,10 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from typing_extensions import Annotated
 
+from mfllm.configuration import read_yaml
 from mfllm.data.schema import UserProfile
 from mfllm.interfaces import AgentAction
 
@@ -237,10 +237,7 @@ def _location(loc: Sequence[Any]) -> str:
 def load_interventions(path: str | Path) -> list[InjectedPost | Statement | Moderation]:
     """The interventions of a YAML file; a bad file is a one-line ValueError naming the file and the field."""
     path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        raise ValueError(f"{path}: not valid YAML ({' '.join(str(exc).split())})") from exc
+    raw = read_yaml(path)
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: expected a mapping with an 'interventions' list")
     try:

@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 from mfllm.data.loaders import get_reader, load_event
 from mfllm.data.schema import Event
 from mfllm.executors import ExecutorConfig, Task, on_values, run_tasks
+from mfllm.manifest import package_versions
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import BranchPoint, ProgressFactory, comparable_config, estimate, simulate
 from mfllm.simulation.scenario import Scenario
@@ -43,22 +44,47 @@ def run_directory(root: str | Path, config: SimulationConfig) -> Path:
 
 
 def sweep_plan(configs: Sequence[SimulationConfig], root: str | Path) -> list[tuple[SimulationConfig, Path]]:
-    """Each config with its :func:`run_directory` under ``root``."""
+    """Each config with its :func:`run_directory` under ``root``; refused before anything runs when two
+    runs would share a directory (an event, method or seed listed twice, or under two names)."""
     plan = [(config, run_directory(root, config)) for config in configs]
-    if len({directory for _, directory in plan}) != len(plan):
-        raise ValueError("two runs of the sweep would share a run directory")
+    first: dict[Path, int] = {}
+    for index, (config, directory) in enumerate(plan):
+        if directory in first:
+            raise ValueError(f"{directory}: runs {first[directory] + 1} and {index + 1} of the sweep would both write here "
+                             f"(event {config.event_id}, method {config.method}, seed {config.seed}); list each event, method "
+                             "and seed once")
+        first[directory] = index
     return plan
 
 
-def completed_run(directory: str | Path, config: SimulationConfig, branch: BranchPoint | None = None) -> bool:
+def completed_run(directory: str | Path, config: SimulationConfig, branch: BranchPoint | None = None,
+                  data_hash: str | None = None) -> bool:
     """Whether ``directory`` already holds the finished run of ``config`` (same settings, same branch point):
-    a re-submitted sweep skips it instead of opening it again."""
+    a re-submitted sweep skips it instead of opening it again. A run made by another mfllm version or on
+    other event data than ``data_hash`` (the event's content hash; loaded when not given) is refused
+    (:class:`StaleRunError`), finished or not: its rows must not be mixed with new ones."""
     store = RunStore(directory)
     if not store.exists():
         return False
     manifest = store.manifest()
+    check_fresh(directory, manifest, data_hash or load_event(config.data, config.event_id, config.data_format)[0].content_hash())
     return (manifest.get("status") == "completed" and manifest.get("branch") == (branch.describe() if branch else None)
             and comparable_config(manifest["config"]) == comparable_config(config.model_dump()))
+
+
+class StaleRunError(ValueError):
+    """A run directory holds a run made by another mfllm version or on other data."""
+
+
+def check_fresh(directory: str | Path, manifest: dict[str, Any], data_hash: str) -> None:
+    """Refuse a run (:class:`StaleRunError`, one line saying why) that this mfllm on this data would not make."""
+    made, now = manifest.get("versions", {}).get("mfllm"), package_versions().get("mfllm")
+    reasons = [f"it was made by mfllm {made}, this is {now}"] if made != now else []
+    if manifest.get("data_hash") != data_hash:
+        reasons.append("the event data changed since it ran")
+    if reasons:
+        raise StaleRunError(f"{directory}: cannot reuse or resume this run: {'; '.join(reasons)}; write to a fresh output folder "
+                            "(or move the run away) so old and new results are not mixed")
 
 
 def simulate_task(pool: Any, config: SimulationConfig, directory: Path, resume: bool, progress: ProgressFactory | None = None,
@@ -73,8 +99,12 @@ def simulation_tasks(plan: RunPlan, resume: bool = False, progress: ProgressFact
     """Executor tasks of the runs of ``plan`` still to make, and the run directories already complete
     (skipped when ``resume``). ``pool_options`` overrides each config's :meth:`~SimulationConfig.pool_options`."""
     tasks, done = [], []
+    hashes: dict[tuple[str, str | None, str | None], str] = {}
     for (config, directory), point in zip(plan, branches or [None] * len(plan)):
-        if resume and completed_run(directory, config, point):
+        source = (config.data, config.event_id, config.data_format)
+        if resume and RunStore(directory).exists() and source not in hashes:
+            hashes[source] = load_event(*source)[0].content_hash()
+        if resume and completed_run(directory, config, point, hashes.get(source)):
             done.append(Path(directory))
             continue
         args = (config, Path(directory), resume, progress, point)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, model_validator
 
-from mfllm.configuration import YamlConfig
+from mfllm.configuration import YamlConfig, parse_yaml
 from mfllm.interfaces import LLMMeanField
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.methods import get_method, resolve_method
@@ -98,5 +97,5 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key:
             raise ValueError(f"--set expects key=value, got {pair!r}")
-        overrides[key.replace("-", "_")] = yaml.safe_load(value)
+        overrides[key.replace("-", "_")] = parse_yaml(value, f"--set {key}")
     return overrides

@@ -19,6 +19,7 @@ import yaml
 
 from mfllm.backends import ModelPool, local_source, parse_spec
 from mfllm.backends.hf import ADAPTER_META, LoadedCausalLM, TransformersModel, require
+from mfllm.configuration import read_yaml
 from mfllm.manifest import base_manifest
 from mfllm.training.config import TrainConfig
 from mfllm.training.data import completion_target, keep_prompt_end, load_training_events, policy_examples
@@ -36,7 +37,7 @@ def _prepare_output(config: TrainConfig, resume: bool) -> Path:
     if saved.exists():
         if not resume:
             raise FileExistsError(f"{out} already holds a training run; pass --resume to continue it")
-        previous = TrainConfig(**yaml.safe_load(saved.read_text(encoding="utf-8")))
+        previous = TrainConfig(**read_yaml(saved))
         changed = [k for k in config.model_dump() if getattr(previous, k) != getattr(config, k)]
         if set(changed) - RESUMABLE_CHANGES:
             raise ValueError(f"{out}: cannot resume with a different config (changed: {', '.join(changed)}; only "

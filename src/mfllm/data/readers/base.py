@@ -3,7 +3,8 @@ and removing repeated reactions.
 
 A record with an unusable required field (id, text, time) is rejected and reported; an invalid
 optional field is set to unknown and reported; a reaction read more than once is kept once and each
-removed copy reported; a file that cannot be parsed at all raises :class:`DataFormatError` naming the file.
+removed copy reported; the two records of one "repost and comment" are kept as one repost and the
+comment reported; a file that cannot be parsed at all raises :class:`DataFormatError` naming the file.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from pydantic import ValidationError
 
-from mfllm.data.schema import DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
+from mfllm.data.schema import MAX_COUNT, DataFormatError, Event, LoadReport, Post, Reaction, UserProfile
 
 CST = timezone(timedelta(hours=8))
 WEIBO_DEFAULT_REPOST_TEXT = "转发微博"
@@ -159,6 +160,9 @@ class RecordContext:
         if number < 0:
             self.report.clear(self.file, self.record, field_name, f"negative: {number}")
             return None
+        if number > MAX_COUNT:
+            self.report.clear(self.file, self.record, field_name, f"out of range (above 10^12): {_short(value)}")
+            return None
         return number
 
     def optional_bool(self, value: Any, field_name: str) -> bool | None:
@@ -174,15 +178,19 @@ class RecordContext:
         return None
 
     def optional_str(self, value: Any, field_name: str) -> str | None:
-        if value is None:
+        problem = _text_problem(value)
+        if problem:
+            self.report.clear(self.file, self.record, field_name, problem)
             return None
-        if not isinstance(value, (str, int, float)):
-            self.report.clear(self.file, self.record, field_name, f"not text: {json_type(value)}")
-            return None
-        if isinstance(value, float) and not math.isfinite(value):
-            self.report.clear(self.file, self.record, field_name, f"not a finite number: {value!r}")
-            return None
-        text = str(value).strip()
+        text = str(value).strip() if value is not None else ""
+        return text or None
+
+    def required_id(self, value: Any, field_name: str) -> str | None:
+        """An id (text or a number); a record without a usable one is rejected, saying whether it is missing or of the wrong type."""
+        problem = _text_problem(value)
+        text = None if problem or value is None else str(value).strip()
+        if not text:
+            self.reject(field_name, f"wrong type: {problem}" if problem else "missing")
         return text or None
 
     def gender(self, value: Any, field_name: str = "gender") -> str | None:
@@ -240,11 +248,9 @@ class RecordContext:
                     tz: timezone = timezone.utc) -> tuple[str, str, float] | None:
         """The required (id, text, time) of a post, reported under the given keys; None (with every
         problem reported) when any is unusable."""
-        post_id = self.optional_str(raw.get(id_key), id_key)
+        post_id = self.required_id(raw.get(id_key), id_key)
         text = self.required_text(raw.get(text_key), text_key)
         timestamp = self.timestamp(raw.get(time_key), time_key, tz=tz)
-        if post_id is None:
-            self.reject(id_key, "missing")
         if post_id is None or text is None or timestamp is None:
             return None
         return post_id, text, timestamp
@@ -291,6 +297,15 @@ def _epoch(moment: datetime, tz: timezone) -> float | None:
         return (moment if moment.tzinfo else moment.replace(tzinfo=tz)).timestamp()
     except (OverflowError, ValueError):
         return None
+
+
+def _text_problem(value: Any) -> str:
+    """Why ``value`` cannot stand for a text field (an id, a name), or "" when it can (None is absent, not a problem)."""
+    if value is None or isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return ""
+    if isinstance(value, float):
+        return "" if math.isfinite(value) else f"not a finite number: {value!r}"
+    return f"not text: {json_type(value)}"
 
 
 def _short(value: Any, limit: int = 80) -> str:
@@ -347,6 +362,45 @@ def remove_repeats(collected: CollectedReactions, report: LoadReport) -> list[Re
     """The reactions with repeated records removed, in file order. Of the records sharing a
     :func:`repeat_key`, the earliest (by timestamp, then file order) is kept; every other one is
     reported in ``report.repeats``, and in ``report.conflicts`` too when its content differs."""
+    return [item.reaction for item in _without_repeats(collected, report)]
+
+
+REPOST_COMMENT_WINDOW_S = 60.0
+"""A repost and a comment of one user with the same words at most this far apart are one "repost and
+comment" (Weibo stores both halves, mostly with the same second)."""
+
+
+def merge_repost_comments(items: list[ReadReaction], report: LoadReport) -> list[ReadReaction]:
+    """The reactions with each "repost and comment" kept once: a comment with the same user and text as a
+    repost at most :data:`REPOST_COMMENT_WINDOW_S` away is left out (reported in ``report.repost_comments``)
+    and its repost kept, at the earlier of the two times, so the action enters no context twice or late.
+    Each repost pairs with at most one comment (the nearest in time)."""
+    reposts: dict[tuple[str, str], list[int]] = {}
+    for index, item in enumerate(items):
+        if item.reaction.kind == "repost" and item.reaction.user.user_id:
+            reposts.setdefault((item.reaction.user.user_id, item.reaction.text), []).append(index)
+    kept: list[ReadReaction | None] = list(items)
+    for index, item in enumerate(items):
+        comment = item.reaction
+        if comment.kind != "comment" or not comment.user.user_id:
+            continue
+        gap = {i: abs(items[i].reaction.timestamp - comment.timestamp) for i in reposts.get((comment.user.user_id, comment.text), [])}
+        candidates = [i for i, seconds in gap.items() if seconds <= REPOST_COMMENT_WINDOW_S and kept[i] is items[i]]
+        if not candidates:
+            continue
+        chosen = min(candidates, key=lambda i: (gap[i], i))
+        repost = items[chosen]
+        earlier = min(repost.reaction.timestamp, comment.timestamp)
+        kept[chosen] = ReadReaction(repost.reaction.model_copy(update={"timestamp": earlier}), repost.file, repost.record)
+        kept[index] = None
+        where = f"record {repost.record}" if repost.file == item.file else f"{repost.file}: record {repost.record}"
+        report.repost_comment(item.file, item.record, "kind", f"the comment half of a repost and comment, kept as the repost {where} "
+                                                              f"(same user and text, {gap[chosen]:.0f} s apart)")
+    return [item for item in kept if item is not None]
+
+
+def _without_repeats(collected: CollectedReactions, report: LoadReport) -> list[ReadReaction]:
+    """:func:`remove_repeats`, keeping where each reaction was read."""
     groups: dict[tuple[str, ...], list[int]] = {}
     for index, item in enumerate(collected.items):
         groups.setdefault(repeat_key(item.reaction), []).append(index)
@@ -369,13 +423,14 @@ def remove_repeats(collected: CollectedReactions, report: LoadReport) -> list[Re
                 report.conflict(item.file, item.record, ", ".join(differences),
                                 f"same {same} as {kept_at}, which was kept (earlier), but {name} is {_short(other_value)} here,"
                                 f" {_short(kept_value)} there{more}")
-    return [collected.items[i].reaction for i in sorted(kept_indices)]
+    return [collected.items[i] for i in sorted(kept_indices)]
 
 
 def finish_event(event_fields: dict[str, Any], collected: CollectedReactions, report: LoadReport, path: Path | str) -> Event:
-    """The event with repeated reactions removed (:func:`remove_repeats`) and the rest sorted by
-    time; an invalid source post raises naming ``path``."""
-    reactions = remove_repeats(collected, report)
+    """The event with repeated reactions removed (:func:`remove_repeats`), each repost and comment kept as
+    its repost (:func:`merge_repost_comments`), and the rest sorted by time; an invalid source post raises
+    naming ``path``."""
+    reactions = [item.reaction for item in merge_repost_comments(_without_repeats(collected, report), report)]
     report.loaded = len(reactions)
     try:
         event = Event(reactions=reactions, **event_fields)

@@ -80,9 +80,8 @@ class CEDReader(DatasetReader):
             if not isinstance(raw, dict):
                 ctx.reject("<record>", f"not an object: {json_type(raw)}")
                 continue
-            mid = ctx.optional_str(raw.get("mid"), "mid")
+            mid = ctx.required_id(raw.get("mid"), "mid")
             if mid is None:
-                ctx.reject("mid", "missing")
                 continue
             ctx.record = f"{i} (mid {mid})"
             timestamp = self._date(raw.get("date"), source_year, ctx)

@@ -58,9 +58,8 @@ class WeiboCovid19Reader(DatasetReader):
         if not isinstance(raw, dict):
             ctx.reject("<record>", f"not an object: {json_type(raw)}")
             return None
-        post_id = ctx.optional_str(raw.get("id"), "id")
+        post_id = ctx.required_id(raw.get("id"), "id")
         if post_id is None:
-            ctx.reject("id", "missing")
             return None
         ctx.record = f"{index} (id {post_id})"
         field_name = "raw_text" if kind == "repost" and "raw_text" in raw else "text"
