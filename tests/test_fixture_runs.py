@@ -6,7 +6,8 @@ exactly. They were regenerated on purpose (tests/fixtures/make_fixture_runs.py) 
 choose their action kind through kind markers, the readers began to drop repeated reactions and the
 mean-field methods became mf-llm, mf-stats and mf-hybrid (issue 9); the Weibo and generic (demo sample)
 manifests were rewritten when the readers began to keep a "repost and comment" as one repost (issue 21: the
-event lost one reaction, so its size and data hash changed); and all were regenerated when generation got
+event lost one reaction, so its size and data hash changed); the popular runs when Popular-k began to count
+only the responses recorded before the step (issue 21); and all were regenerated when generation got
 repetition penalties, data-following action bounds, resampling of repeats and loops, a calibrated kind
 choice, and contexts stopped showing repeats (issue 19): behaviour changed there by design.
 Any other difference is a regression."""

@@ -38,7 +38,7 @@ def test_state_has_no_gain_and_a_context_that_shows_repeats_has_some(demo_event_
     assert state["all"]["gain"] == 0 and state["all"]["actions"] == 48
     recent = information_gain(config(demo_event_path, "recent", batch), event, Recogniser())
     assert recent["all"]["gain"] > 0
-    assert recent["comment"]["tokens"] + recent["repost"]["tokens"] == recent["all"]["tokens"] == state["all"]["tokens"]
+    assert sum(recent[g]["tokens"] for g in ("comment", "repost_with_text", "repost")) == recent["all"]["tokens"] == state["all"]["tokens"]
     # the actions as the policy writes them (marker, then text); each step sees the 8 actions before it
     lines = [action_line(r.kind, r.text, "zh") for r in event.reactions]
     repeated = [p for p in range(16, 64) if lines[p] in lines[max(0, p - p % batch - 8):p - p % batch]]

@@ -60,6 +60,8 @@ class BacktestConfig(ExecutorConfig):
     batch_size: int = Field(default=16, ge=1, description="Agents per step.")
     temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature of the policy (and of the mean field).")
     dimensions: list[str] = Field(default=["sentiment", "emotion", "behaviour"], description="Dimensions to evaluate.")
+    window: str = Field(default="step", description="Comparison windows: step (the simulation batch), count:N (N agents each; "
+                                                    "larger windows lower the KL noise floor) or time:SECONDS.")
     judge_model: str | None = Field(default=None, description="LLM judge for dimensions the offline labellers do not cover.")
     information_gain: bool = Field(default=True, description="Measure each run's information gain (loads the mean-field model).")
     grid_warmup: list[int] | None = Field(default=None, description="Sensitivity: repeat the backtest for each of these warm-ups.")
@@ -144,7 +146,7 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
     if not executor.parallel:
         pool = pool or ModelPool(**pool_options)
     events, methods = config.resolved_events(), config.resolved_methods()
-    evaluation = EvaluationConfig(dimensions=config.dimensions, judge_model=config.judge_model, nll=True,
+    evaluation = EvaluationConfig(dimensions=config.dimensions, window=config.window, judge_model=config.judge_model, nll=True,
                                   information_gain=config.information_gain, device=config.device)
     points: list[dict[str, Any]] = []
     grid = config.grid()
@@ -177,6 +179,10 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
     return summary
 
 
+def _interval_text(top: dict[str, Any]) -> str:
+    return top["ci_note"] or f"{top['ci_low']:.0%} – {top['ci_high']:.0%}"
+
+
 def _sensitivity_page(points: list[dict[str, Any]]) -> str:
     """An index over grid points: the headline of each, linking its full report."""
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>mfllm backtest: sensitivity</title></head><body>",
@@ -187,7 +193,7 @@ def _sensitivity_page(points: list[dict[str, Any]]) -> str:
         for top in p["headlines"]:
             parts.append(f"<tr><td>{link}</td><td>{top['method']}</td><td>{top['best_baseline']}</td><td>{top['method_kl']:.3f}</td>"
                          f"<td>{top['baseline_kl']:.3f}</td><td>{top['relative_kl_reduction']:.0%}</td>"
-                         f"<td>{top['ci_low']:.0%} – {top['ci_high']:.0%}</td></tr>")
+                         f"<td>{_interval_text(top)}</td></tr>")
         if not p["headlines"]:
             parts.append(f"<tr><td>{link}</td><td colspan=6>no mean-field method with a baseline to compare</td></tr>")
     return "\n".join(parts + ["</table></body></html>"])

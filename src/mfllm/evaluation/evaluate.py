@@ -15,6 +15,7 @@ from mfllm.evaluation.metrics import (DEFAULT_ALPHA, CorrectedMetrics, Dimension
                                      pooled_confusion, window_ids)
 from mfllm.evaluation.realism import realism
 from mfllm.interfaces import LanguageModel, Prompt
+from mfllm.prompts import choice_kind
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import make_context
 from mfllm.simulation.interventions import scheduled_from_manifest
@@ -39,7 +40,10 @@ class RunEvaluation:
     nll_per_action: float | None = None
     labels: list[dict[str, Any]] = field(default_factory=list)
     failed_actions: int = 0
-    """Rows whose generation failed (no action): left out of every distribution."""
+    """Rows whose generation failed after their choice was drawn: their drawn kind counts on behaviour, they
+    have no simulated label on text dimensions, and their real reaction counts on every dimension."""
+    total_actions: int = 0
+    """Every simulated row of the run, failed or not, paired with a real reaction or not."""
     unpaired_actions: int = 0
     """Rows with no real reaction beside them (e.g. agents drawn from a population): nothing to compare."""
     information_gain: dict[str, dict[str, Any]] | None = None
@@ -58,9 +62,9 @@ class RunEvaluation:
         """Flat metrics (no per-window series, no labels), for tables."""
         out: dict[str, Any] = {k: getattr(self, k) for k in ("run", "event_id", "method", "seed", "agents", "window_scheme",
                                                               "alpha", "labeller", "nll", "nll_per_action",
-                                                              "failed_actions", "unpaired_actions")}
+                                                              "failed_actions", "total_actions", "unpaired_actions")}
         for name, metrics in self.dimensions.items():
-            for key in ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1"):
+            for key in ("kl", "kl_floor", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1"):
                 out[f"{name}.{key}"] = getattr(metrics, key)
         for group, gain in (self.information_gain or {}).items():
             out[f"information_gain.{group}"] = gain["gain"]
@@ -76,13 +80,28 @@ class RunEvaluation:
         return data
 
 
-def label_run(rows: Sequence[dict[str, Any]], topic: str, language: str, labeller: Labeller, dimension: Dimension
-              ) -> tuple[list[str | None], list[str | None], dict[str, Any]]:
-    """Real and simulated labels for every row (aligned by position), with the reasons for gaps."""
-    items = [LabelItem(r["real_text"], topic, language, r["real_kind"]) for r in rows]
-    items += [LabelItem(r["sim_text"], topic, language, r["sim_kind"]) for r in rows]
+FAILED_GENERATION = "generation failed (only its drawn kind is known)"
+
+
+def simulated_item(row: dict[str, Any], topic: str, language: str, thread: str | None) -> LabelItem:
+    """The simulated action of ``row`` as a label item; a failed generation keeps the kind it drew and has no text."""
+    if "failure" in row:
+        choice = row.get("sim_choice")
+        return LabelItem("", topic, language, choice_kind(choice) if choice else None, thread)
+    return LabelItem(row["sim_text"], topic, language, row["sim_kind"], thread)
+
+
+def label_run(rows: Sequence[dict[str, Any]], topic: str, language: str, labeller: Labeller, dimension: Dimension,
+              thread: str | None = None) -> tuple[list[str | None], list[str | None], dict[str, Any]]:
+    """Real and simulated labels for every row (aligned by position), with the reasons for gaps. ``thread``:
+    the event's source post id (a trained labeller picks a model that never saw it)."""
+    items = [LabelItem(r["real_text"], topic, language, r["real_kind"], thread) for r in rows]
+    items += [simulated_item(r, topic, language, thread) for r in rows]
     result = labeller.label(items, dimension)
     n = len(rows)
+    for i, row in enumerate(rows):
+        if "failure" in row and n + i in result.failures:
+            result.failures[n + i] = FAILED_GENERATION
     reasons: dict[str, int] = {}
     for reason in result.failures.values():
         reasons[reason] = reasons.get(reason, 0) + 1
@@ -183,7 +202,9 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
                  alpha: float = DEFAULT_ALPHA, policy: LanguageModel | None = None,
                  gain_models: tuple[LanguageModel, LanguageModel | None] | None = None) -> RunEvaluation:
     """Compare the run's simulated actions with the real reactions beside them, dimension by dimension and
-    window by window; failed generations and rows without a real reaction are counted, not compared.
+    window by window. Rows without a real reaction are counted, not compared. A failed generation keeps its
+    real reaction on every dimension and its drawn kind on behaviour (only text dimensions lack its label),
+    so every method is compared on the same real rows and windows.
     With ``policy``: the NLL of the real actions; with ``gain_models`` (the run's policy and mean-field
     model): the information gain of the run's method along the real history."""
     store = RunStore(run_dir)
@@ -193,25 +214,29 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
         raise ValueError(f"{run_dir}: the run has no simulated actions yet")
     failed = sum("failure" in r for r in all_rows)
     unpaired = sum(r.get("real_text") is None for r in all_rows)
-    rows = evaluated_rows(all_rows)
+    rows = [r for r in all_rows if r.get("real_text") is not None]  # failed rows keep their drawn kind (behaviour)
     if not rows:
         raise ValueError(f"{run_dir}: no simulated action has a real reaction beside it to compare with "
-                         f"({failed} failed generations, {unpaired} actions without a real reaction)")
+                         f"({unpaired} actions without a real reaction)")
     config = manifest["config"]
     event, _ = load_event(config["data"], config["event_id"], config["data_format"])
     windows = window_ids(rows, window_scheme)
-    evaluation = RunEvaluation(str(run_dir), manifest["event"]["event_id"], config["method"], config["seed"], len(rows),
-                               window_scheme, alpha, labeller.name, failed_actions=failed, unpaired_actions=unpaired)
-    per_row: list[dict[str, Any]] = [{"position": r["position"], "step": r["step"], "window": w} for r, w in zip(rows, windows)]
+    evaluation = RunEvaluation(str(run_dir), manifest["event"]["event_id"], config["method"], config["seed"],
+                               sum("failure" not in r for r in rows), window_scheme, alpha, labeller.name, failed_actions=failed,
+                               total_actions=len(all_rows), unpaired_actions=unpaired)
+    per_row: list[dict[str, Any]] = [{"position": r["position"], "step": r["step"], "window": w, "sim_failed": "failure" in r}
+                                     for r, w in zip(rows, windows)]
+    thread = event.source.post_id
     for dimension in dimensions:
-        real, sim, failed = label_run(rows, event.source.text, event.language, labeller, dimension)
+        real, sim, failed = label_run(rows, event.source.text, event.language, labeller, dimension, thread)
         evaluation.unlabelled[dimension.name] = failed
         for entry, r_label, s_label in zip(per_row, real, sim):
             entry[f"{dimension.name}.real"], entry[f"{dimension.name}.sim"] = r_label, s_label
         chosen = labeller.chosen(dimension, event.language)
         records = chosen.validations(dimension, event.language) if chosen is not None else []
         evaluation.validity[dimension.name] = {"labeller": chosen.name if chosen is not None else None, "language": event.language,
-                                               "note": getattr(chosen, "note", ""), "validations": records}
+                                               "note": getattr(chosen, "note", ""), "validations": records,
+                                               **(chosen.provenance(thread) if chosen is not None else {})}
         if any(label is not None for label in real) and any(label is not None for label in sim):
             evaluation.dimensions[dimension.name] = compare_streams(real, sim, windows, dimension, alpha)
             confusion = pooled_confusion(records, dimension)
@@ -219,7 +244,7 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
             if corrected is not None:
                 evaluation.corrected[dimension.name] = corrected
     evaluation.labels = per_row
-    evaluation.realism = run_realism(store, event, rows)
+    evaluation.realism = run_realism(store, event, evaluated_rows(all_rows))  # texts: generated rows only
     evaluation.circular = circular_dimensions(config["method"], evaluation.validity)
     if policy is not None:
         evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy, event)

@@ -9,8 +9,9 @@ actions a*_i of users s_i are scored under the policy twice, with the same token
     IG = [ sum_i -log pi(a*_i | s_i, no context) - sum_i -log pi(a*_i | s_i, context_t) ] / tokens
 
 in nats per token, with each action written as the policy writes it (kind marker, then text), so
-predicting whether people comment or repost counts. Reported separately for comments (comments and
-replies) and reposts, whose markers are short and would otherwise weigh little against comments.
+predicting whether people comment or repost counts. Reported separately for the three choices an agent
+makes (:data:`~mfllm.prompts.ACTION_CHOICES`: comments and replies, reposts with words, bare reposts),
+whose markers are short and would otherwise weigh little against comments, and for all actions.
 IG > 0: the context carries information about what the population does next; IG <= 0: it does not
 (shown as it is). It is a property of the method on the event's real history, so a run's
 interventions play no part in it.
@@ -25,13 +26,14 @@ from typing import Any
 from mfllm.data.schema import Event
 from mfllm.interfaces import LanguageModel
 from mfllm.manifest import derive_seed
+from mfllm.prompts import ACTION_CHOICES, action_choice
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import RUNTIME_FIELDS, make_context
 from mfllm.simulation.methods import get_method
 from mfllm.simulation.scenario import Replay
 from mfllm.simulation.step import StepContext
 
-ACTION_GROUPS = {"comment": "comment", "reply": "comment", "repost": "repost"}
+GAIN_GROUPS = (*ACTION_CHOICES, "all")
 
 
 @dataclass
@@ -64,7 +66,7 @@ def gain_key(config: SimulationConfig, event: Event, policy: LanguageModel) -> s
 
 def information_gain(config: SimulationConfig, event: Event, policy: LanguageModel,
                      mean_field_model: LanguageModel | None = None) -> dict[str, dict[str, Any]]:
-    """Per action group ("comment", "repost", "all"): the gain of ``config.method``'s context over no
+    """Per action group (the three choices, ``repost`` being a bare repost, and "all"): the gain of ``config.method``'s context over no
     context, with the totals behind it (see the module docstring). Measured once per :func:`gain_key`."""
     key = gain_key(config, event, policy)
     if key not in _MEASURED:
@@ -81,7 +83,7 @@ def _measure(config: SimulationConfig, event: Event, policy: LanguageModel, mean
                                                                          "mean_field_adapter": None, "mean_field_temperature": None,
                                                                          "mean_field_top_p": None}), event, None))
     scenario = Replay(event, config.warmup, config.batch_size, config.num_agents)
-    totals = {group: GainTotals() for group in ("comment", "repost", "all")}
+    totals = {group: GainTotals() for group in GAIN_GROUPS}
     for step in scenario.steps():
         agents = scenario.agents(step)
         if step.phase == "rollout":
@@ -92,7 +94,7 @@ def _measure(config: SimulationConfig, event: Event, policy: LanguageModel, mean
             for agent, a, b in zip(scored, plain, given):
                 if a.num_tokens != b.num_tokens:
                     raise RuntimeError(f"the policy tokenised the same action differently under two prompts ({a.num_tokens} vs {b.num_tokens})")
-                for group in (ACTION_GROUPS.get(agent.real.kind, "comment"), "all"):  # type: ignore[union-attr]
+                for group in (action_choice(agent.real.kind, agent.real.text), "all"):  # type: ignore[union-attr]
                     totals[group].nll_without -= a.logprob
                     totals[group].nll_with -= b.logprob
                     totals[group].tokens += a.num_tokens

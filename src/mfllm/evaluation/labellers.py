@@ -30,12 +30,14 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LabelItem:
-    """One action to label: its text, the event's topic and language, and (when known) its kind."""
+    """One action to label: its text, the event's topic and language, and (when known) its kind and the id
+    of its thread's source post (a trained labeller labels it with a model that never saw that thread)."""
 
     text: str
     topic: str
     language: str
     kind: str | None = None
+    thread: str | None = None
 
 
 @dataclass
@@ -61,6 +63,11 @@ class Labeller(ABC):
         """Stored agreement with human labels for ``dimension`` in ``language`` (``Validation.to_json``
         records); empty when this labeller was never validated there."""
         return []
+
+    def provenance(self, thread: str | None) -> dict[str, Any]:
+        """Which variant of this labeller labels items of ``thread`` and whether it was trained on that thread
+        (``saw_event``: None where the labeller records no training threads)."""
+        return {"variant": self.name, "saw_event": None}
 
     @abstractmethod
     def covers(self, dimension: Dimension, language: str) -> bool:
@@ -216,6 +223,11 @@ class LinearTextLabeller(Labeller):
 
     A model predicts its own labels on ``dimension``; ``derived`` maps them onto further dimensions
     (the English SDQC model also gives 3-way stance: deny is oppose, query and comment are neutral).
+
+    A model trained on threads records them (``training.threads``, source post ids) and ships one fold
+    model per held-out group (``folds``: key, held-out group and threads; weights under ``<key>.`` in the
+    same file). An item of a thread the full model saw is labelled by the fold model that held it out, so
+    no evaluated event is labelled in-sample.
     """
 
     def __init__(self, spec_path: Path | Traversable):
@@ -223,6 +235,8 @@ class LinearTextLabeller(Labeller):
         self.spec: dict[str, Any] = json.loads(spec_path.read_text(encoding="utf-8"))
         self.name = f"linear:{self.spec['name']}"
         self._weights: dict[str, np.ndarray] | None = None
+        self._trained_threads = set(self.spec.get("training", {}).get("threads", []))
+        self._fold_of = {thread: fold for fold in self.spec.get("folds", []) for thread in fold["held_out_threads"]}
 
     def _mapping(self, dimension: Dimension) -> dict[str, str] | None:
         if dimension.name == self.spec["dimension"]:
@@ -239,25 +253,43 @@ class LinearTextLabeller(Labeller):
     def validations(self, dimension: Dimension, language: str) -> list[dict[str, Any]]:
         return [v for v in self.spec.get("validations", []) if v["dimension"] == dimension.name and v["language"] == language]
 
-    def _load(self) -> dict[str, np.ndarray]:
+    def fold_for(self, thread: str | None) -> dict[str, Any] | None:
+        """The fold model that held ``thread`` out of its training (None: the full model, which did not see it
+        or records no threads)."""
+        return self._fold_of.get(thread) if thread in self._trained_threads else None
+
+    def provenance(self, thread: str | None) -> dict[str, Any]:
+        if thread is None or not self._trained_threads:
+            return {"variant": self.name, "saw_event": None}
+        fold = self.fold_for(thread)
+        if fold is not None:
+            return {"variant": f"{self.name} without {fold['held_out']}", "saw_event": False}
+        return {"variant": self.name, "saw_event": thread in self._trained_threads}
+
+    def _load(self, key: str = "") -> dict[str, np.ndarray]:
+        """The full model's arrays (``key=""``) or those of the fold model ``key``."""
+        weights_path = self.spec_path.parent / self.spec["weights"]
         if self._weights is None:
-            weights_path = self.spec_path.parent / self.spec["weights"]
             raw = weights_path.read_bytes()
             if hashlib.sha256(raw).hexdigest() != self.spec["weights_sha256"]:
                 raise ValueError(f"{weights_path}: weights do not match {self.spec['name']}{MODEL_SUFFIX} (sha256); retrain both with "
                                  "mfllm.training.labeller.train_labeller")
             with np.load(io.BytesIO(raw), allow_pickle=False) as data:
-                self._weights = {key: data[key] for key in ("columns", "idf", "coef", "intercept")}
-            if self._weights["coef"].shape != (len(self.spec["labels"]), len(self._weights["columns"])):
-                raise ValueError(f"{weights_path}: coefficient shape {self._weights['coef'].shape} does not match "
-                                 f"{len(self.spec['labels'])} labels and {len(self._weights['columns'])} columns")
-        return self._weights
+                self._weights = {name: data[name] for name in data.files}
+        prefix = f"{key}." if key else ""
+        weights = {name: self._weights[prefix + name] for name in ("columns", "idf", "coef", "intercept")}
+        if weights["coef"].shape != (len(self.spec["labels"]), len(weights["columns"])):
+            raise ValueError(f"{weights_path}: coefficient shape {weights['coef'].shape} of model {key or 'full'!r} does not match "
+                             f"{len(self.spec['labels'])} labels and {len(weights['columns'])} columns")
+        return weights
 
-    def predict(self, texts: Sequence[str]) -> list[str]:
-        """The model's own label (``spec["labels"]``) for each text."""
+    def predict(self, texts: Sequence[str], thread: str | None = None) -> list[str]:
+        """The model's own label (``spec["labels"]``) for each text, by a model that never saw ``thread``
+        when the full model did."""
         if not texts:
             return []
-        weights = self._load()
+        fold = self.fold_for(thread)
+        weights = self._load(fold["key"] if fold is not None else "")
         rows = tfidf_rows(hashed_counts(texts, self.spec["features"]), weights["columns"], weights["idf"])
         scores = rows @ weights["coef"].astype(np.float64).T + weights["intercept"]
         return [self.spec["labels"][k] for k in np.asarray(scores).argmax(axis=1)]
@@ -273,8 +305,12 @@ class LinearTextLabeller(Labeller):
                 result.failures[i] = "empty text"
             else:
                 todo.append(i)
-        for i, label in zip(todo, self.predict([items[i].text for i in todo])):
-            result.labels[i] = mapping[label]  # type: ignore[index]
+        by_thread: dict[str | None, list[int]] = {}
+        for i in todo:
+            by_thread.setdefault(items[i].thread, []).append(i)
+        for thread, indices in by_thread.items():
+            for i, label in zip(indices, self.predict([items[i].text for i in indices], thread)):
+                result.labels[i] = mapping[label]  # type: ignore[index]
         return result
 
 

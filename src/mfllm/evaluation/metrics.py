@@ -17,12 +17,20 @@ smoothed with an explicit pseudo-count alpha (default 0.5, Jeffreys):
 - pooled KL     = KL(real||sim) of the distributions pooled over the whole rollout
 - micro-F1      = share of agents whose simulated label equals their real label (both labelled)
 - macro-F1      = mean over labels present in either stream of 2 TP / (2 TP + FP + FN), real as truth
-Window values are averaged over windows holding at least one labelled real and simulated action.
+Window values (KL, JS, W1) are averaged over windows holding at least one labelled real and simulated
+action, each window weighted by its number of labelled real actions n_r.
+
+Noise floor: the KL a perfect simulator would still show, because a window holds few labels. For each
+window, two samples of the real window's own label shares p_hat = c_r / n_r are drawn, one of n_r labels
+(as the real stream) and one of n_s (as the simulated one), smoothed as above; the window's floor is the
+mean KL(sample_r || sample_s) over ``DEFAULT_FLOOR_RESAMPLES`` draws (a parametric bootstrap with a fixed
+seed), and the dimension's floor is their n_r-weighted mean, like ``kl``. KL minus floor is the part of
+the distance a simulator can remove.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
@@ -33,6 +41,7 @@ from scipy.stats import entropy, wasserstein_distance
 from mfllm.evaluation.dimensions import Dimension
 
 DEFAULT_ALPHA = 0.5
+DEFAULT_FLOOR_RESAMPLES = 200
 
 
 def counts(labels: Sequence[str | None], dimension: Dimension) -> np.ndarray:
@@ -120,6 +129,38 @@ class DimensionMetrics:
     sim_proportions: list[list[float]]
     labelled_real: int
     labelled_sim: int
+    kl_floor: float = float("nan")
+    """Expected window KL between two samples of the real window's shares at the window's sizes (see above)."""
+    window_weights: list[int] = field(default_factory=list)
+    """Labelled real actions of each compared window: the weight of its values in the means."""
+
+
+def noise_floor(c_real: np.ndarray, n_sim: int, alpha: float, resamples: int = DEFAULT_FLOOR_RESAMPLES,
+                seed: int = 0) -> float:
+    """Mean smoothed KL between a sample of ``c_real.sum()`` and one of ``n_sim`` labels, both drawn from
+    the real window's shares ``c_real / c_real.sum()``: what sampling alone puts between real and a perfect
+    simulator in this window."""
+    rng = np.random.default_rng(seed)
+    shares = c_real / c_real.sum()
+    real = rng.multinomial(int(c_real.sum()), shares, size=resamples) + alpha
+    sim = rng.multinomial(int(n_sim), shares, size=resamples) + alpha
+    p, q = real / real.sum(axis=1, keepdims=True), sim / sim.sum(axis=1, keepdims=True)
+    return float(rel_entr(p, q).sum(axis=1).mean())
+
+
+def _weighted(values: Sequence[float], weights: Sequence[float]) -> float:
+    return float(np.average(values, weights=weights)) if len(values) else float("nan")
+
+
+def _windowed_counts(real: Sequence[str | None], sim: Sequence[str | None], windows: Sequence[int],
+                     dimension: Dimension) -> list[tuple[np.ndarray, np.ndarray]]:
+    pairs = []
+    for window in sorted(set(windows)):
+        members = [i for i, w in enumerate(windows) if w == window]
+        c_real, c_sim = counts([real[i] for i in members], dimension), counts([sim[i] for i in members], dimension)
+        if c_real.sum() and c_sim.sum():
+            pairs.append((c_real, c_sim))
+    return pairs
 
 
 def compare_streams(real: Sequence[str | None], sim: Sequence[str | None], windows: Sequence[int], dimension: Dimension,
@@ -127,16 +168,14 @@ def compare_streams(real: Sequence[str | None], sim: Sequence[str | None], windo
     """All metrics for one dimension. ``windows[i]`` is the window of agent i (aligned real/sim)."""
     if not (len(real) == len(sim) == len(windows)):
         raise ValueError(f"misaligned streams: {len(real)} real, {len(sim)} simulated, {len(windows)} window ids")
-    kls, jss, w1s, real_series, sim_series = [], [], [], [], []
-    for window in sorted(set(windows)):
-        members = [i for i, w in enumerate(windows) if w == window]
-        c_real, c_sim = counts([real[i] for i in members], dimension), counts([sim[i] for i in members], dimension)
-        if c_real.sum() == 0 or c_sim.sum() == 0:
-            continue
+    kls, jss, w1s, floors, weights, real_series, sim_series = [], [], [], [], [], [], []
+    for c_real, c_sim in _windowed_counts(real, sim, windows, dimension):
         p, q = smoothed(c_real, alpha), smoothed(c_sim, alpha)
         kls.append(kl_divergence(p, q))
         jss.append(js_divergence(p, q))
         w1s.append(wasserstein_or_tv(p, q, dimension.ordinal))
+        floors.append(noise_floor(c_real, int(c_sim.sum()), alpha, seed=len(floors)))
+        weights.append(int(c_real.sum()))
         real_series.append(c_real / c_real.sum())
         sim_series.append(c_sim / c_sim.sum())
     nan = float("nan")
@@ -145,11 +184,12 @@ def compare_streams(real: Sequence[str | None], sim: Sequence[str | None], windo
     micro, macro = f1_scores(real, sim, dimension)
     return DimensionMetrics(
         dimension=dimension.name,
-        kl=float(np.mean(kls)) if kls else nan, js=float(np.mean(jss)) if jss else nan, wasserstein=float(np.mean(w1s)) if w1s else nan,
+        kl=_weighted(kls, weights), js=_weighted(jss, weights), wasserstein=_weighted(w1s, weights),
         dtw=dtw_distance(np.array(real_series), np.array(sim_series)) if real_series else nan,
         pooled_kl=pooled, micro_f1=micro, macro_f1=macro, windows=len(kls),
         real_proportions=[list(map(float, r)) for r in real_series], sim_proportions=[list(map(float, s)) for s in sim_series],
-        labelled_real=int(pooled_real.sum()), labelled_sim=int(pooled_sim.sum()),
+        labelled_real=int(pooled_real.sum()), labelled_sim=int(pooled_sim.sum()), kl_floor=_weighted(floors, weights),
+        window_weights=weights,
     )
 
 
@@ -232,25 +272,15 @@ class CorrectedMetrics:
     kl_corrected_draws: list[float]
 
 
-def _windowed_counts(real: Sequence[str | None], sim: Sequence[str | None], windows: Sequence[int],
-                     dimension: Dimension) -> list[tuple[np.ndarray, np.ndarray]]:
-    pairs = []
-    for window in sorted(set(windows)):
-        members = [i for i, w in enumerate(windows) if w == window]
-        c_real, c_sim = counts([real[i] for i in members], dimension), counts([sim[i] for i in members], dimension)
-        if c_real.sum() and c_sim.sum():
-            pairs.append((c_real, c_sim))
-    return pairs
-
-
 def _corrected_kl(pairs: list[tuple[np.ndarray, np.ndarray]], rates: np.ndarray, alpha: float) -> tuple[float, list, list]:
     kls, real_shares, sim_shares = [], [], []
+    weights = [c_real.sum() for c_real, _ in pairs]
     for c_real, c_sim in pairs:
         p, q = corrected_shares(c_real, rates), corrected_shares(c_sim, rates)
         kls.append(float(rel_entr(smoothed(p * c_real.sum(), alpha), smoothed(q * c_sim.sum(), alpha)).sum()))  # KL, as kl_divergence
         real_shares.append(p)
         sim_shares.append(q)
-    return float(np.mean(kls)), real_shares, sim_shares
+    return _weighted(kls, weights), real_shares, sim_shares
 
 
 def corrected_comparison(real: Sequence[str | None], sim: Sequence[str | None], windows: Sequence[int], dimension: Dimension,
@@ -263,7 +293,7 @@ def corrected_comparison(real: Sequence[str | None], sim: Sequence[str | None], 
     pairs = _windowed_counts(real, sim, windows, dimension)
     if not pairs:
         return None
-    raw = float(np.mean([kl_divergence(smoothed(r, alpha), smoothed(s, alpha)) for r, s in pairs]))
+    raw = _weighted([kl_divergence(smoothed(r, alpha), smoothed(s, alpha)) for r, s in pairs], [r.sum() for r, _ in pairs])
     point, real_shares, sim_shares = _corrected_kl(pairs, confusion_rates(confusion), alpha)
     rng = np.random.default_rng(seed)
     row_totals = confusion.sum(axis=1).astype(int)

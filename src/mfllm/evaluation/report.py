@@ -12,7 +12,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from mfllm.evaluation.aggregate import bootstrap_mean, headlines, method_table, realism_headline, realism_table
+from mfllm.evaluation.aggregate import bootstrap_mean, headlines, labeller_variants, method_table, realism_headline, realism_table
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.evaluate import RunEvaluation
 from mfllm.evaluation.realism import REALISM_COLUMNS
@@ -32,7 +32,7 @@ def write_metrics(evaluations: Sequence[RunEvaluation], output: str | Path) -> d
     table = method_table(evaluations)
     realism = realism_table(evaluations)
     data = {"runs": [e.to_json() for e in evaluations], "methods": table, "headlines": headlines(evaluations), "realism": realism,
-            "realism_headline": realism_headline(evaluations)}
+            "realism_headline": realism_headline(evaluations), "labeller_variants": labeller_variants(evaluations)}
     (out / "metrics.json").write_text(json.dumps(data, indent=1, ensure_ascii=False, default=_json_number), encoding="utf-8")
     _write_csv(out / "metrics.csv", [e.summary() for e in evaluations])
     _write_csv(out / "summary.csv", table)
@@ -261,12 +261,38 @@ def _corrected_html(rows: list[dict[str, Any]]) -> list[str]:
     return parts
 
 
+def _percent(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.0%}"
+
+
 def headline_text(top: dict[str, Any]) -> str:
-    """One line for a :func:`~mfllm.evaluation.aggregate.headline`."""
+    """One line for a :func:`~mfllm.evaluation.aggregate.headline`: raw, against the noise floor, and beside
+    the paper's 47% only when it has a CI (enough events)."""
     excluded = f"; left out as circular: {', '.join(top['excluded_dimensions'])}" if top["excluded_dimensions"] else ""
-    return (f"mean KL of {top['method']} {top['method_kl']:.3f} vs best baseline {top['best_baseline']} {top['baseline_kl']:.3f}: "
-            f"relative KL reduction {top['relative_kl_reduction']:.0%} (95% CI {top['ci_low']:.0%} to {top['ci_high']:.0%}, "
-            f"{top['events']} events{excluded})")
+    if top["ci_note"]:
+        interval, above = top["ci_note"], top["ci_note"]
+    else:
+        interval = f"95% CI {_percent(top['ci_low'])} to {_percent(top['ci_high'])}"
+        above = f"95% CI {_percent(top['ci_above_floor_low'])} to {_percent(top['ci_above_floor_high'])}"
+        choice = ", ".join(f"{b} {share:.0%}" for b, share in sorted(top["baseline_choice"].items(), key=lambda kv: -kv[1]) if share)
+        interval += f", best baseline re-chosen per resample: {choice}"
+    paper = "; the MF-LLM paper reports 47%" if top["comparable_to_paper"] else ""
+    return (f"mean KL of {top['method']} {top['method_kl']:.3f} vs best baseline {top['best_baseline']} {top['baseline_kl']:.3f} "
+            f"(noise floor {top['method_floor']:.3f} and {top['baseline_floor']:.3f}; {_percent(top['method_share_above_floor'])} of "
+            f"{top['method']}'s KL is above its floor): relative KL reduction {_percent(top['relative_kl_reduction'])} ({interval}), "
+            f"above the floor {_percent(top['relative_reduction_above_floor'])} ({above}); {top['events']} events{excluded}{paper}")
+
+
+def _variants_html(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return []
+    seen = {True: "yes (in-sample)", False: "no (out-of-sample)", None: "not recorded"}
+    parts = ["<h2>Labeller variant per event</h2><table><tr><th>event</th><th>dimension</th><th>labelled by</th>"
+             "<th>trained on this thread</th></tr>"]
+    parts.extend(f"<tr><td class=t>{html.escape(r['event_id'])}</td><td class=t>{html.escape(r['dimension'])}</td>"
+                 f"<td class=t>{html.escape(r['variant'])}</td><td class=t>{seen[r['saw_event']]}</td></tr>" for r in rows)
+    parts.append("</table>")
+    return parts
 
 
 REALISM_HEADERS = {"discriminator_accuracy": "discriminator accuracy", "length_w1": "length W1 (log)", "median_length": "median length",
@@ -365,17 +391,23 @@ def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dime
         "Intervals are 95% bootstrap CIs over events and seeds.</p>",
     ]
     for top in tops:
-        parts.append(f"<p class='headline'><b>Headline:</b> {headline_text(top)} (the MF-LLM paper reports 47%).</p>")
+        parts.append(f"<p class='headline'><b>Headline:</b> {html.escape(headline_text(top))}.</p>")
     realism_top = realism_headline(evaluations)
     if realism_top is not None:
         parts.append(f"<p class='headline'><b>Realism:</b> {html.escape(realism_headline_text(realism_top))}.</p>")
     parts.extend(realism_html(realism_table(evaluations)))
     parts.extend(_validity_html(validity_rows(evaluations)))
+    parts.extend(_variants_html(labeller_variants(evaluations)))
     parts.extend(_corrected_html(corrected_rows(evaluations)))
-    parts.append("<h2>Metrics by method</h2><table><tr><th>method</th><th>dimension</th><th>metric</th><th>mean</th>"
+    parts.append("<h2>Metrics by method</h2><p>kl_floor: the KL two samples of the real labels already show at each window's "
+                 "sizes (no simulator gets below it); (circular): the method's context is built from that dimension's labeller; "
+                 "(mean) leaves out, per event, every dimension circular for a method evaluated there; (runs) failed_share: "
+                 "actions whose text failed (their drawn kind still counts on behaviour).</p>"
+                 "<table><tr><th>method</th><th>dimension</th><th>metric</th><th>mean</th>"
                  "<th>95% CI</th><th>events</th><th>runs</th></tr>")
     for r in (r for r in table if r["dimension"] != "(realism)"):  # those are in the realism table
-        parts.append(f"<tr><td class=t>{r['method']}</td><td class=t>{r['dimension']}</td><td class=t>{r['metric']}</td>"
+        dimension = r["dimension"] + (" (circular)" if r.get("circular") else "")
+        parts.append(f"<tr><td class=t>{r['method']}</td><td class=t>{dimension}</td><td class=t>{r['metric']}</td>"
                      f"<td>{_fmt(r['mean'])}</td><td>{_fmt(r['ci_low'])} – {_fmt(r['ci_high'])}</td><td>{r['events']}</td><td>{r['runs']}</td></tr>")
     parts.append("</table>")
     parts.extend(sections)

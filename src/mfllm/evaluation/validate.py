@@ -62,6 +62,11 @@ class GoldSet:
     gold: list[str]
     groups: list[str]
 
+    @property
+    def threads(self) -> list[str | None]:
+        """Each item's thread (source post id; None where the set has no threads)."""
+        return [item.thread for item in self.items]
+
     def __post_init__(self) -> None:
         if not (len(self.items) == len(self.gold) == len(self.groups)):
             raise ValueError(f"gold set {self.name}: {len(self.items)} items, {len(self.gold)} labels, {len(self.groups)} groups")
@@ -158,7 +163,7 @@ def rumoureval_sdqc(root: str | Path) -> GoldSet:
             for reaction in event.reactions:
                 if "stance" in reaction.labels and reaction.post_id not in seen:
                     seen.add(reaction.post_id)
-                    items.append(LabelItem(reaction.text, event.source.text, "en", reaction.kind))
+                    items.append(LabelItem(reaction.text, event.source.text, "en", reaction.kind, event.source.post_id))
                     gold.append(reaction.labels["stance"])
                     groups.append(events.get(event_id, event.labels.get("event", event_id)))
     note = f"; {len(skipped)} threads without a usable source tweet skipped ({', '.join(skipped)})" if skipped else ""

@@ -12,7 +12,10 @@ Recipe (the same for every model; ``RECIPES`` holds the per-model choices):
    is chosen from a small grid by out-of-fold macro-F1; the stored figures are those out-of-fold
    predictions at the chosen ``C``, one record per gold set (never training-set figures).
 4. The shipped model is then fitted on all rows; its weights (``<name>.npz``: kept columns, idf,
-   coefficients as float16, intercepts) load without pickle.
+   coefficients as float16, intercepts) load without pickle. A model validated by leaving groups out
+   (English SDQC) also ships each fold's model (``fold<k>.*`` in the same file) with the threads it held
+   out, and records every thread it was trained on: an evaluated event from the training data is then
+   labelled by the fold model that never saw it (``LinearTextLabeller.provenance`` says which).
 
 Every step runs offline from ``shared/data``; a run of mfllm never needs that data.
 """
@@ -130,14 +133,30 @@ def _splits(recipe: LabellerRecipe, labels: Sequence[str], groups: Sequence[str]
 
 
 def out_of_fold(texts: Sequence[str], labels: Sequence[str], splits: list[tuple[np.ndarray, np.ndarray]], label_order: Sequence[str],
-                features: dict[str, Any], c: float, min_df: int = 2, description: str = "") -> list[str]:
-    """Each row's prediction by a model fitted on the folds that do not hold it."""
+                features: dict[str, Any], c: float, min_df: int = 2, description: str = "") -> tuple[list[str], list[LinearWeights]]:
+    """Each row's prediction by a model fitted on the folds that do not hold it, and those models (one per split)."""
     predicted: list[str] = [""] * len(texts)
+    models = []
     for train, test in tqdm(splits, desc=description, leave=False):
         weights = fit_linear([texts[i] for i in train], [labels[i] for i in train], label_order, features, c, min_df)
         for i, label in zip(test, _predict(weights, [texts[i] for i in test], features, label_order)):
             predicted[i] = label
-    return predicted
+        models.append(weights)
+    return predicted, models
+
+
+def _arrays(weights: LinearWeights, prefix: str = "") -> dict[str, np.ndarray]:
+    return {f"{prefix}{key}": getattr(weights, key) for key in ("columns", "idf", "coef", "intercept")}
+
+
+def _fold_records(recipe: LabellerRecipe, splits: list[tuple[np.ndarray, np.ndarray]], groups: Sequence[str],
+                  threads: Sequence[str | None]) -> list[dict[str, Any]]:
+    """What each leave-one-group-out fold model held out (its group and threads); none for other splits or
+    for data without threads."""
+    if recipe.split != "leave-one-group-out" or all(t is None for t in threads):
+        return []
+    return [{"key": f"fold{k}", "held_out": groups[test[0]], "held_out_threads": sorted({threads[i] for i in test if threads[i] is not None})}
+            for k, (_, test) in enumerate(splits)]
 
 
 def _dimension(name: str) -> Dimension:
@@ -178,10 +197,10 @@ def train_labeller(recipe: str | LabellerRecipe, data_root: str | Path, output: 
     splits = _splits(recipe, labels, groups)
     candidates = {}
     for c in tqdm(c_grid or recipe.c_grid, desc=f"{name}: choosing C"):
-        predicted = out_of_fold(texts, labels, splits, label_order, recipe.features, c, recipe.min_df, f"C={c}")
-        candidates[c] = (validation_from_predictions(labels, predicted, dimension, "", recipe.language, "", "").macro_f1, predicted)
+        predicted, models = out_of_fold(texts, labels, splits, label_order, recipe.features, c, recipe.min_df, f"C={c}")
+        candidates[c] = (validation_from_predictions(labels, predicted, dimension, "", recipe.language, "", "").macro_f1, predicted, models)
     best_c = max(candidates, key=lambda c: candidates[c][0])
-    predicted = candidates[best_c][1]
+    predicted, fold_models = candidates[best_c][1], candidates[best_c][2]
     protocol = _protocol(recipe, len(splits), best_c)
     labeller_name = f"linear:{name}"
     validations, start = [], 0
@@ -197,7 +216,12 @@ def train_labeller(recipe: str | LabellerRecipe, data_root: str | Path, output: 
     out = Path(output) if output is not None else default_output()
     out.mkdir(parents=True, exist_ok=True)
     weights_path = out / f"{name}.npz"
-    np.savez_compressed(weights_path, columns=weights.columns, idf=weights.idf, coef=weights.coef, intercept=weights.intercept)
+    threads = [t for s in sets for t in s.threads]
+    folds = _fold_records(recipe, splits, groups, threads)
+    arrays = _arrays(weights)
+    for fold, model in zip(folds, fold_models if folds else []):
+        arrays.update(_arrays(model, f"{fold['key']}."))
+    np.savez_compressed(weights_path, **arrays)
     spec = {
         "name": name, "language": recipe.language, "dimension": recipe.dimension, "labels": label_order, "derived": recipe.derived,
         "features": recipe.features, "weights": weights_path.name, "weights_sha256": _file_digest(weights_path),
@@ -205,9 +229,11 @@ def train_labeller(recipe: str | LabellerRecipe, data_root: str | Path, output: 
                      "class_weight": "balanced", "C": best_c, "C_grid": list(c_grid or recipe.c_grid), "min_df": recipe.min_df,
                      "split": recipe.split, "rows": len(texts), "kept_columns": int(len(weights.columns)),
                      "gold_sets": list(recipe.training_sets),
+                     "threads": sorted({t for t in threads if t is not None}),
                      "out_of_fold_macro_f1_by_C": {str(c): round(v[0], 4) for c, v in candidates.items()}},
         "attribution": [ATTRIBUTION.get(s, s) for s in recipe.training_sets],
         "validations": [v.to_json() for v in validations],
+        "folds": folds,
     }
     spec_path = out / f"{name}{MODEL_SUFFIX}"
     spec_path.write_text(json.dumps(spec, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -228,8 +254,8 @@ def stance_target_study(data_root: str | Path, output: str | Path | None = None,
                             ("leave-one-group-out", "out-of-fold, leave one target out (target unseen in training)")):
         recipe = LabellerRecipe("zh-stance", "zh", "stance", (gold_set.name,), _ZH_FEATURES, split)
         groups = [item.text for item in gold_set.items] if split == "text-folds" else gold_set.groups
-        predicted = out_of_fold(texts, gold_set.gold, _splits(recipe, gold_set.gold, groups), label_order, _ZH_FEATURES, c,
-                                description=split)
+        predicted, _ = out_of_fold(texts, gold_set.gold, _splits(recipe, gold_set.gold, groups), label_order, _ZH_FEATURES, c,
+                                   description=split)
         results.append(validation_from_predictions(gold_set.gold, predicted, dimension, "linear:zh-stance (not shipped)", "zh",
                                                    gold_set.name, f"{protocol}, C={c}"))
     out = Path(output) if output is not None else default_output()
