@@ -58,6 +58,7 @@ def environment() -> Any:
     env = jinja2.Environment(loader=jinja2.PackageLoader("mfllm.presentation", "templates"), autoescape=True,
                              undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     env.filters.update(num=_number, signed=_signed, pct=_percent)
+    env.globals["zip"] = zip
     return env
 
 
