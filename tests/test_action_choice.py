@@ -71,7 +71,7 @@ def test_rows_record_the_choice_and_bare_reposts_write_no_text(demo_event_path: 
         assert abs(sum(row["choice_probabilities"].values()) - 1) < 1e-4
         if row["sim_choice"] == "repost":
             assert row["sim_text"] == "转发微博"
-    assert model.usage.score_calls == 4  # one scoring of every agent's markers per step
+    assert model.usage.score_calls == 4 + 1  # one scoring of every agent's markers per step, warm-up step included (calibration)
 
 
 def test_actions_are_written_and_shown_with_their_marker() -> None:

@@ -230,3 +230,17 @@ def test_openai_backend_fails_fast_on_client_errors() -> None:
 def test_continuation_score_properties() -> None:
     score = ContinuationScore((-1.0, -3.0))
     assert (score.logprob, score.num_tokens, score.mean_nll) == (-4.0, 2, 2.0)
+
+
+def test_the_transformers_penalties_follow_llama_cpps_formula() -> None:
+    import torch
+
+    from mfllm.backends.hf import penalise
+
+    values = torch.tensor([[4.0, -2.0, 1.0, 3.0]])
+    indices = torch.tensor([[10, 11, 12, 13]])
+    generated = torch.tensor([[10, 10, 11, 99, 12]])  # token 10 twice, 11 and 12 once, 13 never
+    params = SamplingParams(repetition_penalty=2.0, frequency_penalty=0.5, presence_penalty=0.25, penalty_window=4)
+    # the window holds the last 4 generated tokens: 10, 11, 99, 12
+    expected = [4.0 / 2 - 0.5 - 0.25, -2.0 * 2 - 0.5 - 0.25, 1.0 / 2 - 0.5 - 0.25, 3.0]
+    assert penalise(values, indices, generated, params).tolist() == [pytest.approx(expected)]

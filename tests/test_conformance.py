@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections import Counter
 import subprocess
 import sys
 import tempfile
@@ -23,7 +24,7 @@ from backend_samples import CONTINUATIONS, PROMPTS, free_port, require_llama_cpp
 
 from mfllm.backends import FakeModel, ModelPool
 from mfllm.backends.hf import clean_output
-from mfllm.interfaces import LanguageModel, SamplingParams
+from mfllm.interfaces import LanguageModel, Message, Prompt, SamplingParams
 
 
 @contextmanager
@@ -139,6 +140,25 @@ def test_batch_order_is_preserved_in_scoring(backend: LanguageModel) -> None:
     for together, alone in zip(batch, singles):
         assert together.logprob == pytest.approx(alone.logprob, abs=0.02)
     assert len({round(s.logprob, 3) for s in batch}) == len(batch)  # distinct continuations, distinct scores
+
+
+LOOP = Prompt((Message("user", "Repeat after me: go go go go go go go go go go go go"),), "go go go go go go go go go go go go go go go go go")
+
+
+def test_repetition_penalties_break_a_loop(backend: LanguageModel) -> None:
+    skip_fake(backend, "writes random phrases and has no sampler to penalise")
+    greedy = SamplingParams(max_new_tokens=12, temperature=0.0, stop=())
+    looping = Counter(backend.generate([LOOP], greedy)[0].split())
+    if not looping or max(looping.values()) < 3:
+        pytest.skip(f"this model does not loop on the prompt ({dict(looping)})")  # the tiny random model
+    penalised = Counter(backend.generate([LOOP], dataclasses.replace(greedy, frequency_penalty=2.0, presence_penalty=2.0))[0].split())
+    assert max(penalised.values(), default=0) < max(looping.values()), (looping, penalised)
+
+
+def test_each_prompt_keeps_its_own_bound(backend: LanguageModel) -> None:
+    params = SamplingParams(max_new_tokens=12, temperature=1.0, stop=(), seed=5, max_new_tokens_each=(1, 12, 1))
+    short, long, other = backend.generate(PROMPTS, params)
+    assert len(short.split()) <= 1 and len(other.split()) <= 1 and len(long) > max(len(short), len(other)), (short, long, other)
 
 
 def test_usage_counts_calls_and_tokens(backend: LanguageModel) -> None:

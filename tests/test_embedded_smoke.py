@@ -53,7 +53,7 @@ def test_what_the_population_does_moves_the_policy_s_choice_of_kind(demo_event_p
     repost_probability = {}
     for kind, text in (("repost", "转发微博"), ("comment", "这是真的吗？")):
         provider = RecentK("zh", 8)
-        provider.observe([AgentAction("p", text, kind)] * 8, seed=0)
+        provider.observe([AgentAction("p", text if kind == "repost" else f"{text}{i}", kind) for i in range(8)], seed=0)  # contexts drop repeats
         step = StepContext(event, provider)
         probabilities = step.choice_probabilities(policy, [step.prompt(p) for p in personas])
         repost_probability[kind] = sum(p["repost"] for p in probabilities) / len(probabilities)

@@ -173,7 +173,7 @@ def test_empty_replies_are_retried_with_new_seeds_then_recorded_as_failures(demo
     assert touched and len(rows) == 12
     for row in rows:
         if row in touched:
-            assert row["attempts"] == (3 if failed else 2) and isinstance(row["seed"], int)
+            assert row["attempts"] == (config.max_generation_attempts if failed else 2) and isinstance(row["seed"], int)
             assert (row.get("failure") == FAILED_EMPTY) == failed and (row["sim_kind"] is None) == failed
         else:
             assert "attempts" not in row and row["sim_text"].strip()

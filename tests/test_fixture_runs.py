@@ -4,7 +4,9 @@ short resumes to the same bytes.
 History: the fixtures were first written at 47110d5, before the engine redesign, which reproduced them
 exactly. They were regenerated on purpose (tests/fixtures/make_fixture_runs.py) when agents began to
 choose their action kind through kind markers, the readers began to drop repeated reactions and the
-mean-field methods became mf-llm, mf-stats and mf-hybrid (issue 9): behaviour changed there by design.
+mean-field methods became mf-llm, mf-stats and mf-hybrid (issue 9), and again when generation got
+repetition penalties, data-following action bounds, resampling of repeats and loops, a calibrated kind
+choice, and contexts stopped showing repeats (issue 19): behaviour changed there by design.
 Any other difference is a regression."""
 
 from __future__ import annotations

@@ -228,8 +228,9 @@ def test_a_plan_ranks_the_candidate_the_model_reacts_to_first_within_its_budget(
     result = plan(config, pool=FixedPool(model))
     best = result.ranking[0]
     assert best["candidate"] == "c1" and KEYWORD in best["description"]
-    assert best["share"] == 0.0 and best["effect_high"] < 0 and result.control["share"] == 1.0
-    assert all(r["share"] == 1.0 for r in result.ranking[1:])
+    # the kind choice is calibrated on the warm-up's real reposts, so a few agents repost bare (no angry text)
+    assert best["share"] == 0.0 and best["effect_high"] < 0 and result.control["share"] > 0.8
+    assert all(r["share"] > 0.8 for r in result.ranking[1:])
     assert result.runs <= config.budget and result.calls == model.usage.generate_calls + model.usage.score_calls  # texts and kind choices
     assert sum(len(list((tmp_path / "plan" / "runs" / arm).iterdir())) for arm in ("control", "c0", "c1", "c2", "c3")) == result.runs
     assert [h["candidates"][0] for h in result.rounds] == ["c1", "c1"] and len(result.rounds[-1]["candidates"]) == 2

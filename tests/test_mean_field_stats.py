@@ -34,8 +34,9 @@ def test_a_run_makes_no_mean_field_call_and_resumes_exactly(demo_event_path: Pat
     config = SimulationConfig(data=str(demo_event_path), method="mf-stats", policy_model="fake", warmup=8, batch_size=4, num_agents=16)
     run = simulate(config, tmp_path / "run")
     manifest = RunStore(run).manifest()
-    usage = manifest["usage"]["policy"]  # one scoring of kind markers per step, one generation unless all agents repost bare
-    assert manifest["models"]["mean_field"] is None and usage["score_calls"] == 4 and 1 <= usage["generate_calls"] <= 4
+    usage = manifest["usage"]["policy"]  # one scoring of kind markers per step (the 2 warm-up steps' for the calibration),
+    # one generation per step unless all agents repost bare, more when a text is asked again
+    assert manifest["models"]["mean_field"] is None and usage["score_calls"] == 4 + 2 and 1 <= usage["generate_calls"]
     steps = RunStore(run).committed_steps()
     assert steps[1]["context_state"]["seen"] == 8 and "sentiment" in steps[1]["context_state"]["weights"]
     history = RunStore(run).mean_field_history()  # the mean-field history is recorded as for the LLM mean field
@@ -72,7 +73,7 @@ def test_the_hybrid_adds_one_mean_field_call_per_step_and_folds_statements_into_
     assert pool.models["mean_field"].usage.generate_calls == len(steps)  # the key points: its only model call per step
     assert pool.models["mean_field"].usage.score_calls == 0
     last = RunStore(run).mean_field_history()[-1]["text"]
-    assert "%" in last and "要点：" in last and "有代表性的近期反应：" in last
+    assert "%" in last and "要点：" in last and "有代表性的反应：" in last
     event, _ = load_event(demo_event_path)
     hybrid = HybridMeanField.create(config, event, None)
     hybrid.load_state_dict(steps[-1]["context_state"])
@@ -81,3 +82,28 @@ def test_the_hybrid_adds_one_mean_field_call_per_step_and_folds_statements_into_
     assert hybrid.points.text == before
     hybrid.add_statement("官方已辟谣")  # a statement to everyone joins the points at once
     assert hybrid.context().endswith(hybrid.render(f"{before} 官方已辟谣").split("\n")[-1]) and "官方已辟谣" in hybrid.context()
+
+
+def test_representative_actions_favour_recent_steps_but_keep_earlier_ones() -> None:
+    stats = StatisticsMeanField("topic", "en", LabellerChain([KindLabeller()]), shown=4, forgetting=0.7)
+    ages: list[int] = []
+    for step in range(1, 13):
+        stats.observe([AgentAction("p", f"step {step} reply {i}", "comment") for i in range(4)], seed=step)
+        ages += [step - int(a.text.split()[1]) for a in stats.representative()]
+        assert stats.representative() == stats.representative()  # a function of the state
+    recent, older = sum(age <= 1 for age in ages), sum(age >= 3 for age in ages)
+    assert recent > older > 0
+
+
+def test_the_actions_only_ablation_shows_the_same_actions_without_the_shares(demo_event_path: Path) -> None:
+    from mfllm.analysis.backtest import BacktestConfig
+    from mfllm.simulation.methods import get_method, method_names
+
+    actions = [AgentAction("p", "RT", "repost")] * 3 + [AgentAction("p", f"reply {i}", "comment") for i in range(5)]
+    full = StatisticsMeanField("topic", "en", LabellerChain([KindLabeller()]), shown=4)
+    ablated = get_method("mf-stats-actions")("topic", "en", LabellerChain([KindLabeller()]), shown=4)
+    for provider in (full, ablated):
+        provider.observe(actions, seed=0)
+    assert "%" in full.context() and "%" not in ablated.context()  # type: ignore[operator]
+    assert full.context().endswith(ablated.context().split("\n", 1)[1])  # type: ignore[union-attr]
+    assert "mf-stats-actions" in method_names() and "mf-stats-actions" not in BacktestConfig(data=str(demo_event_path)).resolved_methods()

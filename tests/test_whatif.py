@@ -56,8 +56,9 @@ class Recording(FakeModel):
 
 
 def config(data: Path, method: str = "state", interventions: Sequence[Path] = (), seed: int = 0) -> SimulationConfig:
+    # no kind-choice calibration: its warm-up scoring would mix warm-up prompts into the policy calls these tests record
     return SimulationConfig(data=str(data), method=method, policy_model="fake", warmup=WARMUP, batch_size=BATCH, num_agents=AGENTS,
-                            seed=seed, interventions=[str(p) for p in interventions])
+                            seed=seed, interventions=[str(p) for p in interventions], calibrate_choices=False)
 
 
 def write(path: Path, text: str) -> Path:

@@ -134,7 +134,7 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
     for name in method_names():
         method = get_method(name)
-        kind = "baseline" if method.is_baseline else "mean field"
+        kind = f"ablation of {method.ablation_of}" if method.ablation_of else "baseline" if method.is_baseline else "mean field"
         print(f"{name}\t{kind}\t{method.description}")
     for alias, name in ALIASES.items():
         print(f"{alias}\talias\tstands for {name} (the default mean field)")

@@ -8,7 +8,7 @@ cache, rate limit) wraps a backend without changing these two signatures.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Mapping, Sequence
 
 if TYPE_CHECKING:
@@ -32,7 +32,17 @@ class Prompt:
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """Sampling settings. Nucleus (``top_p``) sampling runs over the ``top_k`` most likely tokens."""
+    """Sampling settings, applied in this order at every generated token: keep the ``top_k`` most likely
+    tokens; penalise the ones already generated (see below); divide by ``temperature``; keep the nucleus
+    of mass ``top_p``; draw with ``seed``.
+
+    Repetition penalties look only at the tokens this row has generated so far (the last
+    ``penalty_window`` of them), never at the prompt, so a topic word is not penalised. For a token
+    generated ``n > 0`` times its logit ``l`` becomes ``l / repetition_penalty`` (``l * repetition_penalty``
+    when negative), then ``l - n * frequency_penalty - presence_penalty`` (llama.cpp's penalties sampler;
+    the transformers backend applies the same formula, an OpenAI-compatible server its own
+    ``frequency_penalty``/``presence_penalty``). ``max_new_tokens_each`` bounds each prompt's reply on its
+    own (``max_new_tokens`` bounds them all)."""
 
     max_new_tokens: int = 64
     temperature: float = 0.8
@@ -40,6 +50,28 @@ class SamplingParams:
     stop: tuple[str, ...] = ("\n",)
     seed: int | None = None
     top_k: int = 200
+    repetition_penalty: float = 1.0
+    frequency_penalty: float = 0.0
+    presence_penalty: float = 0.0
+    penalty_window: int = 64
+    max_new_tokens_each: tuple[int, ...] | None = None
+
+    def limit(self, index: int) -> int:
+        """The most tokens prompt ``index`` of a call may generate."""
+        if self.max_new_tokens_each is None:
+            return self.max_new_tokens
+        return min(self.max_new_tokens, self.max_new_tokens_each[index])
+
+    def for_prompts(self, indices: Sequence[int]) -> SamplingParams:
+        """These settings for a call that sends only the prompts at ``indices`` of this one (their own
+        bounds, and seeds as if sent alone: ``seed + index`` is the caller's business)."""
+        if self.max_new_tokens_each is None:
+            return self
+        return replace(self, max_new_tokens_each=tuple(self.max_new_tokens_each[i] for i in indices))
+
+    @property
+    def penalises(self) -> bool:
+        return self.repetition_penalty != 1.0 or self.frequency_penalty != 0.0 or self.presence_penalty != 0.0
 
 
 @dataclass(frozen=True)
@@ -94,6 +126,10 @@ class LanguageModel(ABC):
         """Prompt length in tokens as this backend would send it (characters when no tokenizer)."""
         return len(prompt.completion)
 
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of ``text`` as a continuation (no special tokens; characters when no tokenizer)."""
+        return len(text)
+
     def describe(self) -> dict[str, Any]:
         """What a run manifest records about this model."""
         return {"name": self.name, "class": type(self).__name__}
@@ -129,6 +165,8 @@ class ContextProvider(ABC):
     """Whether :meth:`create` needs a mean-field model to update the context."""
     is_baseline: ClassVar[bool] = True
     """Whether the method is a non-mean-field baseline that mean-field methods are compared against."""
+    ablation_of: ClassVar[str | None] = None
+    """The method this one is an ablation of (it then stays out of default method lists, e.g. a backtest's)."""
     uses_labellers: ClassVar[tuple[str, ...]] = ()
     """Names of the labellers whose output the context is built from: evaluation flags a dimension one of
     them labels as circular for this method."""

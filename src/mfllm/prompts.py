@@ -108,6 +108,12 @@ ACTION_CHOICES = ("comment", "repost_with_text", "repost")
 """What an agent can do: comment (a reply counts as one), repost with words, or repost without."""
 POLICY_STOP = ("\n",)
 """Where an action ends: it is one line."""
+
+
+def policy_stops(language: str) -> tuple[str, ...]:
+    """Where a generated action ends: the end of its line, or a kind marker (a base model that starts a
+    second action on the same line has finished the first)."""
+    return (*POLICY_STOP, *TEMPLATES[language].markers.values())
 BARE_REPOST_TEXTS = frozenset({"", WEIBO_DEFAULT_REPOST_TEXT, "转发", "repost", "retweet", "rt"})
 """Texts a repost carries when its author wrote nothing (the platforms' defaults)."""
 

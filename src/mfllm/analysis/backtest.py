@@ -27,11 +27,12 @@ from mfllm.evaluation.dimensions import resolve_dimensions
 from mfllm.evaluation.evaluate import RunEvaluation
 from mfllm.evaluation.metrics import CorrectedMetrics, DimensionMetrics
 from mfllm.evaluation.pipeline import evaluate_runs
+from mfllm.evaluation.realism import REALISM_METRICS
 from mfllm.evaluation.report import write_report
 from mfllm.executors import ExecutorConfig
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import ProgressFactory
-from mfllm.simulation.methods import get_method, method_names, resolve_method
+from mfllm.simulation.methods import get_method, default_method_names, resolve_method
 from mfllm.simulation.sweep import simulate_many, sweep_configs, sweep_plan
 
 EVALUATION_FILE = "evaluation.json"
@@ -68,7 +69,7 @@ class BacktestConfig(ExecutorConfig):
     def resolved_methods(self) -> list[str]:
         """The methods compared, aliases resolved (``mf`` is the default mean field), each once."""
         return list(dict.fromkeys(resolve_method(m) for m in self.methods)) if self.methods else \
-            [m for m in method_names() if m != "sft" or self.sft_adapter]
+            [m for m in default_method_names() if m != "sft" or self.sft_adapter]
 
     def resolved_events(self) -> list[str]:
         if self.events:
@@ -92,7 +93,7 @@ def _evaluation_from_json(data: dict[str, Any]) -> RunEvaluation:
 def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, executor: ExecutorConfig | None = None,
                      pool_options: dict[str, Any] | None = None) -> tuple[list[RunEvaluation], Any]:
     """Evaluate runs, reusing each run's saved evaluation when it was made with the same settings."""
-    key = hashlib.sha256(config.model_dump_json().encode()).hexdigest()[:16]
+    key = hashlib.sha256((config.model_dump_json() + ",".join(REALISM_METRICS)).encode()).hexdigest()[:16]  # an evaluation without them is stale
     cached: dict[Path, RunEvaluation] = {}
     for run in runs:
         path = run / EVALUATION_FILE

@@ -40,9 +40,10 @@ class FakeModel(LanguageModel):
             text = ("，" if language == "zh" else " ").join(words) + f" #{rng.randrange(10_000)}"
             tokens = text.split() if language == "en" else list(text)
             separator = " " if language == "en" else ""
-            outputs.append(text if len(tokens) <= params.max_new_tokens else separator.join(tokens[: params.max_new_tokens]))
+            limit = params.limit(i)
+            outputs.append(text if len(tokens) <= limit else separator.join(tokens[:limit]))
             self.usage.prompt_tokens += self.count_tokens(prompt)
-            self.usage.generated_tokens += min(len(tokens), params.max_new_tokens)
+            self.usage.generated_tokens += min(len(tokens), limit)
         return outputs
 
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
@@ -55,6 +56,9 @@ class FakeModel(LanguageModel):
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(prompt.completion)
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(text.split()) if detect_language(text) == "en" else len(text)
 
     def describe(self) -> dict[str, Any]:
         return {**super().describe(), "backend": "fake"}

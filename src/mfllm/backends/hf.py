@@ -142,25 +142,44 @@ def clean_output(text: str, stops: Sequence[str]) -> str:
     return (text if cut is None else text[:cut]).strip().strip('"“”').strip()
 
 
-def _stop_criteria(tokenizer: Any, stops: Sequence[str], prompt_length: int) -> Any:
+def _stop_criteria(tokenizer: Any, stops: Sequence[str], prompt_length: int, limits: Sequence[int]) -> Any:
     transformers = require("transformers", "hf")
     torch = require("torch", "hf")
 
-    class StopOnStrings(transformers.StoppingCriteria):
-        """Per-sequence stop once a stop string follows some non-blank text (leading newlines are skipped)."""
+    class StopOnStringsOrLimit(transformers.StoppingCriteria):
+        """Per-sequence stop once a stop string follows some non-blank text (leading newlines are skipped),
+        or once the sequence has generated its own bound of tokens."""
 
         def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-            texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True)
-            return torch.tensor([stop_position(t, stops) is not None for t in texts], device=input_ids.device)
+            generated = input_ids.shape[1] - prompt_length
+            texts = tokenizer.batch_decode(input_ids[:, prompt_length:], skip_special_tokens=True) if stops else [""] * len(limits)
+            return torch.tensor([generated >= limit or (bool(stops) and stop_position(t, stops) is not None) for t, limit in zip(texts, limits)],
+                                device=input_ids.device)
 
-    return transformers.StoppingCriteriaList([StopOnStrings()])
+    return transformers.StoppingCriteriaList([StopOnStringsOrLimit()])
 
 
 MIN_SHARED_PREFIX_TOKENS = 16
 
 
-def _top_k_top_p(params: SamplingParams) -> Any:
-    """Temperature, then nucleus sampling restricted to the ``top_k`` most likely tokens.
+def penalise(values: Any, indices: Any, generated: Any, params: SamplingParams) -> Any:
+    """llama.cpp's penalties sampler on candidate logits ``values`` (token ids ``indices``, one row per
+    sequence): a token generated ``n > 0`` times among the last ``penalty_window`` tokens of its row
+    (``generated``) has its logit divided by the repetition penalty (multiplied when negative), then
+    lowered by ``n * frequency_penalty + presence_penalty``."""
+    torch = require("torch", "hf")
+    window = generated[:, -params.penalty_window:] if params.penalty_window > 0 else generated[:, :0]
+    counts = (indices.unsqueeze(-1) == window.unsqueeze(1)).sum(-1).to(values.dtype)
+    seen = counts > 0
+    repeated = torch.where(values > 0, values / params.repetition_penalty, values * params.repetition_penalty)
+    values = torch.where(seen, repeated, values)
+    return values - counts * params.frequency_penalty - seen.to(values.dtype) * params.presence_penalty
+
+
+def _top_k_top_p(params: SamplingParams, prompt_length: int) -> Any:
+    """Top-k, repetition penalties over each row's generated tokens (after ``prompt_length``), temperature,
+    then nucleus sampling, in the order of the llama.cpp backend's sampler chain (at temperature 0, top-k
+    and the penalties only, before the greedy choice).
 
     transformers' own top-p warper sorts the whole vocabulary at every step (262k entries for
     Gemma 3), which on a CPU costs as much as the model's forward pass; selecting the top k first
@@ -171,7 +190,12 @@ def _top_k_top_p(params: SamplingParams) -> Any:
 
     class TopKTopP(transformers.LogitsProcessor):
         def __call__(self, input_ids: Any, scores: Any) -> Any:
-            values, indices = torch.topk(scores / params.temperature, min(params.top_k, scores.shape[-1]), dim=-1)
+            values, indices = torch.topk(scores, min(params.top_k, scores.shape[-1]), dim=-1)
+            if params.penalises:
+                values = penalise(values, indices, input_ids[:, prompt_length:], params)
+            if params.temperature <= 0:  # greedy: the best candidate after the penalties
+                return torch.full_like(scores, float("-inf")).scatter_(-1, indices, values)
+            values = values / params.temperature
             probs = torch.softmax(values, dim=-1)
             outside = (probs.cumsum(-1) - probs) > params.top_p
             filtered = torch.full_like(scores, float("-inf"))
@@ -257,6 +281,9 @@ class TransformersModel(LanguageModel):
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.loaded.tokenizer(self.loaded.render(prompt), add_special_tokens=False).input_ids)
 
+    def count_text_tokens(self, text: str) -> int:
+        return len(self.loaded.tokenizer(text, add_special_tokens=False).input_ids)
+
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "class": type(self).__name__, "backend": "transformers", "path": self.loaded.source.path,
                 "gguf_file": self.loaded.source.gguf_file, "adapter": self.loaded.adapters.get(self.adapter or "", None),
@@ -267,7 +294,8 @@ class TransformersModel(LanguageModel):
         tokenizer = self.loaded.tokenizer
         model, adapter_context = self._activate()
         token_ids = [tokenizer(self.loaded.render(p), add_special_tokens=not self.loaded.is_chat).input_ids for p in prompts]
-        exact = padding_fits_window(model, [len(t) + params.max_new_tokens for t in token_ids])
+        limits = [params.limit(i) for i in range(len(prompts))]
+        exact = padding_fits_window(model, [len(t) + limit for t, limit in zip(token_ids, limits)])
         shared = prefix_to_share(token_ids) if self.prefix_cache and exact else 0
         input_ids, attention = _pad_after_prefix(token_ids, shared, tokenizer.pad_token_id)
         input_ids, attention = input_ids.to(self.loaded.device), attention.to(self.loaded.device)
@@ -276,14 +304,14 @@ class TransformersModel(LanguageModel):
             torch.manual_seed(params.seed)
         sampling = params.temperature > 0
         transformers = require("transformers", "hf")
-        warper = transformers.LogitsProcessorList([_top_k_top_p(params)]) if sampling else None
+        warper = transformers.LogitsProcessorList([_top_k_top_p(params, prompt_length)]) if sampling or params.penalises else None
         with torch.inference_mode(), adapter_context:
             cache = _prefix_cache(model, input_ids[:1, :shared], len(prompts)) if shared else None
             output = model.generate(
                 input_ids=input_ids, attention_mask=attention, **{cache_argument(model): cache},
-                max_new_tokens=params.max_new_tokens, do_sample=sampling, logits_processor=warper,
+                max_new_tokens=max(limits), do_sample=sampling, logits_processor=warper,
                 temperature=1.0 if sampling else None, top_p=1.0 if sampling else None, top_k=0 if sampling else None,
-                stopping_criteria=_stop_criteria(tokenizer, params.stop, prompt_length) if params.stop else None,
+                stopping_criteria=_stop_criteria(tokenizer, params.stop, prompt_length, limits),
                 pad_token_id=tokenizer.pad_token_id,
             )
         generated = output[:, prompt_length:]

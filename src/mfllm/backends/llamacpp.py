@@ -265,14 +265,21 @@ class LoadedGGUF:
         return np.ctypeslib.as_array(pointer, shape=(self.n_vocab,))
 
     def sampler(self, params: SamplingParams, seed: int) -> Any:
-        """A sampler chain like the transformers backend's: top-k, temperature, nucleus, then a seeded draw
-        (greedy when the temperature is 0)."""
+        """A sampler chain like the transformers backend's: top-k, repetition penalties over the tokens the
+        row has generated (the chain accepts each sampled token), temperature, nucleus, then a seeded draw
+        (at temperature 0, the best token after the penalties)."""
         internals = require("llama_cpp._internals", "llamacpp")
         sampler = internals.LlamaSampler()
-        if params.temperature <= 0:
+        if params.temperature <= 0 and not params.penalises:
             sampler.add_greedy()
             return sampler
         sampler.add_top_k(params.top_k)
+        if params.penalises:  # after top-k, as llama.cpp advises: the penalties then scan k candidates, not the vocabulary
+            sampler.add_penalties(self.n_vocab, params.penalty_window, params.repetition_penalty, params.frequency_penalty,
+                                  params.presence_penalty)
+        if params.temperature <= 0:
+            sampler.add_greedy()
+            return sampler
         sampler.add_temp(params.temperature)
         sampler.add_top_p(params.top_p, 1)
         sampler.add_dist(seed)
@@ -303,6 +310,7 @@ class _Row:
     sampler: Any
     position: int
     pieces: bytearray
+    limit: int
     tokens: int = 0
     finished: bool = False
     stopped_by_string: bool = False
@@ -320,6 +328,9 @@ class LlamaCppModel(LanguageModel):
 
     def count_tokens(self, prompt: Prompt) -> int:
         return len(self.loaded.prompt_ids(prompt))
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(self.loaded.tokenize(text, add_special=False))
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "class": type(self).__name__, "backend": "llamacpp", **self.loaded.describe(),
@@ -339,7 +350,7 @@ class LlamaCppModel(LanguageModel):
         loaded.activate(self.adapter)
         token_ids = [loaded.prompt_ids(p) for p in prompts]
         results: list[str] = [""] * len(prompts)
-        lengths = [len(t) + params.max_new_tokens for t in token_ids]
+        lengths = [len(t) + params.limit(i) for i, t in enumerate(token_ids)]
         for group in _groups(lengths, loaded.settings.n_ctx, loaded.settings.max_sequences, "prompt"):
             for index, text in zip(group, self._generate_group([token_ids[i] for i in group], group, params)):
                 results[index] = text
@@ -352,7 +363,7 @@ class LlamaCppModel(LanguageModel):
         loaded.clear()
         shared = self._shared(token_ids)
         seeds = [SEED_MODULUS if params.seed is None else (params.seed + i) % SEED_MODULUS for i in indices]
-        rows = [_Row(loaded.sampler(params, seed), len(ids), bytearray()) for ids, seed in zip(token_ids, seeds)]
+        rows = [_Row(loaded.sampler(params, seed), len(ids), bytearray(), limit=params.limit(i)) for ids, seed, i in zip(token_ids, seeds, indices)]
         self._decode_prefix(token_ids[0][:shared], len(rows))
         entries = []
         for sequence, ids in enumerate(token_ids):
@@ -370,7 +381,7 @@ class LlamaCppModel(LanguageModel):
             else:
                 row.pieces += loaded.piece(token)
                 row.stopped_by_string = bool(params.stop) and stop_position(row.text(), params.stop) is not None
-                row.finished = row.stopped_by_string or row.tokens >= params.max_new_tokens
+                row.finished = row.stopped_by_string or row.tokens >= row.limit
             if row.finished:
                 loaded.drop_sequence(sequence)
             else:

@@ -220,11 +220,14 @@ class OpenAICompatibleModel(LanguageModel):
         return asyncio.run(main()) if requests else []
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
-        common: dict[str, Any] = {"model": self.name, "max_tokens": params.max_new_tokens, "temperature": params.temperature,
-                                  "top_p": params.top_p}
+        common: dict[str, Any] = {"model": self.name, "temperature": params.temperature, "top_p": params.top_p}
+        if params.frequency_penalty or params.presence_penalty:
+            common.update(frequency_penalty=params.frequency_penalty, presence_penalty=params.presence_penalty)
+        if params.repetition_penalty != 1.0:  # not in the OpenAI API; vLLM reads it (over prompt and output)
+            common["repetition_penalty"] = params.repetition_penalty
         requests = []
         for i, prompt in enumerate(prompts):
-            body = dict(common, seed=None if params.seed is None else params.seed + i)
+            body = dict(common, max_tokens=params.limit(i), seed=None if params.seed is None else params.seed + i)
             if self.chat:
                 messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
                 requests.append(("/chat/completions", dict(body, messages=messages), 1))

@@ -73,6 +73,9 @@ class _Wrapper(LanguageModel):
     def count_tokens(self, prompt: Prompt) -> int:
         return self.inner.count_tokens(prompt)
 
+    def count_text_tokens(self, text: str) -> int:
+        return self.inner.count_text_tokens(text)
+
     def describe(self) -> dict[str, Any]:
         return self.inner.describe()
 
@@ -156,8 +159,9 @@ class CachingModel(_Wrapper):
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         if params.seed is None:
             return self.inner.generate(prompts, params)
-        keys = [self._key("generate", prompt.messages, prompt.completion, params.__dict__, i) for i, prompt in enumerate(prompts)]
-        return self._cached(keys, lambda idx: self.inner.generate([prompts[i] for i in idx], params))
+        shared = {**params.__dict__, "max_new_tokens_each": None}
+        keys = [self._key("generate", prompt.messages, prompt.completion, shared, params.limit(i), i) for i, prompt in enumerate(prompts)]
+        return self._cached(keys, lambda idx: self.inner.generate([prompts[i] for i in idx], params.for_prompts(idx)))
 
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
         keys = [self._key("score", p.messages, p.completion, c) for p, c in zip(prompts, continuations)]

@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from mfllm.evaluation.evaluate import RunEvaluation
+from mfllm.evaluation.realism import REALISM_METRICS
 from mfllm.simulation.methods import baseline_names, mean_field_names, resolve_method
 
 METRICS = ("kl", "js", "wasserstein", "dtw", "pooled_kl", "micro_f1", "macro_f1")
@@ -75,11 +76,14 @@ def method_table(evaluations: Sequence[RunEvaluation], resamples: int = 2000) ->
         policy_metrics = {"nll": lambda e: e.nll}
         for group in GAIN_GROUPS:
             policy_metrics[f"information_gain.{group}"] = lambda e, g=group: (e.information_gain or {}).get(g, {}).get("gain")
+        for metric in REALISM_METRICS:
+            policy_metrics[f"realism.{metric}"] = lambda e, m=metric: e.realism.get(m)
         for metric, value in policy_metrics.items():
             by_event = _event_values(runs, value)
             if by_event:
                 mean, low, high = bootstrap_mean(by_event, resamples)
-                rows.append({"method": method, "dimension": "(policy)", "metric": metric, "mean": mean, "ci_low": low, "ci_high": high,
+                rows.append({"method": method, "dimension": "(realism)" if metric.startswith("realism.") else "(policy)",
+                             "metric": metric.removeprefix("realism."), "mean": mean, "ci_low": low, "ci_high": high,
                              "events": len(by_event), "runs": sum(len(v) for v in by_event.values())})
     return rows
 

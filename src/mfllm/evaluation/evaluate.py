@@ -11,6 +11,7 @@ from mfllm.data.schema import Event
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.information_gain import information_gain
 from mfllm.evaluation.labellers import LabelItem, Labeller
+from mfllm.evaluation.realism import realism
 from mfllm.evaluation.metrics import (DEFAULT_ALPHA, CorrectedMetrics, DimensionMetrics, compare_streams, corrected_comparison,
                                      pooled_confusion, window_ids)
 from mfllm.interfaces import LanguageModel
@@ -50,6 +51,8 @@ class RunEvaluation:
     corrected: dict[str, CorrectedMetrics] = field(default_factory=dict)
     circular: list[str] = field(default_factory=list)
     """Dimensions labelled by a labeller the method's context is built from: not an independent measure of it."""
+    realism: dict[str, Any] = field(default_factory=dict)
+    """Whether the simulated texts read like the real ones (see :mod:`mfllm.evaluation.realism`)."""
 
     def summary(self) -> dict[str, Any]:
         """Flat metrics (no per-window series, no labels), for tables."""
@@ -63,6 +66,8 @@ class RunEvaluation:
             out[f"information_gain.{group}"] = gain["gain"]
         for name, corrected in self.corrected.items():
             out[f"{name}.kl_corrected"] = corrected.kl_corrected
+        for name, value in self.realism.items():
+            out[f"realism.{name}"] = value
         return out
 
     def to_json(self) -> dict[str, Any]:
@@ -84,6 +89,15 @@ def label_run(rows: Sequence[dict[str, Any]], topic: str, language: str, labelle
     failed = {"real": [rows[i]["position"] for i in result.failures if i < n],
               "sim": [rows[i - n]["position"] for i in result.failures if i >= n], "reasons": reasons}
     return result.labels[:n], result.labels[n:], failed
+
+
+def shown_contexts(store: RunStore, config: SimulationConfig, event: Event) -> dict[int, str]:
+    """The context text each step's agents saw: the recorded mean-field history where the run keeps one
+    (the entry after step s is what step s + 1 saw), else the context restored from the journal."""
+    history = store.mean_field_history()
+    if history:
+        return {entry["step"] + 1: entry.get("text") or "" for entry in history}
+    return {step: context.context_block() or "" for step, context in contexts_by_step(store, config, event).items()}
 
 
 def contexts_by_step(store: RunStore, config: SimulationConfig, event: Event) -> dict[int, StepContext]:
@@ -180,6 +194,7 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
                 evaluation.corrected[dimension.name] = corrected
     evaluation.labels = per_row
     evaluation.circular = circular_dimensions(config["method"], evaluation.validity)
+    evaluation.realism = realism(rows, shown_contexts(store, SimulationConfig(**config), event), event.source.text, config["seed"])
     if policy is not None:
         evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy, event)
     if gain_models is not None:

@@ -22,6 +22,37 @@ COLOURS = {"real": "black", "mf-stats": "tab:red", "mf-hybrid": "tab:brown", "mf
            "popular": "tab:orange", "sft": "tab:purple"}
 
 
+REALISM_SHOWN = (("discriminator_accuracy", None), ("length_w1", None), ("median_length", "median_length"), ("degenerate", "degenerate"),
+                 ("duplicate", "duplicate"), ("copied_sim", None), ("distinct2", "distinct2"), ("share_repost_with_text", "share_repost_with_text"),
+                 ("share_repost", "share_repost"))
+"""Realism columns: (measure, paired real-side measure or None)."""
+
+
+def _realism_html(table: Sequence[dict[str, Any]]) -> list[str]:
+    """The realism table: per method, each measure's mean with its 95% CI, the real texts' value beside it."""
+    cells = {(r["method"], r["metric"]): r for r in table if r["dimension"] == "(realism)"}
+    methods = sorted({method for method, _ in cells})
+    if not methods:
+        return []
+
+    def shown(method: str, metric: str) -> str:
+        row = cells.get((method, metric))
+        if row is None or math.isnan(row["mean"]):
+            return "–"
+        return f"{row['mean']:.3g} [{row['ci_low']:.3g}, {row['ci_high']:.3g}]" if row["events"] > 1 else f"{row['mean']:.3g}"
+
+    head = "".join(f"<th>{html.escape(name)}</th>" for name, _ in REALISM_SHOWN)
+    parts = ["<h2>Realism: do the simulated texts read like the real ones?</h2>",
+             "<p>Discriminator accuracy 0.5 means indistinguishable; definitions in the README (Realism). The real row pools the "
+             "real reactions of every method's runs.</p>", f"<table><tr><th>method</th>{head}</tr>"]
+    for method in methods:
+        row = "".join(f"<td>{shown(method, name if paired is None else f'{paired}_sim')}</td>" for name, paired in REALISM_SHOWN)
+        parts.append(f"<tr><td class=t>{html.escape(method)}</td>{row}</tr>")
+    real = "".join(f"<td>{'–' if paired is None else shown(methods[0], f'{paired}_real')}</td>" for name, paired in REALISM_SHOWN)
+    parts.append(f"<tr><td class=t>real</td>{real}</tr></table>")
+    return parts
+
+
 def write_metrics(evaluations: Sequence[RunEvaluation], output: str | Path) -> dict[str, Path]:
     """``metrics.json`` (everything, per-window series and labels included), ``metrics.csv`` (one row per
     run), ``summary.csv`` (the method table with CIs) and ``labels.csv`` (every label of every run)."""
@@ -136,7 +167,7 @@ def mark_steps(ax: Any, marks: Sequence[tuple[int, str]]) -> None:
 def metric_figure(table: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
     """Bar chart of ``metric`` per dimension and method, with 95% bootstrap CIs."""
     plt = _pyplot()
-    rows = [r for r in table if r["metric"] == metric and r["dimension"] not in ("(policy)",) and not math.isnan(r["mean"])]
+    rows = [r for r in table if r["metric"] == metric and r["dimension"] not in ("(policy)", "(realism)") and not math.isnan(r["mean"])]
     if not rows:
         return None
     dimensions = list(dict.fromkeys(r["dimension"] for r in rows))
@@ -294,6 +325,7 @@ def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dime
     ]
     for top in tops:
         parts.append(f"<p class='headline'><b>Headline:</b> {headline_text(top)} (the MF-LLM paper reports 47%).</p>")
+    parts.extend(_realism_html(table))
     parts.extend(_validity_html(validity_rows(evaluations)))
     parts.extend(_corrected_html(corrected_rows(evaluations)))
     parts.append("<h2>Metrics by method</h2><table><tr><th>method</th><th>dimension</th><th>metric</th><th>mean</th>"

@@ -34,13 +34,35 @@ class SimulationConfig(YamlConfig):
     seed: int = Field(default=0, description="Run seed; every model call derives its own seed from it.")
     temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature (0 = greedy).")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
-    max_action_tokens: int = Field(default=48, ge=1, description="Upper bound on an action; generation stops at the end of the line first.")
+    max_action_tokens: int = Field(default=48, ge=1, description="Upper bound on an action (tokens); generation stops at the end of the "
+                                                                 "line first, and with action_length=data at the agent's own bound.")
+    action_length: Literal["data", "fixed"] = Field(default="data", description="data: each agent's bound is length_slack times the "
+                                                    "length of a real warm-up reaction drawn at random (seeded), so lengths follow the "
+                                                    "event; fixed: max_action_tokens for every agent.")
+    length_slack: float = Field(default=2.0, ge=1.0, description="With action_length=data, an agent may write this many times the drawn "
+                                                                  "real length (plus one token).")
+    repetition_penalty: float = Field(default=1.0, gt=0.0, description="Policy: a token already generated in the action has its logit "
+                                                                       "divided by this (1 = off); see SamplingParams.")
+    frequency_penalty: float = Field(default=0.4, description="Policy: subtracted from a token's logit per earlier use in the action "
+                                                               "(llama.cpp and OpenAI semantics; 0 = off).")
+    presence_penalty: float = Field(default=0.4, description="Policy: subtracted once from the logit of a token already used in the "
+                                                              "action (0 = off).")
+    penalty_window: int = Field(default=64, ge=0, description="Policy: how many of the action's last generated tokens the penalties "
+                                                               "look at.")
+    resample_copies: bool = Field(default=True, description="Ask an agent again (new seed, up to max_generation_attempts) when its "
+                                                            "text repeats an earlier text of the run (warm-up, source post or another "
+                                                            "agent's) or is degenerate (mfllm.text); the last attempt is kept and marked.")
+    calibrate_choices: bool = Field(default=True, description="Calibrate the kind choice on the warm-up: a scale and per-choice offsets "
+                                                              "of the policy's marker log-probs, fitted by maximum likelihood to what the "
+                                                              "real warm-up reactors did (see README 'Agents choose what to do'); else "
+                                                              "the markers' probabilities at the run's temperature.")
     max_mean_field_tokens: int = Field(default=128, ge=8, description="Upper bound on a mean-field update (tokens).")
     mean_field_temperature: float | None = Field(default=None, ge=0.0, description="Temperature of mean-field updates; the policy's "
                                                                                      "temperature when omitted.")
     mean_field_top_p: float | None = Field(default=None, gt=0.0, le=1.0, description="Nucleus mass of mean-field updates; top_p when omitted.")
-    max_generation_attempts: int = Field(default=3, ge=1, description="Tries per agent when the policy returns an empty reply (a new "
-                                                                      "seed each, recorded in the row); then the action is recorded as failed.")
+    max_generation_attempts: int = Field(default=4, ge=1, description="Tries per agent when its text is empty, or (resample_copies) repeats "
+                                                                      "an earlier text or loops: a new seed each, recorded in the row; then an "
+                                                                      "empty action is recorded as failed, any other text is kept and marked.")
     mean_field_max_chars: int = Field(default=120, ge=20, description="Longest key points a mean-field update keeps (characters in zh, "
                                                                                    "words in en).")
     interventions: list[str] = Field(default=[], description="YAML files of interventions (injected posts, statements, "

@@ -7,6 +7,8 @@ Measurement is kept out of it: it writes rows; evaluation reads them.
 
 from __future__ import annotations
 
+import math
+import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,17 +18,25 @@ from mfllm.data.loaders import load_event
 from mfllm.data.schema import Event, LoadReport
 from mfllm.interfaces import ContextProvider, LanguageModel, LLMMeanField, Prompt, SamplingParams
 from mfllm.manifest import base_manifest, derive_seed
-from mfllm.prompts import POLICY_STOP, bare_repost_text, needs_text, strip_marker
+from mfllm.prompts import action_choice, bare_repost_text, needs_text, policy_stops, strip_marker
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.methods import get_method
 from mfllm.simulation.methods.mean_field import mean_field_sampling
 from mfllm.simulation.interventions import Scheduled, file_digest, schedule_interventions
 from mfllm.simulation.scenario import Intervened, Replay, Scenario
-from mfllm.simulation.step import Agent, Step, StepContext, action_row, sample_choices
+from mfllm.simulation.step import Agent, Step, StepContext, action_row, fit_choice_calibration, sample_choices
+from mfllm.text import is_degenerate, normalise
 from mfllm.simulation.store import RunStore
 
 ProgressFactory = Callable[[int, str], Any]
 FAILED_EMPTY = "no text after a marker that needs one"
+REJECTIONS = ("empty", "repeat", "degenerate")
+"""Why a generated text is asked again (see :meth:`Simulator._rejected`)."""
+RETRY_HEAT = 0.2
+"""Temperature added per retry of a rejected text."""
+MAX_RETRY_TEMPERATURE = 1.4
+MIN_LENGTH_SAMPLES = 8
+"""Warm-up texts needed before action lengths follow the data (fewer: the fixed bound)."""
 
 
 def make_context(config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> ContextProvider:
@@ -48,37 +58,125 @@ class Simulator:
         self.steps = self.scenario.steps()
         self.context = make_context(config, event, mean_field_model)
         self.step_context = StepContext(event, self.context)
+        self.first_rollout_step = next((s.index for s in self.steps if s.phase == "rollout"), None)
+        self._length_pool: list[int] | None = None
+        self._calibration: list[tuple[dict[str, float], str]] = []
+        self._fitted: dict[str, Any] | None = None
+        self._taken: set[str] = set()
+        self.observed_choices: list[dict[str, Any]] = []
 
-    def _policy_params(self, step: Step, attempt: int) -> SamplingParams:
+    def _policy_params(self, step: Step, attempt: int, bounds: Sequence[int] | None) -> SamplingParams:
+        """The policy's sampling for an attempt: a retry (``attempt > 0``) has its own seed and samples
+        :data:`RETRY_HEAT` hotter per attempt (at most :data:`MAX_RETRY_TEMPERATURE`), so it can leave the
+        mode that made the rejected text."""
         seed = derive_seed(self.config.seed, step.index, "policy") if attempt == 0 else derive_seed(self.config.seed, step.index, "policy", attempt)
-        return SamplingParams(self.config.max_action_tokens, self.config.temperature, self.config.top_p, POLICY_STOP, seed)
+        config = self.config
+        temperature = config.temperature if attempt == 0 or config.temperature <= 0 else \
+            max(config.temperature, min(MAX_RETRY_TEMPERATURE, config.temperature + RETRY_HEAT * attempt))
+        return SamplingParams(config.max_action_tokens, temperature, config.top_p, policy_stops(self.event.language), seed,
+                              repetition_penalty=config.repetition_penalty, frequency_penalty=config.frequency_penalty,
+                              presence_penalty=config.presence_penalty, penalty_window=config.penalty_window,
+                              max_new_tokens_each=None if bounds is None else tuple(bounds))
+
+    def _warmup_texts(self) -> list[str]:
+        """The texts of the real warm-up reactions that wrote words (what action lengths follow)."""
+        return [a.real.text for step in self.steps if step.phase == "warmup" for a in self.scenario.agents(step)
+                if a.real is not None and needs_text(action_choice(a.real.kind, a.real.text)) and a.real.text.strip()]
+
+    def action_bounds(self, step: Step, count: int) -> list[int] | None:
+        """Each writing agent's bound on its action, in tokens: ``length_slack`` times the length of a real
+        warm-up reaction drawn at random (seeded by run seed and step), plus one, at most
+        ``max_action_tokens``; None (the fixed bound) with ``action_length=fixed`` or fewer than
+        :data:`MIN_LENGTH_SAMPLES` warm-up texts."""
+        if self.config.action_length == "fixed":
+            return None
+        if self._length_pool is None:
+            self._length_pool = sorted(self.policy.count_text_tokens(text) for text in self._warmup_texts())
+        if len(self._length_pool) < MIN_LENGTH_SAMPLES:
+            return None
+        rng = random.Random(derive_seed(self.config.seed, step.index, "length"))
+        return [min(self.config.max_action_tokens, math.ceil(self.config.length_slack * rng.choice(self._length_pool)) + 1) for _ in range(count)]
+
+    def _rejected(self, text: str, taken: set[str]) -> str | None:
+        """Why a generated text is asked again (one of :data:`REJECTIONS`): empty, or (with
+        ``resample_copies``) a repeat of a text in ``taken`` (the run's earlier texts and the step's texts so
+        far) or degenerate (:func:`mfllm.text.is_degenerate`)."""
+        if not text.strip():
+            return "empty"
+        if self.config.resample_copies:
+            if normalise(text) in taken:
+                return "repeat"
+            if is_degenerate(text):
+                return "degenerate"
+        return None
 
     def _generate(self, step: Step, prompts: list[Prompt]) -> tuple[list[str], dict[int, dict[str, Any]]]:
-        """One text per prompt (each ends after a kind marker that needs text). An empty text is a failed
-        generation: it is asked again, alone, with a new seed per attempt (recorded in its row); after the
-        last attempt it is recorded as a failure."""
+        """One text per prompt (each ends after a kind marker that needs text), each within its agent's bound.
+        A text that is empty, degenerate or a repeat of an earlier text of the run is asked again, with a new
+        seed per attempt, for those agents only; their rows record ``attempts``, the ``seed`` of the last and
+        why earlier ones were ``rejected``. After the last attempt an empty text is a ``failure``, and any
+        other text is kept with the reason it would have been rejected (``kept_despite``)."""
         language = self.event.language
-        texts = [strip_marker(text, language) for text in self.policy.generate(prompts, self._policy_params(step, 0))] if prompts else []
+        bounds = self.action_bounds(step, len(prompts))
+        texts = [strip_marker(text, language) for text in self.policy.generate(prompts, self._policy_params(step, 0, bounds))] if prompts else []
         notes: dict[int, dict[str, Any]] = {}
-        failed = [i for i, text in enumerate(texts) if not text.strip()]
+
+        def judge() -> list[int]:
+            taken, again = set(self._taken), []
+            for i, text in enumerate(texts):
+                reason = self._rejected(text, taken)
+                if reason is None:
+                    taken.add(normalise(text))
+                else:
+                    again.append(i)
+                    notes.setdefault(i, {"attempts": 1, "rejected": []})["rejected"].append(reason)
+            return again
+
+        again = judge()
         for attempt in range(1, self.config.max_generation_attempts):
-            if not failed:
+            if not again:
                 break
-            params = self._policy_params(step, attempt)
-            for i, text in zip(failed, self.policy.generate([prompts[i] for i in failed], params)):
+            params = self._policy_params(step, attempt, None if bounds is None else [bounds[i] for i in again])
+            for i, text in zip(again, self.policy.generate([prompts[i] for i in again], params)):
                 texts[i] = strip_marker(text, language)
-                notes[i] = {"attempts": attempt + 1, "seed": params.seed}
-            failed = [i for i in failed if not texts[i].strip()]
-        for i in failed:
-            notes[i] = {**notes.get(i, {"attempts": 1}), "failure": FAILED_EMPTY}
+                notes[i].update(attempts=attempt + 1, seed=params.seed)
+            again = judge()
+        for i in again:
+            reason = notes[i]["rejected"].pop()
+            notes[i].update({"failure": FAILED_EMPTY} if reason == "empty" else {"kept_despite": reason})
+            if not notes[i]["rejected"]:
+                del notes[i]["rejected"]
         return texts, notes
+
+    def _choice_calibration(self) -> dict[str, Any] | None:
+        """The kind-choice calibration of this run, fitted once on the warm-up's real reactors."""
+        if self._fitted is None and self.config.calibrate_choices and len(self.step_context.choices) > 1:
+            self._fitted = fit_choice_calibration(self._calibration)
+        return self._fitted
+
+    def _observe_choices(self, agents: list[Agent], active: list[Scheduled]) -> list[dict[str, Any]]:
+        """During warm-up: the policy's marker log-probs for each real reactor under the context it saw,
+        beside what it did (what the kind choice is calibrated on); recorded in the step's journal entry."""
+        if not self.config.calibrate_choices or len(self.step_context.choices) == 1:
+            return []
+        reactors = [a for a in agents if a.real is not None]
+        if not reactors:
+            return []
+        logprobs = self.step_context.choice_logprobs(self.policy, self.step_context.prompts(reactors, active))
+        observed = [{"logprobs": {c: round(v, 6) for c, v in lp.items()}, "choice": action_choice(a.real.kind, a.real.text)}
+                    for a, lp in zip(reactors, logprobs)]
+        self._calibration += [(o["logprobs"], o["choice"]) for o in observed]
+        return observed
 
     def _act(self, step: Step, agents: list[Agent], active: list[Scheduled]) -> tuple[list[dict[str, float]], list[str], list[Prompt],
                                                                                        list[str], dict[int, dict[str, Any]]]:
-        """The agents' actions: each kind drawn from the policy's marker probabilities, then the texts of the
-        kinds that need one (a bare repost carries the platform's default text). Returns the probabilities,
-        choices, prompts (ending after each chosen marker), texts and per-agent generation notes."""
-        probabilities = self.step_context.choice_probabilities(self.policy, self.step_context.prompts(agents, active))
+        """The agents' actions: each kind drawn from the policy's marker probabilities (calibrated on the
+        warm-up, or at the run's temperature), then the texts of the kinds that need one (a bare repost
+        carries the platform's default text). Returns the probabilities, choices, prompts (ending after each
+        chosen marker), texts and per-agent generation notes."""
+        calibration = self._choice_calibration()
+        probabilities = self.step_context.choice_probabilities(self.policy, self.step_context.prompts(agents, active), self.config.temperature,
+                                                               calibration)
         choices = sample_choices(probabilities, derive_seed(self.config.seed, step.index, "choice"))
         prompts = self.step_context.prompts(agents, active, choices)
         writing = [i for i, choice in enumerate(choices) if needs_text(choice)]
@@ -101,7 +199,9 @@ class Simulator:
         active = list(self.scenario.interventions(step))
         injected = self.step_context.begin(step.index, active) if active else []
         mean_field_seed = derive_seed(self.config.seed, step.index, "mean_field")
+        self.observed_choices = []
         if step.phase == "warmup":
+            self.observed_choices = self._observe_choices(agents, active)
             actions = [self.step_context.action(a, a.real.text, a.real.kind) for a in agents
                        if a.real is not None and not (active and self.step_context.removed_by(a, a.real.text, a.real.kind, active))]
             self.step_context.observe([*injected, *actions], mean_field_seed)
@@ -117,6 +217,7 @@ class Simulator:
             elif active and (moderation := self.step_context.removed_by(agent, text, row["sim_kind"], active)):
                 row["moderated"] = moderation
             rows.append(row)
+        self._taken.update(normalise(row["sim_text"]) for row in rows if needs_text(row["sim_choice"]) and "failure" not in row)
         actions = [self.step_context.action(agent, row["sim_text"], row["sim_kind"])
                    for agent, row in zip(agents, rows) if "failure" not in row and "moderated" not in row]
         self.step_context.observe([*injected, *actions], mean_field_seed)
@@ -128,6 +229,9 @@ class Simulator:
         committed = store.rollback_to_committed(self.steps, records_mean_field)
         if committed:
             self.context.load_state_dict(committed[-1]["context_state"])
+        self._calibration = [(o["logprobs"], o["choice"]) for record in committed for o in record.get("choices_observed", [])]
+        self._taken = {normalise(text) for text in [self.event.source.text, *self._warmup_texts()]}
+        self._taken.update(normalise(row["sim_text"]) for row in store.actions() if needs_text(row["sim_choice"]) and "failure" not in row)
         remaining = self.steps[len(committed):]
         rollout_agents = sum(len(s.positions) for s in remaining if s.phase == "rollout")
         bar = progress(rollout_agents, f"{self.event.event_id} {self.config.method}") if progress else None
@@ -140,6 +244,10 @@ class Simulator:
             starting = [s.id for s in self.scenario.interventions(step) if s.start == step.index]
             if starting:
                 record["interventions"] = starting
+            if self.observed_choices:
+                record["choices_observed"] = self.observed_choices
+            if step.phase == "rollout" and step.index == self.first_rollout_step and self._fitted:
+                record["choice_calibration"] = self._fitted
             store.commit({**record, "context_state": self.context.state_dict()}, rows, entry)
             simulated += len(rows)
             if bar is not None and rows:
@@ -166,6 +274,13 @@ def _manifest(config: SimulationConfig, event: Event, report: LoadReport, simula
         sampling = mean_field_sampling(config)
         manifest["mean_field_sampling"] = {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
                                            "top_p": sampling.top_p, "top_k": sampling.top_k}
+    policy = simulator._policy_params(simulator.steps[0], 0, None)
+    manifest["policy_sampling"] = {"temperature": policy.temperature, "top_p": policy.top_p, "top_k": policy.top_k,
+                                   "repetition_penalty": policy.repetition_penalty, "frequency_penalty": policy.frequency_penalty,
+                                   "presence_penalty": policy.presence_penalty, "penalty_window": policy.penalty_window,
+                                   "max_new_tokens": policy.max_new_tokens, "action_length": config.action_length,
+                                   "length_slack": config.length_slack, "resample_copies": config.resample_copies,
+                                   "calibrate_choices": config.calibrate_choices}
     manifest["status"] = "running"
     return manifest
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import math
 import random
+
+import numpy as np
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Sequence
 
@@ -76,6 +78,61 @@ def sample_choices(probabilities: Sequence[dict[str, float]], seed: int) -> list
     return [rng.choices(list(p), weights=list(p.values()))[0] for p in probabilities]
 
 
+def choice_distribution(logprobs: dict[str, float], temperature: float, calibration: dict[str, Any] | None = None) -> dict[str, float]:
+    """The probabilities of the choices from the policy's marker log-probs. Uncalibrated:
+    ``softmax(logprob / T)`` (``T`` the run's temperature; at 0 the most likely choice is certain).
+    Calibrated (:func:`fit_choice_calibration`): ``softmax(scale * logprob + offset)``, the fitted scale
+    standing in for the temperature."""
+    if calibration:
+        scaled = {c: calibration["scale"] * lp + calibration["offsets"].get(c, 0.0) for c, lp in logprobs.items()}
+    elif temperature <= 0:
+        best = max(logprobs, key=logprobs.__getitem__)
+        return {c: float(c == best) for c in logprobs}
+    else:
+        scaled = {c: lp / temperature for c, lp in logprobs.items()}
+    top = max(scaled.values())
+    weights = {c: math.exp(v - top) for c, v in scaled.items()}
+    total = sum(weights.values())
+    return {c: w / total for c, w in weights.items()}
+
+
+CALIBRATION_RIDGE = 0.05
+"""Weight of the penalty ``sum(offset**2)`` in the calibration fit: keeps a choice absent from the warm-up
+possible and the fit finite on a short warm-up."""
+MAX_CALIBRATION_SCALE = 1.0
+"""The fitted scale of the marker log-probs is kept in ``[0, 1]``: calibration may trust the policy less,
+never more sharply than it speaks."""
+
+
+def fit_choice_calibration(observed: Sequence[tuple[dict[str, float], str]]) -> dict[str, Any] | None:
+    """A calibration of the kind choice on the warm-up's real reactors (``observed``: each one's marker
+    log-probs under the context it saw, and what it really did): ``softmax(scale * logprob + offset)``
+    fitted by maximum likelihood (Platt-style scaling: one shared scale, an offset per choice, the first
+    choice's fixed at 0, a small ridge :data:`CALIBRATION_RIDGE` on the offsets). The offsets remove the
+    policy's own bias towards a marker (a base model prefers ``[评论]``); the scale says how far its
+    context-driven changes predict what people did (near 0: the warm-up mix, whatever the context). None
+    without observations."""
+    from scipy.optimize import minimize
+
+    if not observed:
+        return None
+    choices = list(observed[0][0])
+    logprobs = np.array([[lp[c] for c in choices] for lp, _ in observed])
+    logprobs -= logprobs.max(axis=1, keepdims=True)
+    made = np.array([choices.index(c) for _, c in observed])
+
+    def loss(theta: np.ndarray) -> float:
+        logits = theta[0] * logprobs + np.concatenate(([0.0], theta[1:]))
+        top = logits.max(axis=1, keepdims=True)
+        log_norm = (top + np.log(np.exp(logits - top).sum(axis=1, keepdims=True)))[:, 0]
+        return float(-(logits[np.arange(len(made)), made] - log_norm).sum() + CALIBRATION_RIDGE * (theta[1:] ** 2).sum())
+
+    start = np.zeros(len(choices))
+    start[0] = MAX_CALIBRATION_SCALE
+    fit = minimize(loss, start, method="L-BFGS-B", bounds=[(0.0, MAX_CALIBRATION_SCALE)] + [(None, None)] * (len(choices) - 1))
+    return {"scale": round(float(fit.x[0]), 6), "offsets": {c: round(float(v), 6) for c, v in zip(choices, [0.0, *fit.x[1:]])}}
+
+
 class StepContext:
     """An event seen through one context provider: the policy prompts of a step and the actions the
     provider takes in. The provider's state is the only thing that changes between steps."""
@@ -108,20 +165,20 @@ class StepContext:
                               "\n".join(part for part in (self.exposure_block(agent, active), block) if part) or None, choice)
                 for agent, choice in zip(agents, chosen)]
 
-    def choice_probabilities(self, policy: LanguageModel, prompts: Sequence[Prompt]) -> list[dict[str, float]]:
-        """The policy's own probabilities of each kind marker after each prompt, normalised over the
-        choices the event's platform offers (no fixed rate or rule: the context moves them)."""
+    def choice_logprobs(self, policy: LanguageModel, prompts: Sequence[Prompt]) -> list[dict[str, float]]:
+        """The policy's own log-probabilities of each kind marker the event's platform offers, after each
+        prompt (no fixed rate or rule: the context moves them); a single choice gets 0."""
         if len(self.choices) == 1:
-            return [{self.choices[0]: 1.0} for _ in prompts]
+            return [{self.choices[0]: 0.0} for _ in prompts]
         markers = [marker(choice, self.language) for choice in self.choices]
         scores = policy.score([p for p in prompts for _ in markers], markers * len(prompts))
-        probabilities = []
-        for i in range(len(prompts)):
-            logprobs = [s.logprob for s in scores[i * len(markers):(i + 1) * len(markers)]]
-            top = max(logprobs)
-            weights = [math.exp(lp - top) for lp in logprobs]
-            probabilities.append({choice: w / sum(weights) for choice, w in zip(self.choices, weights)})
-        return probabilities
+        return [{choice: s.logprob for choice, s in zip(self.choices, scores[i * len(markers):(i + 1) * len(markers)])}
+                for i in range(len(prompts))]
+
+    def choice_probabilities(self, policy: LanguageModel, prompts: Sequence[Prompt], temperature: float = 1.0,
+                             calibration: dict[str, Any] | None = None) -> list[dict[str, float]]:
+        """Each prompt's probabilities of the choices (:func:`choice_distribution` of :meth:`choice_logprobs`)."""
+        return [choice_distribution(lp, temperature, calibration) for lp in self.choice_logprobs(policy, prompts)]
 
     def continuation(self, kind: str, text: str) -> str:
         """A recorded action as the policy would write it after its prompt: marker, then text."""

@@ -69,6 +69,11 @@ def method_names() -> tuple[str, ...]:
     return tuple(sorted(_REGISTRY, key=lambda n: (_REGISTRY[n].is_baseline, n)))
 
 
+def default_method_names() -> tuple[str, ...]:
+    """The registered methods a comparison runs when none are named: every method but ablations."""
+    return tuple(name for name in method_names() if _REGISTRY[name].ablation_of is None)
+
+
 def baseline_names() -> tuple[str, ...]:
     """The methods that mean-field methods are compared against."""
     return tuple(name for name in method_names() if _REGISTRY[name].is_baseline)
@@ -79,4 +84,4 @@ def mean_field_names() -> tuple[str, ...]:
     return tuple(name for name in method_names() if not _REGISTRY[name].is_baseline)
 
 
-__all__ = ["ALIASES", "ENTRY_POINT_GROUP", "baseline_names", "get_method", "mean_field_names", "method_names", "register", "resolve_method"]
+__all__ = ["ALIASES", "ENTRY_POINT_GROUP", "baseline_names", "default_method_names", "get_method", "mean_field_names", "method_names", "register", "resolve_method"]

@@ -1,22 +1,44 @@
-"""The memory of recent actions that the Recent-k and Popular-k baselines show from."""
+"""The memory of recent actions that the Recent-k and Popular-k baselines show from, and the rule every
+context applies before showing an action: nothing that would feed a collapse of the population."""
 
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from mfllm.interfaces import AgentAction, ContextProvider
+from mfllm.prompts import action_choice, needs_text
+from mfllm.text import is_degenerate, normalise
+
+
+def showable(actions: Iterable[AgentAction], shown: Iterable[AgentAction] = ()) -> list[AgentAction]:
+    """The ``actions`` a context may show next to ``shown``: a bare repost always; an action with words unless
+    its text is degenerate (:func:`mfllm.text.is_degenerate`) or repeats (:func:`mfllm.text.normalise`) a
+    text already shown or earlier in ``actions``. Real users do not repeat each other word for word; a
+    context that showed the simulated population's repeats and loops would teach the next agents to copy
+    them."""
+    taken = {normalise(a.text) for a in shown if needs_text(action_choice(a.kind, a.text))}
+    kept = []
+    for action in actions:
+        if needs_text(action_choice(action.kind, action.text)):
+            key = normalise(action.text)
+            if key in taken or is_degenerate(action.text):
+                continue
+            taken.add(key)
+        kept.append(action)
+    return kept
 
 
 class ActionMemory(ContextProvider):
-    """Keeps the last ``capacity`` actions, oldest first; subclasses choose which to show."""
+    """Keeps the last ``capacity`` showable actions (:func:`showable`), oldest first; subclasses choose which
+    to show."""
 
     def __init__(self, language: str, capacity: int):
         self.language, self.capacity = language, capacity
         self.memory: list[AgentAction] = []
 
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
-        self.memory = (self.memory + list(actions))[-self.capacity:]
+        self.memory = (self.memory + showable(actions, self.memory))[-self.capacity:]
 
     def state_dict(self) -> dict[str, Any]:
         return {"memory": [asdict(a) for a in self.memory]}
