@@ -384,7 +384,7 @@ def test_the_comparison_report_renders_in_headless_chromium(compared: dict[str, 
     assert drawn["errors"] == []
     assert len(drawn["charts"]) == page.count('<div class="chart-box">') == 2  # mentions, other
     assert all(rendered and width > 0 for rendered, width in drawn["charts"]), drawn
-    assert "<script src=" not in page and "<link" not in page  # stands alone: scripts, styles and font inlined
+    assert "<script src=" not in page and "rel=\"stylesheet\"" not in page  # stands alone: scripts, styles and font inlined
 
 
 def test_cli_simulate_branch_and_compare(demo_event_path: Path, tmp_path: Path) -> None:
