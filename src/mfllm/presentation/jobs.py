@@ -32,7 +32,7 @@ from mfllm.analysis.forecast import ForecastConfig
 from mfllm.analysis.plan import PlanConfig
 from mfllm.configuration import YamlConfig
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.store import ACTIONS, MANIFEST, RunStore
+from mfllm.simulation.store import ACTIONS, MANIFEST, RunStore, _process_alive
 
 JOBS = "jobs"
 JOB_FILE, STATUS_FILE, LOG_FILE, OUTPUT = "job.json", "status.json", "job.log", "output"
@@ -125,20 +125,15 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def _alive(pid: int, directory: Path) -> bool:
-    """Whether process ``pid`` is this job's (alive, and on Linux running this job directory)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+    """Whether process ``pid`` is this job's: alive and, where /proc tells, running this job directory and not a zombie."""
+    if not _process_alive(pid):
         return False
-    except PermissionError:
-        return True
-    cmdline = Path(f"/proc/{pid}/cmdline")
-    if cmdline.exists():
-        try:
-            return str(directory).encode() in cmdline.read_bytes() and b"Z" not in Path(f"/proc/{pid}/stat").read_bytes().split(b")")[-1][:3]
-        except OSError:
-            return False
-    return True
+    proc = Path(f"/proc/{pid}")
+    try:
+        return not proc.exists() or (str(directory).encode() in (proc / "cmdline").read_bytes()
+                                     and (proc / "stat").read_bytes().rsplit(b")", 1)[-1].split()[0] != b"Z")
+    except OSError:
+        return False
 
 
 class Jobs:
