@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import random
 from pathlib import Path
@@ -224,10 +225,16 @@ def test_report_is_a_self_contained_page(fake_runs: list[Path], tmp_path: Path) 
     evaluations = [evaluate_run(run, labeller, dimensions) for run in fake_runs]
     index = write_report(evaluations, dimensions, tmp_path / "report")
     page = index.read_text()
-    assert page.count("data:image/png;base64,") >= 4 and "Headline" in page and "<table>" in page
+    assert "Headline" in page and "<table>" in page and "<script src=" not in page and "rel=\"stylesheet\"" not in page  # stands alone
     # the mean field's shares come from the lexicons: their dimensions are no measure of it
     assert f"mean KL of {resolve_method('mf')}" in page and "left out as circular: emotion, sentiment" in page
-    assert {p.name for p in (tmp_path / "report" / "figures").iterdir()} >= {"kl_by_method.png", "trajectory_4484800548711562_sentiment.png"}
+    context = json.loads((tmp_path / "report" / "page.json").read_text(encoding="utf-8"))["context"]
+    assert page.count('<figure class="intervals">') == len(context["metric_plots"]) >= 2  # kl, js, ...
+    sentiment = next(t for t in context["trajectories"] if t["dimension"] == "sentiment")
+    steps = sentiment["charts"][0]["x"]["values"]
+    assert sentiment["charts"][0]["x"]["label"] == "step" and steps == sorted(steps) and steps[0] >= 1  # steps, not 0-1 window ticks
+    assert len(sentiment["charts"]) == len(SENTIMENT.labels) and page.count('<div class="chart-box">') >= len(SENTIMENT.labels)
+    assert ("Unlabelled items" in page) == bool(context["unlabelled"])  # no empty heading
     for name in ("metrics.json", "metrics.csv", "summary.csv", "labels.csv"):
         assert (tmp_path / "report" / name).stat().st_size > 0
 

@@ -128,7 +128,9 @@ def test_the_forecast_writes_bands_volume_and_a_report(past_the_end: dict) -> No
         by_window[(row["dimension"], row["window"])] = by_window.get((row["dimension"], row["window"]), 0.0) + float(row["share"])
     assert all(total == pytest.approx(1.0) for total in by_window.values())
     page = result.report.read_text(encoding="utf-8")
-    assert page.count("<img") == 3 and "past the end of the data" in page  # volume, sentiment, behaviour
+    charts = page.count('<div class="chart-box">')
+    assert charts == 1 + sum(len(labels) for labels in ensemble.labels.values()) and "past the end of the data" in page  # volume, each label
+    assert "hours after the origin" in page and "<img" not in page
 
 
 def test_a_forecast_resumes_without_model_calls_and_refuses_to_start_over(past_the_end: dict) -> None:
@@ -237,6 +239,9 @@ def test_a_plan_ranks_the_candidate_the_model_reacts_to_first_within_its_budget(
     assert branch["branch"]["at"] == origin_step and branch["interventions"]["scheduled"][0]["start_step"] == origin_step
     recorded = json.loads((tmp_path / "plan" / "plan.json").read_text(encoding="utf-8"))
     assert recorded["ranking"][0]["candidate"] == "c1" and recorded["validation"][0]["accuracy"] > 0.5
+    page = result.report.read_text(encoding="utf-8")
+    assert page.count('<figure class="intervals">') == 2 and page.count('<div class="chart-box">') == 1  # share, effect; rounds
+    assert "1. c1" in page and "Intervention search: lower the share of &#39;negative&#39; on sentiment" in page
     with pytest.raises(FileExistsError):
         plan(config, pool=FixedPool(model))
     calls = model.usage.generate_calls

@@ -372,17 +372,22 @@ def test_the_comparison_report_renders_in_headless_chromium(compared: dict[str, 
     browser = _chromium()
     assert browser, "chromium is missing: `make setup` installs it from Debian's packages"
     index: Path = compared["index"]
-    probe = index.parent / "probe.html"  # the report, plus a script that lists each image's load state after the page loads
-    script = ("<script>addEventListener('load',()=>document.body.setAttribute('data-images',JSON.stringify("
-              "[...document.images].map(i=>[i.complete,i.naturalWidth,i.naturalHeight]))))</script>")
-    probe.write_text(index.read_text(encoding="utf-8").replace("</body>", script + "</body>"), encoding="utf-8")
+    probe = index.parent / "probe.html"  # the report, plus scripts that note errors and, after load, each chart's canvas
+    catch = "<script>window.errors=[];addEventListener('error',e=>window.errors.push(String(e.message)))</script>"
+    script = ("<script>addEventListener('load',()=>document.body.setAttribute('data-charts',JSON.stringify({errors:window.errors,"
+              "charts:[...document.querySelectorAll('figure.chart')].map(f=>[f.dataset.rendered==='true',"
+              "(f.querySelector('canvas')||{}).width||0])})))</script>")
+    page = index.read_text(encoding="utf-8")
+    probe.write_text(page.replace("<head>", "<head>" + catch, 1).replace("</body>", script + "</body>"), encoding="utf-8")
     result = subprocess.run([browser, "--headless", "--no-sandbox", "--disable-gpu", f"--user-data-dir={tmp_path / 'profile'}",
                              "--virtual-time-budget=10000", "--dump-dom", probe.as_uri()], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "What if: counterfactual vs factual continuation" in result.stdout
-    images = json.loads(re.search(r'data-images="([^"]*)"', result.stdout).group(1).replace("&quot;", '"'))  # type: ignore[union-attr]
-    assert len(images) == index.read_text(encoding="utf-8").count("<img") == 2
-    assert all(complete and width > 0 and height > 0 for complete, width, height in images), images
+    drawn = json.loads(re.search(r'data-charts="([^"]*)"', result.stdout).group(1).replace("&quot;", '"'))  # type: ignore[union-attr]
+    assert drawn["errors"] == []
+    assert len(drawn["charts"]) == page.count('<div class="chart-box">') == 2  # mentions, other
+    assert all(rendered and width > 0 for rendered, width in drawn["charts"]), drawn
+    assert "<script src=" not in page and "rel=\"stylesheet\"" not in page  # stands alone: scripts, styles and font inlined
 
 
 def test_cli_simulate_branch_and_compare(demo_event_path: Path, tmp_path: Path) -> None:

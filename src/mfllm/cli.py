@@ -19,6 +19,7 @@ from mfllm.analysis.plan import PlanConfig
 from mfllm.configuration import YamlConfig
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.validate import GOLD_SETS
+from mfllm.presentation.app import UiConfig
 from mfllm.simulation.config import SimulationConfig
 from mfllm.training.config import TrainConfig
 from mfllm.training.labeller import LabellerTrainConfig
@@ -33,7 +34,7 @@ COMPARE_SKIPPED = ("window", "nll", "information_gain")
 """EvaluationConfig fields a branch comparison does not use (it compares per step, without scoring)."""
 CONFIGS: dict[str, type[YamlConfig]] = {"simulate": SimulationConfig, "train": TrainConfig, "evaluate": EvaluationConfig,
                                         "ablate": AblationConfig, "backtest": BacktestConfig, "branch": BranchConfig, "compare": CompareConfig,
-                                        "demo": DemoConfig, "forecast": ForecastConfig, "plan": PlanConfig}
+                                        "demo": DemoConfig, "forecast": ForecastConfig, "plan": PlanConfig, "ui": UiConfig}
 
 
 _BARS: list[Any] = []
@@ -368,6 +369,13 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_ui(args: argparse.Namespace) -> int:
+    from mfllm.presentation.app import serve
+
+    serve(UiConfig.from_sources(None, UiConfig.overrides(args)))
+    return 0
+
+
 def _forecast_parsers(sub: Any) -> None:
     fc = sub.add_parser("forecast", help="forecast past a real prefix with an ensemble (label shares and volume with bands); "
                                          "--score: from origins inside real events, scored against what happened and naive forecasts")
@@ -385,6 +393,10 @@ def _forecast_parsers(sub: Any) -> None:
                                           "target_label": ["--label"]})
     pl.add_argument("--resume", action="store_true", help="continue the plan's runs (a larger budget goes on from them)")
     pl.set_defaults(func=_cmd_plan)
+
+    ui = sub.add_parser("ui", help="the web app over a project folder: launch, watch, steer and compare runs in a browser")
+    UiConfig.add_arguments(ui)
+    ui.set_defaults(func=_cmd_ui)
 
 
 # ---------------------------------------------------------------- parser

@@ -12,7 +12,6 @@ reused, so an interrupted backtest continues where it stopped.
 from __future__ import annotations
 
 import hashlib
-import html
 import itertools
 import json
 from pathlib import Path
@@ -127,16 +126,6 @@ def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, exec
     return [cached[run] for run in runs], dimensions
 
 
-def _paired_section(evaluations: list[RunEvaluation]) -> str:
-    rows = paired_comparisons(evaluations)
-    parts = ["<h2>Paired comparisons (method minus baseline, same event and seed)</h2>",
-             "<table><tr><th>method</th><th>baseline</th><th>metric</th><th>difference</th><th>95% CI</th><th>events</th><th>pairs</th></tr>"]
-    parts += [f"<tr><td class=t>{html.escape(r['method'])}</td><td class=t>{html.escape(r['baseline'])}</td><td class=t>{r['metric']}</td>"
-              f"<td>{r['difference']:.4f}</td><td>{r['ci_low']:.4f} – {r['ci_high']:.4f}</td><td>{r['events']}</td><td>{r['pairs']}</td></tr>"
-              for r in rows]
-    return "\n".join(parts + ["</table>"])
-
-
 def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Run (or continue) the backtest; returns {"report": index page, "points": per grid point, the
     headline and the paired comparisons}. Results are also in ``<output>/backtest.json``."""
@@ -166,37 +155,19 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
                              executor=executor, pool_options=pool_options)
         evaluations, dimensions = _evaluate_cached(runs, evaluation, pool, executor, pool_options)
         report = write_report(evaluations, dimensions, Path(config.output) / "report" / name if len(grid) > 1 else Path(config.output) / "report",
-                              sections=[_paired_section(evaluations)])
+                              paired=paired_comparisons(evaluations))
         points.append({"point": point, "name": name, "report": str(report), "headlines": headlines(evaluations),
                        "realism_headline": realism_headline(evaluations), "paired": paired_comparisons(evaluations)})
     if len(grid) > 1:
-        index = Path(config.output) / "report" / "index.html"
-        index.write_text(_sensitivity_page(points), encoding="utf-8")
+        from mfllm.presentation.render import write_page
+
+        index = write_page(Path(config.output) / "report", "sensitivity.html", {"title": "mfllm backtest: sensitivity", "points": [
+            {"name": p["name"], "point": json.dumps(p["point"]), "headlines": p["headlines"]} for p in points]})
     else:
         index = Path(points[0]["report"])
     summary = {"report": str(index), "events": events, "methods": methods, "seeds": config.seeds, "points": points}
     (Path(config.output) / "backtest.json").write_text(json.dumps(summary, indent=1, default=str), encoding="utf-8")
     return summary
-
-
-def _interval_text(top: dict[str, Any]) -> str:
-    return top["ci_note"] or f"{top['ci_low']:.0%} – {top['ci_high']:.0%}"
-
-
-def _sensitivity_page(points: list[dict[str, Any]]) -> str:
-    """An index over grid points: the headline of each, linking its full report."""
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>mfllm backtest: sensitivity</title></head><body>",
-             "<h1>Backtest sensitivity</h1><table border=1><tr><th>grid point</th><th>mean field</th><th>best baseline</th>"
-             "<th>mean field's mean KL</th><th>baseline mean KL</th><th>relative KL reduction</th><th>95% CI</th></tr>"]
-    for p in points:
-        link = f"<a href='{html.escape(p['name'])}/index.html'>{html.escape(json.dumps(p['point']))}</a>"
-        for top in p["headlines"]:
-            parts.append(f"<tr><td>{link}</td><td>{top['method']}</td><td>{top['best_baseline']}</td><td>{top['method_kl']:.3f}</td>"
-                         f"<td>{top['baseline_kl']:.3f}</td><td>{top['relative_kl_reduction']:.0%}</td>"
-                         f"<td>{_interval_text(top)}</td></tr>")
-        if not p["headlines"]:
-            parts.append(f"<tr><td>{link}</td><td colspan=6>no mean-field method with a baseline to compare</td></tr>")
-    return "\n".join(parts + ["</table></body></html>"])
 
 
 __all__ = ["BacktestConfig", "backtest"]

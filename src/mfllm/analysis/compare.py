@@ -15,7 +15,6 @@ by a moderation are left out of an arm's shares (they are not seen) unless ``inc
 from __future__ import annotations
 
 import csv
-import html
 import json
 import math
 from dataclasses import dataclass, field
@@ -30,12 +29,8 @@ from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import Dimension, resolve_dimensions
 from mfllm.evaluation.labellers import LabelItem, Labeller
 from mfllm.evaluation.metrics import counts, kl_divergence, smoothed
-from mfllm.evaluation.report import _fmt, _img, _pyplot, mark_steps, save_share_panels
 from mfllm.simulation.engine import ProgressFactory
 from mfllm.simulation.store import RunStore
-
-ARM_COLOURS = {"real": "black", "factual": "tab:blue", "counterfactual": "tab:red"}
-
 
 class CompareConfig(EvaluationConfig):
     """How the arms of a branch are labelled and compared."""
@@ -210,47 +205,49 @@ def _band(matrices: Sequence[np.ndarray], k: int) -> tuple[np.ndarray, np.ndarra
     return mean, low, high
 
 
-def trajectory_figure(comparison: DimensionComparison, marks: Sequence[tuple[int, str]], path: Path) -> Path:
-    """Each label's share per step: the real continuation, and each arm's ensemble mean with its 5-95% band."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, len(comparison.labels), figsize=(3.2 * len(comparison.labels), 3.0), sharey=True, squeeze=False)
-    x = np.array(comparison.steps)
+def share_charts(comparison: DimensionComparison, marks: Sequence[tuple[int, str]]) -> list[dict[str, Any]]:
+    """One chart per label: its share per step in the real continuation and in each arm (ensemble mean, 5-95% band)."""
+    from mfllm.presentation.charts import line_chart, series
+
+    charts = []
     for k, label in enumerate(comparison.labels):
-        ax = axes[0][k]
-        if comparison.real is not None:
-            ax.plot(x, comparison.real[:, k], color=ARM_COLOURS["real"], linewidth=2, label="real")
+        lines = [series("real", comparison.real[:, k], width=2.5)] if comparison.real is not None else []
         for arm, runs in comparison.shares.items():
             mean, low, high = _band(list(runs.values()), k)
-            ax.plot(x, mean, color=ARM_COLOURS[arm], label=f"{arm} (n={len(runs)} seeds)")
-            ax.fill_between(x, low, high, color=ARM_COLOURS[arm], alpha=0.2)
-        mark_steps(ax, marks)
-        ax.set_title(label)
-        ax.set_xlabel("step")
-    return save_share_panels(fig, axes, f"{comparison.dimension}: label shares per step by arm (bands: 5-95% of the seed ensemble)",
-                             path, dpi=100)
+            lines.append(series(f"{arm} (n={len(runs)} seeds)", mean, low=low, high=high))
+        charts.append(line_chart(f"{comparison.dimension}: {label}", "step", comparison.steps, lines, marks=marks, integer_x=True,
+                                 note="share per step; bands: 5-95% of the seeds"))
+    return charts
 
 
-def effect_figure(comparisons: Sequence[DimensionComparison], path: Path, confidence: float) -> Path | None:
-    """Difference in pooled shares (counterfactual minus factual) per label, with bootstrap CIs."""
-    rows = [(c.dimension, label, d) for c in comparisons for label, d in zip(c.labels, c.difference)]
-    if not rows:
-        return None
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.45 * len(rows)), 3.4))
-    means = np.array([d.mean for _, _, d in rows])
-    errors = np.array([[0.0 if math.isnan(d.low) else d.mean - d.low for _, _, d in rows],
-                       [0.0 if math.isnan(d.high) else d.high - d.mean for _, _, d in rows]])
-    ax.bar(range(len(rows)), means, yerr=errors, color=[ARM_COLOURS["counterfactual"] if m >= 0 else ARM_COLOURS["factual"] for m in means],
-           capsize=2)
-    ax.axhline(0, color="black", linewidth=0.8)
-    ax.set_xticks(range(len(rows)), [f"{dim}:{label}" for dim, label, _ in rows], rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("share difference")
-    ax.set_title(f"Counterfactual minus factual share ({confidence:.0%} bootstrap CI over seeds)", fontsize=9)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+def page_context(comparison: Comparison, config: CompareConfig) -> dict[str, Any]:
+    """What the comparison page (``compare.html``) shows: the branch, its interventions, the effects with CIs and
+    the share charts."""
+    from mfllm.presentation.charts import interval_plot
+
+    at = int(comparison.branch["at"])
+    names: dict[int, list[str]] = {at: ["branch"]}
+    for item in comparison.interventions:
+        if int(item["start_step"]) >= at:
+            names.setdefault(int(item["start_step"]), []).append(str(item["id"]))
+    marks = [(step, ", ".join(labels)) for step, labels in sorted(names.items())]
+    interventions = [{"id": i["id"], "kind": i["spec"]["kind"], "start_step": i["start_step"], "end_step": i["end_step"],
+                      "what": i["spec"].get("text") or json.dumps(i["spec"].get("rule"), ensure_ascii=False)} for i in comparison.interventions]
+    effects = []
+    for d in comparison.dimensions:
+        effects += [{"dimension": d.dimension, "effect": "share difference", "label": label, **x.as_dict()} for label, x in zip(d.labels, d.difference)]
+        effects += [{"dimension": d.dimension, "effect": "KL(counterfactual‖factual)", "label": "", **d.kl_between_arms.as_dict()}] \
+            if d.kl_between_arms else []
+        effects += [{"dimension": d.dimension, "effect": f"KL(real‖{arm})", "label": "", **x.as_dict()} for arm, x in d.fidelity.items()]
+    level = f"{config.confidence:.0%}"
+    differences = [{"label": f"{e['dimension']}: {e['label']}", "mean": e["mean"], "low": e["ci_low"], "high": e["ci_high"],
+                    "group": "counterfactual" if e["mean"] >= 0 else "factual"} for e in effects if e["effect"] == "share difference"]
+    return {"title": "mfllm branch comparison", "branch": comparison.branch, "seeds": comparison.seeds, "level": level,
+            "moderated": comparison.moderated, "include_moderated": config.include_moderated, "interventions": interventions,
+            "effects": effects,
+            "difference_plot": interval_plot(f"Counterfactual minus factual share ({level} bootstrap CI over seeds)", differences,
+                                             "share difference (counterfactual − factual)") if differences else None,
+            "dimensions": [{"name": d.dimension, "charts": share_charts(d, marks)} for d in comparison.dimensions]}
 
 
 def _write_effects(comparison: Comparison, path: Path) -> None:
@@ -268,51 +265,13 @@ def _write_effects(comparison: Comparison, path: Path) -> None:
 
 def write_comparison(branch_dir: str | Path, output: str | Path, config: CompareConfig | None = None,
                      labeller: Labeller | None = None, progress: ProgressFactory | None = None) -> Path:
-    """Compare a branch's arms and write ``compare.json``, ``effects.csv``, ``figures/*.png`` and ``index.html``."""
+    """Compare a branch's arms and write ``compare.json``, ``effects.csv`` and the page ``index.html`` (with ``page.json``)."""
+    from mfllm.presentation.render import write_page
+
     config = config or CompareConfig()
     comparison = compare_branch(branch_dir, config, labeller, progress)
     out = Path(output)
-    figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "compare.json").write_text(json.dumps(comparison.to_json(), indent=1, ensure_ascii=False), encoding="utf-8")
     _write_effects(comparison, out / "effects.csv")
-    at = int(comparison.branch["at"])
-    names: dict[int, list[str]] = {at: ["branch"]}
-    for item in comparison.interventions:
-        if int(item["start_step"]) >= at:
-            names.setdefault(int(item["start_step"]), []).append(str(item["id"]))
-    marks = [(step, ", ".join(labels)) for step, labels in sorted(names.items())]
-    figures = [trajectory_figure(d, marks, figures_dir / f"shares_{d.dimension}.png") for d in comparison.dimensions]
-    effect = effect_figure(comparison.dimensions, figures_dir / "effects.png", config.confidence)
-    level = f"{config.confidence:.0%}"
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>mfllm branch comparison</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.t{text-align:left}img{max-width:100%}</style></head><body>",
-        "<h1>What if: counterfactual vs factual continuation</h1>",
-        f"<p>Parent run <code>{html.escape(str(comparison.branch['parent']))}</code>, branched at step {at}; "
-        f"seeds {', '.join(map(str, comparison.seeds))} (each arm of a seed draws the same model-call seeds). "
-        f"Shares are over the continuation (steps from {at} on); intervals are {level} percentile bootstrap CIs over seeds "
-        f"(none with one seed). Actions removed by moderation: "
-        f"{', '.join(f'{arm} {n}' for arm, n in comparison.moderated.items())}"
-        f"{' (counted in shares)' if config.include_moderated else ' (left out of shares)'}.</p>",
-        "<h2>Interventions</h2><table><tr><th>id</th><th>kind</th><th>from step</th><th>until step</th><th>what</th></tr>",
-    ]
-    for i in comparison.interventions:
-        spec = i["spec"]
-        what = spec.get("text") or json.dumps(spec.get("rule"), ensure_ascii=False)
-        parts.append(f"<tr><td class=t>{html.escape(str(i['id']))}</td><td class=t>{spec['kind']}</td><td>{i['start_step']}</td>"
-                     f"<td>{'' if i['end_step'] is None else i['end_step']}</td><td class=t>{html.escape(str(what))}</td></tr>")
-    parts.append(f"</table><h2>Effects</h2><table><tr><th>dimension</th><th>effect</th><th>label</th><th>mean</th><th>{level} CI</th></tr>")
-    for d in comparison.dimensions:
-        effects = [("share difference", label, x) for label, x in zip(d.labels, d.difference)]
-        effects += [("KL(counterfactual‖factual)", "", d.kl_between_arms)] if d.kl_between_arms else []
-        effects += [(f"KL(real‖{arm})", "", x) for arm, x in d.fidelity.items()]
-        parts.extend(f"<tr><td class=t>{d.dimension}</td><td class=t>{name}</td><td class=t>{html.escape(label)}</td><td>{_fmt(x.mean)}</td>"
-                     f"<td>{_fmt(x.low)} – {_fmt(x.high)}</td></tr>" for name, label, x in effects)
-    parts.append("</table><h2>Figures</h2>")
-    parts.extend(_img(f) for f in [*([effect] if effect else []), *figures])
-    parts.append("</body></html>")
-    index = out / "index.html"
-    index.write_text("\n".join(parts), encoding="utf-8")
-    return index
+    return write_page(out, "compare.html", page_context(comparison, config))

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import html
 import json
 import math
 import warnings
@@ -584,109 +583,56 @@ def _hours(ensemble: Ensemble) -> np.ndarray:
     return (np.arange(ensemble.windows) + 0.5) * ensemble.window / 3600
 
 
-def share_figure(ensemble: Ensemble, dimension: str, band: float, path: Path) -> Path:
-    """Each label's share per window: the ensemble (pooled, with its band) and the real continuation where known."""
-    from mfllm.evaluation.report import _pyplot, save_share_panels
-
-    plt = _pyplot()
-    labels = ensemble.labels[dimension]
-    fig, axes = plt.subplots(1, len(labels), figsize=(3.2 * len(labels), 3.0), sharey=True, squeeze=False)
-    x = _hours(ensemble)
-    pooled, (low, _, high) = ensemble.pooled(dimension), _quantiles(ensemble.shares(dimension), band)
+def _real_shares(ensemble: Ensemble, dimension: str) -> np.ndarray | None:
     real = ensemble.real_counts.get(dimension)
-    for j, label in enumerate(labels):
-        ax = axes[0][j]
-        ax.plot(x, pooled[:, j], color="tab:red", label=f"forecast (n={len(ensemble.seeds)} seeds)")
-        ax.fill_between(x, low[:, j], high[:, j], color="tab:red", alpha=0.2)
-        if real is not None:
-            with np.errstate(invalid="ignore", divide="ignore"):
-                ax.plot(x[:len(real)], np.where(real.sum(1) > 0, real[:, j] / np.maximum(real.sum(1), 1), np.nan), color="black",
-                        linewidth=2, label="real")
-        ax.set_title(label)
-        ax.set_xlabel("hours after the origin")
-    return save_share_panels(fig, axes, f"{dimension}: forecast label shares, event {ensemble.event_id} from reaction {ensemble.warmup} "
-                                        f"(band: central {band:.0%} of the seeds)", path, dpi=100)
+    if real is None:
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(real.sum(1, keepdims=True) > 0, real / np.maximum(real.sum(1, keepdims=True), 1), np.nan)
 
 
-def volume_figure(ensemble: Ensemble, band: float, path: Path) -> Path:
-    """Agents per window: the ensemble's median and band, and the real volume where known."""
-    from mfllm.evaluation.report import _pyplot
+def ensemble_charts(ensemble: Ensemble, band: float) -> dict[str, Any]:
+    """The charts of one ensemble: its volume (median and band, and the real volume) and, per dimension and label, the
+    pooled share with the seeds' band and the real share, per window in hours after the origin."""
+    from mfllm.presentation.charts import line_chart, series
 
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.0))
     x = _hours(ensemble)
+    n = len(ensemble.seeds)
+    note = f"band: central {band:.0%} of the {n} seeds"
     low, median, high = _quantiles(ensemble.volume, band)
-    ax.plot(x, median, color="tab:red", label=f"forecast median (n={len(ensemble.seeds)} seeds)")
-    ax.fill_between(x, low, high, color="tab:red", alpha=0.2)
+    lines = [series(f"forecast median (n={n} seeds)", median, low=low, high=high)]
     if ensemble.real_volume is not None:
-        ax.plot(x[:len(ensemble.real_volume)], ensemble.real_volume, color="black", linewidth=2, label="real")
-    ax.set_xlabel("hours after the origin")
-    ax.set_ylabel(f"agents per {ensemble.window / 3600:.3g} h")
-    ax.set_title(f"volume, event {ensemble.event_id} from reaction {ensemble.warmup} (band: central {band:.0%} of the seeds)", fontsize=8)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+        lines.append(series("real", ensemble.real_volume, width=2.5))
+    volume = line_chart("Volume", "hours after the origin", x, lines, y_label=f"agents per {ensemble.window / 3600:.3g} h", percent=False,
+                        unit=" h", note=note)
+    shares = {}
+    for name, labels in ensemble.labels.items():
+        pooled, (low, _, high) = ensemble.pooled(name), _quantiles(ensemble.shares(name), band)
+        real = _real_shares(ensemble, name)
+        shares[name] = [line_chart(f"{name}: {label}", "hours after the origin", x,
+                                   [series(f"forecast (n={n} seeds)", pooled[:, j], low=low[:, j], high=high[:, j])]
+                                   + ([series("real", real[:, j], width=2.5)] if real is not None else []), unit=" h", note=note)
+                        for j, label in enumerate(labels)]
+    return {"volume": volume, "shares": shares}
 
 
-def _interval_text(row: dict[str, Any], naive: str) -> str:
-    from mfllm.evaluation.report import _fmt
+def page_context(config: ForecastConfig, ensembles: Sequence[Ensemble], skills: list[dict[str, Any]],
+                 horizon_rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the forecast page (``forecast.html``) shows: the settings, the skill table with its CIs (scored forecasts), the
+    scores by horizon, and each ensemble's charts."""
+    from mfllm.presentation.charts import interval_plot
 
-    return f"{_fmt(row[f'skill_vs_{naive}'])} [{_fmt(row[f'skill_vs_{naive}_low'])}, {_fmt(row[f'skill_vs_{naive}_high'])}]"
-
-
-def _report(config: ForecastConfig, ensembles: Sequence[Ensemble], skills: list[dict[str, Any]], horizon_rows: list[dict[str, Any]],
-            out: Path) -> Path:
-    from mfllm.evaluation.report import _fmt, _img
-
-    figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
     level = f"{config.confidence:.0%}"
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>mfllm forecast</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.t{text-align:left}img{max-width:100%}</style></head><body>",
-             f"<h1>{'Scored forecasts' if config.score else 'Forecast'}</h1>",
-             f"<p>Method {html.escape(config.method)}, policy <code>{html.escape(config.policy_model)}</code>; arrival model "
-             f"{config.arrival}; horizon {html.escape(str(config.horizon_time or f'{config.horizon_agents} agents'))}; seeds "
-             f"{', '.join(map(str, config.seeds))}; personas: {html.escape(config.personas or 'the reactors before each origin')}. "
-             f"Bands are the central {config.band:.0%} of the seeds' values.</p>"]
-    capped = [(e.event_id, e.warmup, e.capped) for e in ensembles if e.capped]
-    if capped:
-        parts.append("<p><b>Cut at max_agents:</b> " + "; ".join(f"{html.escape(ev)} origin {w} seeds {s}" for ev, w, s in capped) + "</p>")
-    if config.score:
-        parts.append(f"<h2>Skill against the naive forecasts</h2><p>Skill = 1 − mean forecast score / mean naive score (positive: the "
-                     f"forecast is closer to the real continuation); {level} percentile bootstrap CIs resampling events. Naive forecasts: "
-                     "<i>last window</i> (the last window's distribution, or count, carried forward) and <i>prefix</i> (the prefix's overall "
-                     "distribution, or mean rate). Coverage: share of real values inside the ensemble's band.</p>")
-        parts.append("<table><tr><th>dimension</th><th>metric</th><th>forecasts</th><th>events</th><th>forecast</th><th>last window</th>"
-                     f"<th>prefix</th><th>skill vs last window ({level} CI)</th><th>skill vs prefix ({level} CI)</th><th>coverage</th></tr>")
-        for row in skills:
-            parts.append(f"<tr><td class=t>{row['dimension']}</td><td class=t>{row['metric']}</td><td>{row['forecasts']}</td>"
-                         f"<td>{row['events']}</td><td>{_fmt(row['mean_forecast'])}</td><td>{_fmt(row['mean_last_window'])}</td>"
-                         f"<td>{_fmt(row['mean_prefix'])}</td>"
-                         f"<td>{_interval_text(row, 'last_window')}</td><td>{_interval_text(row, 'prefix')}</td>"
-                         f"<td>{_fmt(row['coverage'])} of {row['coverage_cells']}</td></tr>")
-        parts.append("</table><h2>By horizon (window after the origin)</h2><table><tr><th>dimension</th><th>window</th><th>forecasts</th>"
-                     "<th>KL forecast</th><th>KL last window</th><th>KL prefix</th><th>volume |error| forecast</th><th>last window</th>"
-                     "<th>prefix</th></tr>")
-        for row in horizon_rows:
-            cells = (_fmt(v) if isinstance(v, float) else html.escape(str(v)) for v in row.values())
-            parts.append("<tr>" + "".join(f"<td>{cell}</td>" for cell in cells) + "</tr>")
-        parts.append("</table>")
-    parts.append("<h2>Trajectories</h2>")
-    for e in ensembles:
-        stem = f"{e.event_id}_origin{e.warmup}".replace("/", "_")
-        parts.append(f"<h3>Event {html.escape(e.event_id)}, origin after reaction {e.warmup}</h3><p>Agents per seed: "
-                     f"{', '.join(f'{s}: {n}' for s, n in e.agents.items())}; windows of {e.window / 3600:.3g} h"
-                     f"{f'; the data fully covers the first {e.observed}' if e.observed else '; past the end of the data'}.</p>")
-        parts.append(_img(volume_figure(e, config.band, figures_dir / f"volume_{stem}.png")))
-        parts.extend(_img(share_figure(e, name, config.band, figures_dir / f"shares_{stem}_{name}.png")) for name in e.labels)
-    parts.append("</body></html>")
-    index = out / "index.html"
-    index.write_text("\n".join(parts), encoding="utf-8")
-    return index
+    skill_plot = interval_plot(f"Skill against the naive forecasts ({level} CI; positive: closer to what happened)",
+                               [{"label": f"{r['dimension']} {r['metric']} vs {naive.replace('_', ' ')}", "mean": r[f"skill_vs_{naive}"],
+                                 "low": r[f"skill_vs_{naive}_low"], "high": r[f"skill_vs_{naive}_high"], "group": naive}
+                                for r in skills for naive in NAIVE], "skill") if skills else None
+    return {"title": "mfllm forecast", "score": config.score, "level": level, "method": config.method, "policy_model": config.policy_model,
+            "arrival": config.arrival, "horizon": config.horizon_time or f"{config.horizon_agents} agents", "seeds": config.seeds,
+            "personas": config.personas or "the reactors before each origin", "band": config.band, "skills": skills,
+            "skill_plot": skill_plot, "horizon_rows": horizon_rows,
+            "ensembles": [{"event": e.event_id, "origin": e.warmup, "agents": e.agents, "window_hours": e.window / 3600,
+                           "observed": e.observed, "capped": e.capped, **ensemble_charts(e, config.band)} for e in ensembles]}
 
 
 def _horizon_rows(scores: Sequence[UnitScore]) -> list[dict[str, Any]]:
@@ -726,6 +672,7 @@ def forecast(config: ForecastConfig, pool: Any = None, resume: bool = False, pro
     write ``shares.csv``, ``volume.csv`` (and ``scores.csv``, ``skill.csv``), ``forecast.json`` and ``report/index.html``."""
     from mfllm.evaluation.config import EvaluationConfig
     from mfllm.evaluation.pipeline import build_labeller
+    from mfllm.presentation.render import write_page
 
     out = Path(config.output)
     units = run_forecasts(config, pool, resume, progress)
@@ -755,7 +702,7 @@ def forecast(config: ForecastConfig, pool: Any = None, resume: bool = False, pro
         files["scores.csv"], files["skill.csv"] = out / "scores.csv", out / "skill.csv"
         _write_csv(files["scores.csv"], [row for s in scores for row in s.per_window])
         _write_csv(files["skill.csv"], skills)
-    report = _report(config, ensembles, skills, horizon_rows, out / "report")
+    report = write_page(out / "report", "forecast.html", page_context(config, ensembles, skills, horizon_rows))
     summary = {"settings": redacted(config.model_dump()), "settings_digest": _settings_digest(config),
                "forecasts": [{"event": e.event_id, "origin": e.warmup, "origin_time": e.origin_time, "window_s": e.window,
                               "windows": e.windows, "observed_windows": e.observed, "agents": e.agents, "capped_seeds": e.capped,

@@ -19,7 +19,6 @@ candidate cost.
 from __future__ import annotations
 
 import csv
-import html
 import itertools
 import json
 import math
@@ -368,36 +367,27 @@ def _ranking(arms: Sequence[Arm], control: Arm, target: Target, config: PlanConf
     return rows
 
 
-def _report(result: PlanResult, config: PlanConfig, out: Path) -> Path:
-    from mfllm.evaluation.report import _fmt
+def page_context(result: PlanResult, config: PlanConfig) -> dict[str, Any]:
+    """What the plan page (``plan.html``) shows: the target and its labeller's validation, the ranking with its CIs (as
+    interval plots too), and each round's mean target share per candidate."""
+    from mfllm.presentation.charts import interval_plot, line_chart, series
 
     level = f"{config.confidence:.0%}"
-    validation = "; ".join(f"{v.get('labeller')}: accuracy {_fmt(v.get('accuracy'))}, macro-F1 {_fmt(v.get('macro_f1'))} on {v.get('items')} "
-                           f"items of {v.get('data')}" for v in result.target.validation) or "no validation figures on record"
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>mfllm plan</title>",
-             "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
-             "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.t{text-align:left}</style></head><body>",
-             f"<h1>Intervention search: {html.escape(result.target.describe())}</h1>",
-             f"<p>Labeller validation for {result.target.dimension.name}: {html.escape(validation)}.</p>",
-             f"<p>{result.runs} runs (budget {config.budget}), {result.calls} model calls; successive halving over "
-             f"{len(result.rounds)} round(s). Control (no intervention): mean share {_fmt(result.control['share'])} over "
-             f"{result.control['seeds']} seeds, {result.control['model_calls']} model calls (the shared prefix included). "
-             f"Intervals: {level} percentile bootstrap over seeds; effect = candidate minus control, paired by seed.</p>",
-             "<table><tr><th>rank</th><th>candidate</th><th>what</th><th>round reached</th><th>seeds</th><th>share</th>"
-             f"<th>{level} CI</th><th>effect vs control</th><th>{level} CI</th><th>model calls</th></tr>"]
-    for r in result.ranking:
-        parts.append(f"<tr><td>{r['rank']}</td><td class=t>{html.escape(r['candidate'])}</td><td class=t>{html.escape(r['description'])}</td>"
-                     f"<td>{r['round_reached']}</td><td>{r['seeds']}</td><td>{_fmt(r['share'])}</td><td>{_fmt(r['share_low'])} – "
-                     f"{_fmt(r['share_high'])}</td><td>{_fmt(r['effect'])}</td><td>{_fmt(r['effect_low'])} – {_fmt(r['effect_high'])}</td>"
-                     f"<td>{r['model_calls']}</td></tr>")
-    parts.append("</table><h2>Rounds</h2><ol>")
-    parts.extend(f"<li>{h['seeds']} seeds: {html.escape(', '.join(f'{c} {_fmt(s)}' for c, s in zip(h['candidates'], h['mean_share'])))}</li>"
-                 for h in result.rounds)
-    parts.append("</ol></body></html>")
-    out.mkdir(parents=True, exist_ok=True)
-    index = out / "index.html"
-    index.write_text("\n".join(parts), encoding="utf-8")
-    return index
+    ranked = [{"label": f"{r['rank']}. {r['candidate']}", "group": r["candidate"], "mean": r["share"], "low": r["share_low"],
+               "high": r["share_high"]} for r in result.ranking]
+    effects = [{**row, "mean": r["effect"], "low": r["effect_low"], "high": r["effect_high"]} for row, r in zip(ranked, result.ranking)]
+    names = list(dict.fromkeys(name for h in result.rounds for name in h["candidates"]))
+    rounds = [h["round"] for h in result.rounds]
+    by_round = {name: [dict(zip(h["candidates"], h["mean_share"])).get(name) for h in result.rounds] for name in names}
+    return {"title": "mfllm plan", "target": result.target.describe(), "dimension": result.target.dimension.name,
+            "validation": result.target.validation, "runs": result.runs, "budget": config.budget, "calls": result.calls,
+            "control": result.control, "level": level, "ranking": result.ranking, "rounds": result.rounds,
+            "share_plot": interval_plot(f"Target share by candidate ({level} CI over seeds)", ranked, f"share of {config.target_label!r}",
+                                        percent=True),
+            "effect_plot": interval_plot(f"Effect against the control, paired by seed ({level} CI)", effects,
+                                         "candidate share − control share"),
+            "round_chart": line_chart("Mean target share of each surviving candidate per round", "round", rounds,
+                                      [series(name, by_round[name], index=i) for i, name in enumerate(names)], y_label=f"share of {config.target_label!r}", integer_x=True)}
 
 
 RESUMABLE_CHANGES = ("budget", "device", "dtype", "engine", "bootstrap", "confidence", "seed")
@@ -423,6 +413,7 @@ def plan(config: PlanConfig, pool: Any = None, resume: bool = False, progress: P
     ``ranking.csv`` and ``report/index.html`` under ``config.output``."""
     from mfllm.evaluation.config import EvaluationConfig
     from mfllm.evaluation.pipeline import build_labeller
+    from mfllm.presentation.render import write_page
 
     out = Path(config.output)
     record = out / PLAN_FILE
@@ -446,7 +437,7 @@ def plan(config: PlanConfig, pool: Any = None, resume: bool = False, progress: P
     control_row = {"share": _mean(list(control.shares.values())), "seeds": len(control.runs), "model_calls": control.calls}
     total_calls = control.calls + sum(a.calls for a in arms)
     result = PlanResult(target, ranking, control_row, rounds, planner.runs_made, total_calls, out / "report" / "index.html")
-    result.report = _report(result, config, out / "report")
+    result.report = write_page(out / "report", "plan.html", page_context(result, config))
     with (out / "ranking.csv").open("w", encoding="utf-8", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(ranking[0]))
         writer.writeheader()

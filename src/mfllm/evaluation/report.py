@@ -1,10 +1,8 @@
-"""Metrics files and a self-contained HTML report with PNG figures."""
+"""Metrics files and a self-contained HTML report (the ``report.html`` template: interactive charts, tables with CIs)."""
 
 from __future__ import annotations
 
-import base64
 import csv
-import html
 import json
 import math
 from pathlib import Path
@@ -19,8 +17,13 @@ from mfllm.evaluation.realism import REALISM_COLUMNS
 from mfllm.simulation.methods import resolve_method
 from mfllm.simulation.store import RunStore
 
-COLOURS = {"real": "black", "mf-stats": "tab:red", "mf-hybrid": "tab:brown", "mf-llm": "tab:pink", "state": "tab:blue", "recent": "tab:green",
-           "popular": "tab:orange", "sft": "tab:purple"}
+def realism_rows(evaluations: Sequence[RunEvaluation]) -> list[dict[str, Any]]:
+    """The realism table for a page: the real texts' row, then one per method, a cell per
+    :data:`~mfllm.evaluation.realism.REALISM_COLUMNS` (mean with its 95% CI, or None)."""
+    cells = {(r["method"], r["metric"]): r for r in realism_table(evaluations)}
+    return [{"method": method, "cells": [{"mean": cells[method, c]["mean"], "low": cells[method, c]["ci_low"], "high": cells[method, c]["ci_high"]}
+                                         if (method, c) in cells and not math.isnan(cells[method, c]["mean"]) else None for c in REALISM_COLUMNS]}
+            for method in dict.fromkeys(m for m, _ in cells)]
 
 
 def write_metrics(evaluations: Sequence[RunEvaluation], output: str | Path) -> dict[str, Path]:
@@ -56,15 +59,12 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
         writer.writerows(rows)
 
 
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:
-        raise ImportError("reports need matplotlib: pip install 'mfllm[report]'") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+def _window_steps(evaluation: RunEvaluation) -> list[int]:
+    """The step of each evaluated window (its first row's), so trajectories are drawn against steps, not window indices."""
+    first: dict[int, int] = {}
+    for row in evaluation.labels:
+        first[row["window"]] = min(first.get(row["window"], row["step"]), row["step"])
+    return [first[w] for w in sorted(first)]
 
 
 def _mean_band(series: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -75,46 +75,32 @@ def _mean_band(series: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     return mean, half
 
 
-def trajectory_figure(evaluations: Sequence[RunEvaluation], event_id: str, dimension: Dimension, path: Path) -> Path | None:
-    """Real vs simulated proportion of each label per window, one panel per label, one line per method."""
-    plt = _pyplot()
+def trajectory_charts(evaluations: Sequence[RunEvaluation], event_id: str, dimension: Dimension) -> list[dict[str, Any]]:
+    """Real vs simulated share of each label per window (at its step), one chart per label, one line per method (mean over
+    seeds with a 95% CI band); interventions marked."""
+    from mfllm.presentation.charts import line_chart, series
+
     runs = [e for e in evaluations if e.event_id == event_id and dimension.name in e.dimensions]
     if not runs:
-        return None
-    fig, axes = plt.subplots(1, len(dimension.labels), figsize=(3.2 * len(dimension.labels), 3.0), sharey=True, squeeze=False)
+        return []
     reference = runs[0].dimensions[dimension.name].real_proportions
-    marks = intervention_marks(runs)
+    steps = _window_steps(runs[0])
+    if len(steps) != len(reference):
+        steps = list(range(len(reference)))
+    marks = [(steps[x], name) for x, name in intervention_marks(runs) if x < len(steps)]
+    methods = sorted({e.method for e in runs})
+    charts = []
     for k, label in enumerate(dimension.labels):
-        ax = axes[0][k]
-        ax.plot(range(len(reference)), [p[k] for p in reference], color=COLOURS["real"], linewidth=2, label="real")
-        for method in sorted({e.method for e in runs}):
-            series = [np.array(e.dimensions[dimension.name].sim_proportions)[:, k] for e in runs
+        lines = [series("real", [p[k] for p in reference], width=2.5)]
+        for index, method in enumerate(methods):
+            shares = [np.array(e.dimensions[dimension.name].sim_proportions)[:, k] for e in runs
                       if e.method == method and len(e.dimensions[dimension.name].sim_proportions) == len(reference)]
-            if not series:
-                continue
-            mean, half = _mean_band(series)
-            x = np.arange(len(mean))
-            ax.plot(x, mean, color=COLOURS.get(method, None), label=f"{method} (n={len(series)} seeds)")
-            ax.fill_between(x, mean - half, mean + half, color=COLOURS.get(method, None), alpha=0.2)
-        mark_steps(ax, marks)
-        ax.set_title(label)
-        ax.set_xlabel(f"window ({runs[0].window_scheme})")
-    return save_share_panels(fig, axes, f"{dimension.name}: real vs simulated label shares over time, event {event_id} "
-                                        "(bands: 95% CI over seeds)", path, dpi=110)
-
-
-def save_share_panels(fig: Any, axes: Any, title: str, path: Path, dpi: int) -> Path:
-    """Finish a row of label-share panels (shared 0-1 axis, grid, legend on the last) and save it."""
-    for ax in axes[0]:
-        ax.set_ylim(-0.02, 1.02)
-        ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel("share of actions")
-    axes[0][-1].legend(fontsize=7, loc="upper right")
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=dpi)
-    _pyplot().close(fig)
-    return path
+            if shares:
+                mean, half = _mean_band(shares)
+                lines.append(series(f"{method} (n={len(shares)} seeds)", mean, low=mean - half, high=mean + half, index=index))
+        charts.append(line_chart(f"{dimension.name}: {label}", f"step ({runs[0].window_scheme} windows)" if runs[0].window_scheme != "step"
+                                 else "step", steps, lines, marks=marks, integer_x=True, note="bands: 95% CI over seeds"))
+    return charts
 
 
 def intervention_marks(runs: Sequence[RunEvaluation]) -> list[tuple[int, str]]:
@@ -131,48 +117,17 @@ def intervention_marks(runs: Sequence[RunEvaluation]) -> list[tuple[int, str]]:
     return sorted(((x, name) for name, x in marks.items()), key=lambda mark: mark[0])
 
 
-def mark_steps(ax: Any, marks: Sequence[tuple[int, str]]) -> None:
-    """Dashed vertical lines at the given x positions, labelled (interventions, a branch point)."""
-    for x, label in marks:
-        ax.axvline(x, color="grey", linestyle="--", linewidth=0.8)
-        ax.annotate(label, (x, 1.0), xycoords=("data", "axes fraction"), fontsize=6, rotation=90, va="top", ha="right", color="dimgrey")
+def metric_plot(table: list[dict[str, Any]], metric: str) -> dict[str, Any] | None:
+    """``metric`` per dimension and method with 95% bootstrap CIs, as an interval plot."""
+    from mfllm.presentation.charts import interval_plot
 
-
-def metric_figure(table: list[dict[str, Any]], metric: str, path: Path) -> Path | None:
-    """Bar chart of ``metric`` per dimension and method, with 95% bootstrap CIs."""
-    plt = _pyplot()
     rows = [r for r in table if r["metric"] == metric and r["dimension"] not in ("(policy)", "(realism)") and not math.isnan(r["mean"])]
     if not rows:
         return None
-    dimensions = list(dict.fromkeys(r["dimension"] for r in rows))
-    methods = list(dict.fromkeys(r["method"] for r in rows))
-    width = 0.8 / len(methods)
-    fig, ax = plt.subplots(figsize=(max(6, 1.3 * len(dimensions)), 3.4))
-    for j, method in enumerate(methods):
-        for i, dimension in enumerate(dimensions):
-            match = [r for r in rows if r["method"] == method and r["dimension"] == dimension]
-            if match:
-                r = match[0]
-                err = [[r["mean"] - r["ci_low"]], [r["ci_high"] - r["mean"]]]
-                ax.bar(i + j * width, r["mean"], width, yerr=err, color=COLOURS.get(method), capsize=2, label=method if i == 0 else None)
-    ax.set_xticks(np.arange(len(dimensions)) + width * (len(methods) - 1) / 2, dimensions)
-    ax.set_ylabel(f"{metric} (nats)" if metric in ("kl", "js", "pooled_kl") else metric)
-    ax.set_title(f"{metric} between real and simulated label distributions (lower is closer; 95% bootstrap CI)", fontsize=9)
-    ax.legend(fontsize=8)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
-
-
-def _img(path: Path) -> str:
-    data = base64.b64encode(path.read_bytes()).decode("ascii")
-    return f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(path.stem)}"><figcaption>{html.escape(path.name)}</figcaption></figure>'
-
-
-def _fmt(value: float) -> str:
-    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+    unit = " (nats)" if metric in ("kl", "js", "pooled_kl") else ""
+    return interval_plot(f"{metric} between real and simulated label distributions (lower is closer; 95% bootstrap CI)",
+                         [{"label": f"{r['dimension']}: {r['method']}", "mean": r["mean"], "low": r["ci_low"], "high": r["ci_high"],
+                           "group": r["method"]} for r in rows], f"{metric}{unit}")
 
 
 def validity_rows(evaluations: Sequence[RunEvaluation]) -> list[dict[str, Any]]:
@@ -228,43 +183,6 @@ def corrected_rows(evaluations: Sequence[RunEvaluation], resamples: int = 2000, 
     return rows
 
 
-def _validity_html(rows: list[dict[str, Any]]) -> list[str]:
-    parts = ["<h2>Label validity</h2><p>How far each dimension's labels agree with human labels (figures on rows the labeller "
-             "was not trained on), beside always answering the most common human label. Distances on a dimension whose labeller is "
-             "no better than that baseline measure the labeller more than the population.</p>",
-             "<table><tr><th>dimension</th><th>lang</th><th>labeller</th><th>human-labelled data</th><th>items</th><th>accuracy</th>"
-             "<th>macro-F1</th><th>majority class: accuracy</th><th>macro-F1</th><th>warning</th></tr>"]
-    for r in rows:
-        style = " style='background:#fdd'" if r["warning"] else ""
-        parts.append(f"<tr{style}><td class=t>{html.escape(r['dimension'])}</td><td class=t>{html.escape(r['language'])}</td>"
-                     f"<td class=t>{html.escape(r['labeller'])}</td><td class=t>{html.escape(r['data'])}"
-                     + (f"<br><small>{html.escape(r['protocol'])}</small>" if r.get("protocol") else "") + "</td>"
-                     f"<td>{r.get('items', '–')}</td><td>{_fmt(r.get('accuracy'))}</td><td>{_fmt(r.get('macro_f1'))}</td>"
-                     f"<td>{_fmt(r.get('majority_accuracy'))}</td><td>{_fmt(r.get('majority_macro_f1'))}</td>"
-                     f"<td class=t>{html.escape(r['warning'])}</td></tr>")
-    parts.append("</table>")
-    return parts
-
-
-def _corrected_html(rows: list[dict[str, Any]]) -> list[str]:
-    if not rows:
-        return ["<p>No dimension's labeller has a validation covering all its labels, so no KL is corrected for label errors.</p>"]
-    parts = ["<h2>KL raw and corrected for labeller errors</h2><p>Corrected: each window's label shares, real and simulated, "
-             "adjusted for the labeller's confusion on human labels (adjusted classify-and-count); the interval also resamples that "
-             "confusion, so it includes the labeller's uncertainty.</p><table><tr><th>method</th><th>dimension</th><th>raw KL</th>"
-             "<th>95% CI</th><th>corrected KL</th><th>95% CI (incl. labeller)</th><th>events</th><th>runs</th></tr>"]
-    parts.extend(f"<tr><td class=t>{r['method']}</td><td class=t>{r['dimension']}</td><td>{_fmt(r['kl_raw'])}</td>"
-                 f"<td>{_fmt(r['kl_raw_ci_low'])} – {_fmt(r['kl_raw_ci_high'])}</td><td>{_fmt(r['kl_corrected'])}</td>"
-                 f"<td>{_fmt(r['kl_corrected_ci_low'])} – {_fmt(r['kl_corrected_ci_high'])}</td><td>{r['events']}</td><td>{r['runs']}</td></tr>"
-                 for r in rows)
-    parts.append("</table>")
-    return parts
-
-
-def _percent(value: float | None) -> str:
-    return "–" if value is None or math.isnan(value) else f"{value:.0%}"
-
-
 def headline_text(top: dict[str, Any]) -> str:
     """One line for a :func:`~mfllm.evaluation.aggregate.headline`: raw, against the noise floor, and beside
     the paper's 47% only when it has a CI (enough events)."""
@@ -281,18 +199,6 @@ def headline_text(top: dict[str, Any]) -> str:
             f"(noise floor {top['method_floor']:.3f} and {top['baseline_floor']:.3f}; {_percent(top['method_share_above_floor'])} of "
             f"{top['method']}'s KL is above its floor): relative KL reduction {_percent(top['relative_kl_reduction'])} ({interval}), "
             f"above the floor {_percent(top['relative_reduction_above_floor'])} ({above}); {top['events']} events{excluded}{paper}")
-
-
-def _variants_html(rows: list[dict[str, Any]]) -> list[str]:
-    if not rows:
-        return []
-    seen = {True: "yes (in-sample)", False: "no (out-of-sample)", None: "not recorded"}
-    parts = ["<h2>Labeller variant per event</h2><table><tr><th>event</th><th>dimension</th><th>labelled by</th>"
-             "<th>trained on this thread</th></tr>"]
-    parts.extend(f"<tr><td class=t>{html.escape(r['event_id'])}</td><td class=t>{html.escape(r['dimension'])}</td>"
-                 f"<td class=t>{html.escape(r['variant'])}</td><td class=t>{seen[r['saw_event']]}</td></tr>" for r in rows)
-    parts.append("</table>")
-    return parts
 
 
 REALISM_HEADERS = {"discriminator_accuracy": "discriminator accuracy", "length_w1": "length W1 (log)", "median_length": "median length",
@@ -343,89 +249,32 @@ def realism_console_table(evaluations: Sequence[RunEvaluation]) -> str:
     return "\n".join(lines)
 
 
-def realism_html(table: list[dict[str, Any]]) -> list[str]:
-    """The realism table: one row for the real texts, one per method, a column per metric (mean, 95% CI)."""
-    if not table:
-        return []
-    cells = {(r["method"], r["metric"]): r for r in table}
-    parts = ["<h2>Realism</h2><p>Whether the simulated texts read like the real ones of the same agents (bare reposts left out of "
-             "the text metrics; definitions in the README, Evaluating fidelity, Realism). Discriminator accuracy 0.5 means a classifier "
-             "cannot tell simulated from real; distinct-n on equal numbers of n-grams; the real row pools the real texts beside every run. "
-             "Mean over events of the mean over seeds, 95% bootstrap CI below.</p><table><tr><th>texts</th>"
-             + "".join(f"<th>{REALISM_HEADERS[c]}</th>" for c in REALISM_COLUMNS) + "</tr>"]
-    for method in dict.fromkeys(r["method"] for r in table):
-        row = [cells.get((method, c)) for c in REALISM_COLUMNS]
-        parts.append(f"<tr><td class=t>{html.escape(method)}</td>" + "".join(
-            f"<td>{_fmt(r['mean'])}<br><small>{_fmt(r['ci_low'])}–{_fmt(r['ci_high'])}</small></td>" if r else "<td>–</td>"
-            for r in row) + "</tr>")
-    parts.append("</table>")
-    return parts
-
-
 def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dimension], output: str | Path,
-                 max_events: int = 4, samples: int = 8, sections: Sequence[str] = ()) -> Path:
-    """Write metrics files, PNG figures and ``index.html`` (figures embedded, so the page stands alone).
-    ``sections``: extra HTML placed after the metrics table (e.g. a backtest's paired comparisons)."""
+                 max_events: int = 4, samples: int = 8, paired: Sequence[dict[str, Any]] = ()) -> Path:
+    """Write the metrics files and the page ``index.html`` (``report.html``; charts, scripts and font inlined, so it stands
+    alone). ``paired``: a backtest's paired comparisons (:func:`~mfllm.evaluation.aggregate.paired_comparisons`)."""
+    from mfllm.presentation.render import write_page
+
     out = Path(output)
-    figures_dir = out / "figures"
-    figures_dir.mkdir(parents=True, exist_ok=True)
     write_metrics(evaluations, out)
     table = method_table(evaluations)
-    tops = headlines(evaluations)
-    figures = [f for f in (metric_figure(table, m, figures_dir / f"{m}_by_method.png") for m in ("kl", "js", "wasserstein", "dtw")) if f]
     events = list(dict.fromkeys(e.event_id for e in evaluations))
-    for event_id in events[:max_events]:
-        for dimension in dimensions:
-            figure = trajectory_figure(evaluations, event_id, dimension, figures_dir / f"trajectory_{event_id}_{dimension.name}.png")
-            if figure:
-                figures.append(figure)
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'><title>mfllm fidelity report</title>",
-        "<style>body{font-family:sans-serif;max-width:1200px;margin:auto;padding:1em}table{border-collapse:collapse;font-size:13px}"
-        "td,th{border:1px solid #ccc;padding:3px 6px;text-align:right}td.t{text-align:left}img{max-width:100%}"
-        ".headline{background:#f4f4f4;padding:.8em;border-left:4px solid #c33}</style></head><body>",
-        "<h1>Fidelity of the simulated population</h1>",
-        f"<p>{len(evaluations)} runs, {len(events)} events, methods: {', '.join(sorted({e.method for e in evaluations}))}. "
-        f"Labeller: {html.escape(evaluations[0].labeller)}; windows: {evaluations[0].window_scheme}; smoothing alpha {evaluations[0].alpha}. "
-        "Distances compare real and simulated label distributions per window over the rollout (after warm-up); lower is closer. "
-        "Intervals are 95% bootstrap CIs over events and seeds.</p>",
-    ]
-    for top in tops:
-        parts.append(f"<p class='headline'><b>Headline:</b> {html.escape(headline_text(top))}.</p>")
-    realism_top = realism_headline(evaluations)
-    if realism_top is not None:
-        parts.append(f"<p class='headline'><b>Realism:</b> {html.escape(realism_headline_text(realism_top))}.</p>")
-    parts.extend(realism_html(realism_table(evaluations)))
-    parts.extend(_validity_html(validity_rows(evaluations)))
-    parts.extend(_variants_html(labeller_variants(evaluations)))
-    parts.extend(_corrected_html(corrected_rows(evaluations)))
-    parts.append("<h2>Metrics by method</h2><p>kl_floor: the KL two samples of the real labels already show at each window's "
-                 "sizes (no simulator gets below it); (circular): the method's context is built from that dimension's labeller; "
-                 "(mean) leaves out, per event, every dimension circular for a method evaluated there; (runs) failed_share: "
-                 "actions whose text failed (their drawn kind still counts on behaviour).</p>"
-                 "<table><tr><th>method</th><th>dimension</th><th>metric</th><th>mean</th>"
-                 "<th>95% CI</th><th>events</th><th>runs</th></tr>")
-    for r in (r for r in table if r["dimension"] != "(realism)"):  # those are in the realism table
-        dimension = r["dimension"] + (" (circular)" if r.get("circular") else "")
-        parts.append(f"<tr><td class=t>{r['method']}</td><td class=t>{dimension}</td><td class=t>{r['metric']}</td>"
-                     f"<td>{_fmt(r['mean'])}</td><td>{_fmt(r['ci_low'])} – {_fmt(r['ci_high'])}</td><td>{r['events']}</td><td>{r['runs']}</td></tr>")
-    parts.append("</table>")
-    parts.extend(sections)
-    parts.append("<h2>Figures</h2>")
-    parts.extend(_img(f) for f in figures)
-    parts.append("<h2>Unlabelled items</h2><ul>")
-    for e in evaluations[:20]:
-        gaps = {d: sum(v["reasons"].values()) for d, v in e.unlabelled.items() if v["reasons"]}
-        if gaps:
-            parts.append(f"<li>{html.escape(e.run)}: {html.escape(json.dumps(gaps))}</li>")
-    parts.append("</ul><h2>Sample comments, real vs simulated</h2>")
-    for e in [e for e in evaluations if e.event_id == events[0]][:5]:
-        rows = RunStore(e.run).actions()[:samples]
-        parts.append(f"<h3>{html.escape(e.event_id)} · {e.method} · seed {e.seed}</h3><table><tr><th>agent</th><th>real</th><th>simulated</th></tr>")
-        parts.extend(f"<tr><td>{r['position']}</td><td class=t>{html.escape(r['real_text'] or '')}</td><td class=t>{html.escape(r['sim_text'])}</td></tr>"
-                     for r in rows)
-        parts.append("</table>")
-    parts.append("</body></html>")
-    index = out / "index.html"
-    index.write_text("\n".join(parts), encoding="utf-8")
-    return index
+    trajectories = [{"event": event_id, "dimension": dimension.name, "charts": charts} for event_id in events[:max_events]
+                    for dimension in dimensions if (charts := trajectory_charts(evaluations, event_id, dimension))]
+    unlabelled = [{"run": e.run, "gaps": gaps} for e in evaluations[:20]
+                  if (gaps := {d: sum(v["reasons"].values()) for d, v in e.unlabelled.items() if v["reasons"]})]
+    sample_runs = [{"title": f"{e.event_id} · {e.method} · seed {e.seed}",
+                    "rows": [{"position": r["position"], "real": r["real_text"] or "", "simulated": r["sim_text"]}
+                             for r in RunStore(e.run).actions()[:samples]]}
+                   for e in [e for e in evaluations if e.event_id == events[0]][:5]]
+    context = {"title": "mfllm fidelity report", "runs": len(evaluations), "events": len(events),
+               "methods": sorted({e.method for e in evaluations}), "labeller": evaluations[0].labeller,
+               "window_scheme": evaluations[0].window_scheme, "alpha": evaluations[0].alpha,
+               "headlines": [headline_text(top) for top in headlines(evaluations)],
+               "realism_columns": [REALISM_HEADERS[c] for c in REALISM_COLUMNS], "realism": realism_rows(evaluations),
+               "realism_headline": realism_headline_text(top) if (top := realism_headline(evaluations)) else None,
+               "variants": labeller_variants(evaluations),
+               "validity": validity_rows(evaluations), "corrected": corrected_rows(evaluations),
+               "metric_plots": [plot for plot in (metric_plot(table, m) for m in ("kl", "js", "wasserstein", "dtw")) if plot],
+               "trajectories": trajectories, "table": table, "paired": list(paired), "unlabelled": unlabelled, "samples": sample_runs}
+    return write_page(out, "report.html", context)
