@@ -199,9 +199,9 @@ def test_report_shows_the_realism_table_and_the_mean_fields_realism(recent_run: 
     evaluations = realism_only([simulate(config, tmp_path / "mf"), recent_run])
     page = write_report(evaluations, [], tmp_path / "report").read_text(encoding="utf-8")
     table = page[page.index("<h2>Realism</h2>"):page.index("</table>", page.index("<h2>Realism</h2>"))]
-    assert [row.split("</td>")[0] for row in table.split("<tr><td class=t>")[1:]] == ["real", resolve_method("mf"), "recent"]
+    assert [row.split("</td>")[0] for row in table.split('<tr><td class="t">')[1:]] == ["real", resolve_method("mf"), "recent"]
     assert f"<b>Realism:</b> realism of {resolve_method('mf')}: discriminator accuracy" in page
-    metrics_table = page[page.index("<h2>Metrics by method</h2>"):]
+    metrics_table = page[page.index("<h2>All metrics by method</h2>"):]
     assert "(realism)" not in metrics_table[:metrics_table.index("</table>")]
 
 

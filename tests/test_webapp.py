@@ -134,7 +134,7 @@ def test_launch_a_run_and_watch_it_finish(server: dict[str, Any], browser: Any) 
 
 def test_stop_a_run_reload_and_resume_it(server: dict[str, Any], browser: Any) -> None:
     page = Page(browser, server["url"])
-    job = _launch(page, "simulate", {"num_agents": "80", "warmup": "16", "batch_size": "1", "method": "mf-hybrid"})
+    job = _launch(page, "simulate", {"num_agents": "64", "warmup": "16", "batch_size": "1", "method": "mf-hybrid"})
     deadline = time.time() + 60
     while _get(f"{server['url']}/api/jobs/{job}")["done"] < 3:  # stop inside the run, after some steps are committed
         assert time.time() < deadline
@@ -142,14 +142,14 @@ def test_stop_a_run_reload_and_resume_it(server: dict[str, Any], browser: Any) -
     page.tab.click("#stop")
     _wait_state(page, "stopped")
     stopped = _get(f"{server['url']}/api/jobs/{job}")
-    assert 3 <= stopped["done"] < 80 and stopped["job"]["state"] == "stopped"
+    assert 3 <= stopped["done"] < 64 and stopped["job"]["state"] == "stopped"
     page.tab.reload()  # the state lives in the project folder
     _wait_state(page, "stopped")
     page.tab.click("#resume")
     _wait_state(page, "completed")
     run = RunStore(stopped["runs"][0]["path"])
     rows = run.actions()
-    assert len(rows) == 80 and len({r["position"] for r in rows}) == 80 and run.manifest()["status"] == "completed"
+    assert len(rows) == 64 and len({r["position"] for r in rows}) == 64 and run.manifest()["status"] == "completed"
     assert page.errors == []
 
 

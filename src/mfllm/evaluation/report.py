@@ -17,6 +17,14 @@ from mfllm.evaluation.realism import REALISM_COLUMNS
 from mfllm.simulation.methods import resolve_method
 from mfllm.simulation.store import RunStore
 
+def _fmt(value: float | None) -> str:
+    return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None or math.isnan(value) else f"{value:.0%}"
+
+
 def realism_rows(evaluations: Sequence[RunEvaluation]) -> list[dict[str, Any]]:
     """The realism table for a page: the real texts' row, then one per method, a cell per
     :data:`~mfllm.evaluation.realism.REALISM_COLUMNS` (mean with its 95% CI, or None)."""
