@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
+from typing import Sequence
 
 import pytest
 
 from mfllm.backends import ModelPool
+from mfllm.backends.fake import FakeModel
 from mfllm.backends.hf import LoadedCausalLM, ModelSource, continuation_logprobs
+from mfllm.interfaces import ContinuationScore, Prompt
 from mfllm.simulation import RunStore, SimulationConfig, simulate
 from mfllm.simulation.methods import resolve_method
 from mfllm.training import TrainConfig, parse_overrides, train
 from mfllm.training.data import split_events
 from mfllm.training.ib_tune import rloo_advantages, score_function_loss
+from mfllm.training.policy import TokenizedExample, collate, fit_prompt, length_batches, target_logprobs
 
 torch = pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
@@ -69,8 +74,9 @@ def _config(shared_data: Path, model_dir: Path, out: Path, task: str, **extra: o
 def trained(shared_data: Path, tiny_base_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("training")
     mean_field = train(_config(shared_data, tiny_base_model_dir, root / "mf", "mean-field"), progress=False)
-    policy = train(_config(shared_data, tiny_base_model_dir, root / "policy", "policy", mean_field_adapter=str(mean_field), max_steps=2))
-    sft = train(_config(shared_data, tiny_base_model_dir, root / "sft", "sft", max_steps=2))
+    policy = train(_config(shared_data, tiny_base_model_dir, root / "policy", "policy", method="mf-hybrid", mean_field_adapter=str(mean_field),
+                           max_steps=2), progress=False)
+    sft = train(_config(shared_data, tiny_base_model_dir, root / "sft", "sft", max_steps=2), progress=False)
     return {"root": root, "mean_field": mean_field, "policy": policy, "sft": sft}
 
 
@@ -145,7 +151,7 @@ def test_inconsistent_configs_are_refused(trained: dict[str, Path], tiny_model_d
                                  num_key_value_heads=1)).save_pretrained(other)
     AutoTokenizer.from_pretrained(tiny_model_dir).save_pretrained(other)
     with pytest.raises(ValueError, match="does not match"):
-        train(_config(shared_data, other, tmp_path / "p", "policy", mean_field_adapter=str(trained["mean_field"])))
+        train(_config(shared_data, other, tmp_path / "p", "policy", method="mf-hybrid", mean_field_adapter=str(trained["mean_field"])))
     with pytest.raises(ValueError, match="only used by the policy task"):
         _config(shared_data, other, tmp_path / "x", "sft", mean_field_adapter="a")
     with pytest.raises(ValueError, match="needs local weights"):
@@ -155,9 +161,16 @@ def test_inconsistent_configs_are_refused(trained: dict[str, Path], tiny_model_d
     with pytest.raises(ValueError, match="mf-stats.* has no language-model part .*choose mf-llm or mf-hybrid"):
         TrainConfig(task="mean-field", data="d", output_dir="o", method="mf-stats")
     assert TrainConfig(task="mean-field", data="d", output_dir="o").method == "mf-hybrid"  # the default has a model part
-    with pytest.raises(ValueError, match="has no language-model part"):
-        TrainConfig(task="policy", data="d", output_dir="o", method="mf")  # mf stands for mf-stats
     assert resolve_method("mf") == "mf-stats"
+    assert TrainConfig(task="policy", data="d", output_dir="o").method == "mf-stats"  # the simulator's default mean field
+    assert TrainConfig(task="policy", data="d", output_dir="o", method="mf").method == "mf-stats"
+    assert TrainConfig(task="sft", data="d", output_dir="o").method == "sft"
+    with pytest.raises(ValueError, match="'recent' is not one; choose from .*mf-stats"):
+        TrainConfig(task="policy", data="d", output_dir="o", method="recent")
+    with pytest.raises(ValueError, match="no-context baseline: method 'mf-llm' is not used"):
+        TrainConfig(task="sft", data="d", output_dir="o", method="mf-llm")
+    with pytest.raises(ValueError, match="mean_field_adapter is not used: method 'mf-stats'"):
+        TrainConfig(task="policy", data="d", output_dir="o", mean_field_adapter="a")
     assert parse_overrides(["beta=0.1", "target_modules=[q_proj, v_proj]"]) == {"beta": 0.1, "target_modules": ["q_proj", "v_proj"]}
 
 
@@ -193,14 +206,138 @@ def test_mean_field_training_raises_the_expected_reward_on_its_context(tiny_base
     assert after["reward"] > before["reward"]
 
 
-def test_long_prompts_lose_their_start_not_the_action(tiny_model_dir: Path) -> None:
-    from transformers import AutoTokenizer
+def test_long_prompts_lose_their_start_not_the_action() -> None:
+    assert fit_prompt([1, 2, 3], [7, 8], 8, keep_first=True) == ((1, 2, 3), False)
+    assert fit_prompt([1, 2, 3, 4, 5, 6], [7, 8], 6, keep_first=True) == ((1, 4, 5, 6), True)  # the BOS stays, the action is whole
+    assert fit_prompt([1, 2, 3, 4, 5, 6], [7, 8], 6, keep_first=False) == ((3, 4, 5, 6), True)
+    with pytest.raises(ValueError, match="raise max_length"):
+        fit_prompt([1, 2], [7, 8, 9], 3, keep_first=True)
 
-    from mfllm.training.data import keep_prompt_end
 
-    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
-    prompt = " ".join(f"word{i}" for i in range(300)) + " THE END:"
-    kept, cut = keep_prompt_end(tokenizer, prompt, " [reply] yes\n", 64)
-    assert cut and kept.endswith("THE END:") and not kept.startswith("word0 ")
-    assert len(tokenizer(kept + " [reply] yes\n", add_special_tokens=False).input_ids) <= 64
-    assert keep_prompt_end(tokenizer, "short:", " [reply] yes\n", 64) == ("short:", False)
+def test_length_batches_group_similar_lengths_and_cover_every_example() -> None:
+    lengths = [random.Random(i).randrange(10, 500) for i in range(37)]
+    batches = length_batches(lengths, 8, random.Random(0))
+    assert sorted(i for batch in batches for i in batch) == list(range(37))
+    assert sorted(len(b) for b in batches) == [5, 8, 8, 8, 8]
+    spans = sorted((min(lengths[i] for i in b), max(lengths[i] for i in b)) for b in batches)
+    assert all(high <= low_next for (_, high), (low_next, _) in zip(spans, spans[1:]))  # batches do not overlap in length
+    assert batches == length_batches(lengths, 8, random.Random(0)) and batches != length_batches(lengths, 8, random.Random(1))
+
+
+def _tiny_gemma3(tmp_path: Path) -> Path:
+    """A random 1-layer Gemma-3 text model with final-logit soft-capping, sharing the tiny model's tokenizer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig
+
+    config = Gemma3TextConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              num_key_value_heads=1, head_dim=16, final_logit_softcapping=30.0, sliding_window=4,
+                              layer_types=["sliding_attention", "full_attention"])
+    torch.manual_seed(0)
+    Gemma3ForCausalLM(config).save_pretrained(tmp_path)
+    return tmp_path
+
+
+@pytest.mark.parametrize("architecture", ["llama", "gemma3"])
+def test_loss_on_targets_equals_the_whole_sequence_loss_there(architecture: str, tiny_base_model_dir: Path, tmp_path: Path) -> None:
+    from transformers import AutoModelForCausalLM
+
+    path = tiny_base_model_dir if architecture == "llama" else _tiny_gemma3(tmp_path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if architecture == "gemma3":
+        assert model.config.final_logit_softcapping == 30.0
+    model = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules="all-linear", task_type="CAUSAL_LM"))
+    for name, param in model.named_parameters():  # a trained adapter, not the identity of a fresh one
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    rng = random.Random(0)
+    examples = [TokenizedExample(tuple(rng.randrange(1, 1000) for _ in range(p)), tuple(rng.randrange(1, 1000) for _ in range(t)))
+                for p, t in ((12, 3), (5, 7), (20, 1))]
+    batch = collate(examples, pad_id=0, device="cpu")
+    head_rows = []
+    handle = model.get_base_model().get_output_embeddings().register_forward_hook(lambda m, i, o: head_rows.append(i[0].shape[0]))
+    ours = target_logprobs(model, batch)
+    handle.remove()
+    assert head_rows == [3 + 7 + 1]  # the LM head ran on the target positions only
+    with torch.no_grad():
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits.float().log_softmax(-1)
+    expected = torch.cat([full[row, len(e.prompt) - 1:len(e) - 1].gather(-1, torch.tensor(e.target).unsqueeze(-1)).squeeze(-1)
+                          for row, e in enumerate(examples)])
+    assert ours.shape == expected.shape
+    assert torch.allclose(ours.detach(), expected, atol=1e-5)
+    assert float(-ours.mean()) == pytest.approx(float(-expected.mean()), abs=1e-5)
+    ours.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def test_an_interrupted_policy_run_resumes_to_the_uninterrupted_result(shared_data: Path, tiny_base_model_dir: Path, tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.torch import load_file
+
+    from mfllm.training.policy import PolicyTrainer
+
+    def run(out: Path, **extra: object) -> TrainConfig:
+        return _config(shared_data, tiny_base_model_dir, out, "policy", max_steps=5, save_every=2, train_batch_size=6, lora_dropout=0.1,
+                       learning_rate=1e-2, **extra)
+
+    reference = train(run(tmp_path / "whole"), progress=False)
+    assert json.loads((reference.parent / "metrics.json").read_text())["train_examples"] == 24  # 4 batches an epoch: step 5 starts epoch 2
+    step = PolicyTrainer.step
+    calls = []
+
+    def crash_on_the_fourth_step(self: PolicyTrainer, examples: object) -> dict[str, object]:
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return step(self, examples)
+
+    monkeypatch.setattr(PolicyTrainer, "step", crash_on_the_fourth_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(run(tmp_path / "interrupted"), progress=False)
+    monkeypatch.setattr(PolicyTrainer, "step", step)
+    resumed = train(run(tmp_path / "interrupted"), resume=True, progress=False)  # from the checkpoint of step 2: step 3 runs again
+    whole_log, resumed_log = ((path.parent / "train_log.jsonl").read_text().splitlines() for path in (reference, resumed))
+    assert [json.loads(x)["step"] for x in resumed_log] == [1, 2, 2, 3, 4, 4, 5, 5]  # step, then validation loss at each save
+    for a, b in zip(map(json.loads, whole_log), map(json.loads, resumed_log)):
+        assert a.keys() == b.keys() and all(a[k] == pytest.approx(b[k], rel=1e-5) for k in a)
+    a, b = load_file(str(reference / "adapter_model.safetensors")), load_file(str(resumed / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+    metrics = json.loads((resumed.parent / "metrics.json").read_text())
+    assert metrics == pytest.approx(json.loads((reference.parent / "metrics.json").read_text()), rel=1e-5)
+
+
+class _Recording(FakeModel):
+    """The fake model, keeping every prompt it scores."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.scored: list[str] = []
+
+    def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
+        self.scored += [p.completion for p in prompts]
+        return super().score(prompts, continuations)
+
+
+@pytest.mark.parametrize("method", ["mf-stats", "mf-hybrid"])
+def test_policy_training_prompts_are_the_prompts_simulation_shows(method: str, demo_event_path: Path, tmp_path: Path) -> None:
+    from mfllm.data.loaders import get_reader
+    from mfllm.simulation.engine import Simulator
+    from mfllm.training.data import policy_examples
+
+    reader = get_reader(str(demo_event_path))
+    event, _ = reader.load_event(demo_event_path, reader.list_events(demo_event_path)[0])
+    config = TrainConfig(task="policy", data=str(demo_event_path), output_dir=str(tmp_path), method=method, batch_size=4, max_steps_per_event=5,
+                         seed=3)
+    mean_field_model = FakeModel() if method != "mf-stats" else None
+    examples = policy_examples([event], config, mean_field_model)
+    for t in range(1, 5):
+        policy = _Recording()
+        simulation = SimulationConfig(**{**config.simulation_config().model_dump(), "policy_model": "fake", "warmup": 4 * t, "num_agents": 4})
+        simulator = Simulator(simulation, event, policy, mean_field_model)
+        for step in simulator.steps:
+            simulator.run_step(step)
+        shown = policy.scored[::3]  # each prompt is scored once per action choice (comment, repost with words, bare repost)
+        trained_on = [e.prompt.completion for e in examples if 4 * t <= e.position < 4 * (t + 1)]
+        assert len(shown) == 4 and shown == trained_on
+    if method == "mf-stats":
+        assert "评论区概况" in examples[-1].prompt.completion and len(examples) == 20  # the statistics context; every batch is used
+    else:
+        assert len(examples) == 16  # no mean field before the first batch

@@ -9,9 +9,12 @@ from pydantic import Field, model_validator
 from mfllm.configuration import YamlConfig, parse_yaml
 from mfllm.interfaces import LLMMeanField
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.methods import get_method, resolve_method
+from mfllm.simulation.methods import get_method, mean_field_names, resolve_method
 
 Task = Literal["mean-field", "policy", "sft"]
+DEFAULT_METHODS: dict[str, str] = {"mean-field": "mf-hybrid", "policy": SimulationConfig.model_fields["method"].default, "sft": "sft"}
+"""The mean field of each task when none is given: one with a model part to tune, the simulator's default
+(the context the policy is simulated with), none."""
 
 
 class TrainConfig(YamlConfig):
@@ -37,15 +40,16 @@ class TrainConfig(YamlConfig):
     lora_dropout: float = Field(default=0.0, ge=0.0, lt=1.0, description="LoRA dropout.")
     target_modules: list[str] | str = Field(default="all-linear", description="Modules that get LoRA weights.")
     learning_rate: float = Field(default=2e-4, gt=0, description="Optimizer learning rate.")
-    max_steps: int = Field(default=20, ge=1, description="Optimizer steps.")
-    train_batch_size: int = Field(default=8, ge=1, description="policy/sft: sequences per optimizer step.")
+    max_steps: int = Field(default=20, ge=1, description="Optimizer steps (policy/sft: the learning rate decays linearly to 0 there).")
+    train_batch_size: int = Field(default=8, ge=1, description="policy/sft: sequences per optimizer step, batched by length.")
     num_samples: int = Field(default=4, ge=2, description="mean-field: K summaries sampled per context (leave-one-out baseline).")
     beta: float = Field(default=0.05, ge=0.0, description="mean-field: weight of KL(q || p0), p0 = base model prompted without history.")
     sample_temperature: float = Field(default=1.0, gt=0, description="mean-field: temperature of the sampled summaries.")
     max_action_tokens: int = Field(default=48, ge=1, description="Longest action kept in training examples (tokens).")
-    method: str = Field(default="mf-hybrid", description="mean-field and policy tasks: the mean-field method whose language-model "
-                                                       "part is trained or whose mean fields the policy learns from (its steps are "
-                                                       "the simulator's): mf-hybrid or mf-llm.")
+    method: str | None = Field(default=None, description="The mean field. mean-field task: the method whose language-model part is "
+                                                         "trained (mf-hybrid when omitted, or mf-llm); policy task: the mean field whose "
+                                                         "contexts the policy learns from, built as simulation builds them over the real "
+                                                         "history (any mean field; simulation's default when omitted); sft: none.")
     max_mean_field_tokens: int = Field(default=128, ge=8, description="Longest mean-field summary (tokens), as in simulation.")
     mean_field_temperature: float | None = Field(default=None, ge=0.0, description="Temperature of the mean fields the policy is trained "
                                                                                      "on and evaluation samples; simulation's default when omitted.")
@@ -58,7 +62,8 @@ class TrainConfig(YamlConfig):
     device: str = Field(default="auto", description="auto, cpu, cuda, ...")
     seed: int = Field(default=0, description="Seed of sampling and initialisation.")
     log_every: int = Field(default=1, ge=1, description="Log every N optimizer steps.")
-    save_every: int = Field(default=10, ge=1, description="Checkpoint every N optimizer steps.")
+    save_every: int = Field(default=10, ge=1, description="Checkpoint every N optimizer steps (policy/sft: and log the "
+                                                                 "validation loss); a resumed run continues from the last one.")
     eval_events: int = Field(default=4, ge=1, description="Events of each split scored before/after training.")
     eval_samples: int = Field(default=4, ge=0, description="mean-field: summaries sampled per training context to measure the expected "
                                                            "reward before/after training (same seeds both times); 0 skips it.")
@@ -71,10 +76,17 @@ class TrainConfig(YamlConfig):
             raise ValueError("mean_field_adapter is only used by the policy task")
         if self.task != "mean-field" and self.policy_adapter:
             raise ValueError("policy_adapter is only used by the mean-field task")
-        self.method = resolve_method(self.method)
-        if self.task != "sft" and not issubclass(get_method(self.method), LLMMeanField):
-            raise ValueError(f"method {self.method!r} has no language-model part for the {self.task} task to train or use "
+        self.method = resolve_method(self.method or DEFAULT_METHODS[self.task])
+        if self.task == "sft" and self.method != "sft":
+            raise ValueError(f"the sft task trains the no-context baseline: method {self.method!r} is not used (drop it, or train policy)")
+        if self.task == "mean-field" and not issubclass(get_method(self.method), LLMMeanField):
+            raise ValueError(f"method {self.method!r} has no language-model part for the mean-field task to train "
                              "(it needs no model call); choose mf-llm or mf-hybrid")
+        if self.task == "policy" and self.method not in mean_field_names():
+            raise ValueError(f"the policy task learns from a mean field: method {self.method!r} is not one; choose from "
+                             f"{', '.join(mean_field_names())} (sft is the no-context baseline)")
+        if self.mean_field_adapter and not get_method(self.method).needs_mean_field_model:
+            raise ValueError(f"mean_field_adapter is not used: method {self.method!r} has no mean-field model")
         if self.base_model.startswith(("openai:", "fake")):
             raise ValueError(f"training needs local weights: base_model must be embedded:NAME or hf:PATH, got {self.base_model!r}")
         return self
@@ -83,7 +95,7 @@ class TrainConfig(YamlConfig):
     def simulation_config(self) -> SimulationConfig:
         """The simulator settings that shape a step (method, batch, mean-field prompt and sampling), so
         training builds its steps exactly as simulation does."""
-        method = "sft" if self.task == "sft" else self.method
+        method = self.method
         mean_field = {} if method == "sft" else {"mean_field_temperature": self.mean_field_temperature, "mean_field_top_p": self.mean_field_top_p}
         return SimulationConfig(data=self.data, data_format=self.data_format, method=method, policy_model=self.base_model,
                                 batch_size=self.batch_size, max_action_tokens=self.max_action_tokens, max_mean_field_tokens=self.max_mean_field_tokens,

@@ -60,9 +60,15 @@ def history(config: TrainConfig, event: Event) -> list[list[Agent]]:
     return real_batches(event, config.batch_size, config.max_steps_per_event)
 
 
-def mean_field_seed(config: TrainConfig, event: Event, role: str = "mean_field") -> Callable[[int], int]:
-    """The seed of the mean-field update after batch t of ``event``."""
+def mean_field_seed(config: TrainConfig, event: Event, role: str) -> Callable[[int], int]:
+    """The seed of the mean-field update after batch t of ``event`` in a training pass named ``role``."""
     return lambda t: derive_seed(config.seed, role, event.event_id, t)
+
+
+def simulation_mean_field_seed(config: TrainConfig) -> Callable[[int], int]:
+    """The seed simulation gives the mean-field update of warm-up step t (as the engine derives it), so the
+    policy learns from the mean fields a simulation with that warm-up would write."""
+    return lambda t: derive_seed(config.seed, t, "mean_field")
 
 
 @dataclass(frozen=True)
@@ -76,16 +82,18 @@ class PolicyExample:
 
 def policy_examples(events: Sequence[Event], config: TrainConfig, mean_field_model: LanguageModel | None,
                     progress: str | None = None) -> list[PolicyExample]:
-    """(prompt, real action) pairs along each event's real history, built by the simulator's step: with
-    the mean field the mean-field model writes, sampled as in simulation (policy), or no context (sft).
-    The first batch of an event has no mean field yet and is left out of policy training, as in
-    simulation, where agents act only after warm-up. ``progress``: a progress bar's description."""
+    """(prompt, real action) pairs along each event's real history, built by the simulator's step: the
+    prompt of batch t is the one simulation shows after a warm-up over batches 0..t-1, with the
+    context of the config's mean field (model-written ones sampled with simulation's seeds), or no
+    context (sft). A model-written mean field has nothing to say before the first batch, so that batch
+    is left out, as in simulation, where agents act only after warm-up. ``progress``: a progress bar's
+    description (shown while a mean-field model writes)."""
     from tqdm.auto import tqdm
 
     examples = []
     for event in tqdm(events, desc=progress, unit="event", disable=progress is None or mean_field_model is None):
         step = step_context(config, event, mean_field_model)
-        for t, batch in replay(step, history(config, event), mean_field_seed(config, event)):
+        for t, batch in replay(step, history(config, event), simulation_mean_field_seed(config)):
             if step.provider.needs_mean_field_model and t == 0:
                 continue
             for agent, prompt in zip(batch, step.prompts(batch)):
@@ -98,16 +106,3 @@ def completion_target(action: str, language: str, is_chat: bool, eos_token: str)
     """What the policy is trained to write after the prompt: the action (kind marker, then text), then
     where simulation stops generating (the end of the line, or the end of the turn)."""
     return action + (eos_token if is_chat else POLICY_STOP[-1])
-
-
-def keep_prompt_end(tokenizer: Any, prompt: str, completion: str, max_length: int) -> tuple[str, bool]:
-    """``prompt`` cut from the left so that it and ``completion`` fit ``max_length`` tokens (the completion,
-    what is learnt, is never cut), and whether it was cut. Training libraries cut from the right, which
-    would drop the completion and with it the example."""
-    prompt_ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    room = max_length - len(tokenizer(completion, add_special_tokens=False).input_ids) - 1  # one special token at the start
-    if len(prompt_ids) <= room:
-        return prompt, False
-    if room <= 0:
-        raise ValueError(f"a completion of this example alone exceeds max_length={max_length} tokens: raise max_length")
-    return tokenizer.decode(prompt_ids[-room:]), True

@@ -2,8 +2,8 @@
 
 Output directory:
   config.yaml, split.json             what was trained on (events by split)
-  train_log.jsonl                     one line per logged step (losses, rewards, gradient norms)
-  checkpoints/                        resumable checkpoints
+  train_log.jsonl                     one line per logged step (losses, rewards, gradient norms, validation loss)
+  checkpoints/latest/                 the last checkpoint: adapter, optimizer, generators, data position
   adapter/                            the final LoRA adapter + mfllm_adapter.json (base fingerprint, task, metrics)
   metrics.json                        NLL of real actions per split (train, validation, test) before and after training
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -21,9 +21,11 @@ from mfllm.backends import ModelPool, local_source, parse_spec
 from mfllm.backends.hf import ADAPTER_META, LoadedCausalLM, TransformersModel, require
 from mfllm.configuration import read_yaml
 from mfllm.manifest import base_manifest
+from mfllm.simulation.methods import get_method
 from mfllm.training.config import TrainConfig
-from mfllm.training.data import completion_target, keep_prompt_end, load_training_events, policy_examples
-from mfllm.training.ib_tune import MEAN_FIELD_ADAPTER, MeanFieldTrainer, lora_config
+from mfllm.training.data import load_training_events, policy_examples
+from mfllm.training.ib_tune import MEAN_FIELD_ADAPTER, POLICY_ADAPTER, MeanFieldTrainer
+from mfllm.training.policy import PolicyTrainer, tokenize_examples
 
 
 RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every"}
@@ -68,7 +70,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     (out / "split.json").write_text(json.dumps(split, indent=2), encoding="utf-8")
     if config.task == "mean-field":
         return _train_mean_field(config, out, events, split, resume, progress)
-    return _train_policy(config, out, events, split, resume)
+    return _train_policy(config, out, events, split, resume, progress)
 
 
 def _progress_bar(total: int, initial: int, description: str) -> Any:
@@ -79,45 +81,23 @@ def _progress_bar(total: int, initial: int, description: str) -> Any:
 
 def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any]], split: dict[str, list[str]], resume: bool,
                       progress: bool) -> Path:
-    torch = require("torch", "hf")
     loaded = LoadedCausalLM(local_source(parse_spec(config.base_model)), config.device, config.dtype)
     trainer = MeanFieldTrainer(config, loaded, events["train"])
     scored = _scored_splits(events, config.eval_events)
-    checkpoints = out / "checkpoints"
-    latest = checkpoints / "latest"
     metrics: dict[str, Any] = {}
-    if resume and latest.is_dir():
-        peft = require("peft", "train")
-        peft.set_peft_model_state_dict(loaded.model, _load_adapter_weights(latest / MEAN_FIELD_ADAPTER), adapter_name=MEAN_FIELD_ADAPTER)
-        trainer.load_state_dict(torch.load(latest / "trainer_state.pt", weights_only=False))
-        metrics = json.loads((latest / "metrics.json").read_text())
+    if resume and _has_checkpoint(out):
+        state, metrics = _restore_checkpoint(out, loaded, MEAN_FIELD_ADAPTER)
+        trainer.load_state_dict(state)
     else:
         (out / "train_log.jsonl").unlink(missing_ok=True)
         metrics.update(_mean_field_metrics(trainer, scored, None, "before", progress))
 
-    def log(stats: dict[str, Any]) -> None:
-        with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(stats, ensure_ascii=False) + "\n")
-
-    def save() -> None:
-        tmp = checkpoints / "tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        loaded.model.save_pretrained(tmp, selected_adapters=[MEAN_FIELD_ADAPTER])
-        torch.save(trainer.state_dict(), tmp / "trainer_state.pt")
-        (tmp / "metrics.json").write_text(json.dumps(metrics))
-        shutil.rmtree(latest, ignore_errors=True)
-        tmp.rename(latest)
-
     bar = _progress_bar(config.max_steps, trainer.step_count, "IB-Tune mean field") if progress else None
-    trainer.train(log, save, bar)
+    trainer.train(_logger(out), lambda: _save_checkpoint(out, loaded, MEAN_FIELD_ADAPTER, trainer.state_dict(), metrics), bar)
     if bar is not None:
         bar.close()
     metrics.update(_mean_field_metrics(trainer, scored, MEAN_FIELD_ADAPTER, "after", progress))
-    adapter_dir = out / "adapter"
-    shutil.rmtree(adapter_dir, ignore_errors=True)
-    loaded.model.save_pretrained(out / "adapter_tmp", selected_adapters=[MEAN_FIELD_ADAPTER])
-    (out / "adapter_tmp" / MEAN_FIELD_ADAPTER).rename(adapter_dir)
-    shutil.rmtree(out / "adapter_tmp")
+    adapter_dir = _export_adapter(out, loaded, MEAN_FIELD_ADAPTER)
     _finish(config, loaded, split, metrics, out, adapter_dir)
     return adapter_dir
 
@@ -139,10 +119,59 @@ def _scored_splits(events: dict[str, list[Any]], per_split: int) -> dict[str, li
     return {name: group[:per_split] for name, group in events.items() if group}
 
 
-def _load_adapter_weights(path: Path) -> dict[str, Any]:
+def _logger(out: Path) -> Callable[[dict[str, Any]], None]:
+    """Appends one JSON line per logged step to ``train_log.jsonl``."""
+    def log(stats: dict[str, Any]) -> None:
+        with (out / "train_log.jsonl").open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(stats, ensure_ascii=False) + "\n")
+    return log
+
+
+def _save_checkpoint(out: Path, loaded: LoadedCausalLM, adapter: str, state: dict[str, Any], metrics: dict[str, Any]) -> None:
+    """Write ``checkpoints/latest``: the adapter's weights, the trainer's ``state`` and the metrics so far
+    (written beside it first, then moved into place)."""
+    torch = require("torch", "hf")
+    checkpoints = out / "checkpoints"
+    tmp, latest = checkpoints / "tmp", checkpoints / "latest"
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded.model.save_pretrained(tmp, selected_adapters=[adapter])
+    torch.save(state, tmp / "trainer_state.pt")
+    (tmp / "metrics.json").write_text(json.dumps(metrics))
+    shutil.rmtree(latest, ignore_errors=True)
+    tmp.rename(latest)
+
+
+def _has_checkpoint(out: Path) -> bool:
+    return (out / "checkpoints" / "latest").is_dir()
+
+
+def _restore_checkpoint(out: Path, loaded: LoadedCausalLM, adapter: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Load ``checkpoints/latest`` into the model's ``adapter``; returns the trainer state and the metrics
+    saved with it. Log lines of steps after the checkpoint (an
+    interrupted run got further) are dropped: the resumed run writes them again."""
     from safetensors.torch import load_file
 
-    return load_file(str(path / "adapter_model.safetensors"))
+    torch = require("torch", "hf")
+    peft = require("peft", "train")
+    latest = out / "checkpoints" / "latest"
+    peft.set_peft_model_state_dict(loaded.model, load_file(str(latest / adapter / "adapter_model.safetensors")), adapter_name=adapter)
+    state = torch.load(latest / "trainer_state.pt", weights_only=False)
+    log = out / "train_log.jsonl"
+    if log.is_file():
+        kept = [line for line in log.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= state["step"]]
+        log.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+    return state, json.loads((latest / "metrics.json").read_text())
+
+
+def _export_adapter(out: Path, loaded: LoadedCausalLM, adapter: str) -> Path:
+    """Save the trained ``adapter`` alone as ``out/adapter``."""
+    adapter_dir, tmp = out / "adapter", out / "adapter_tmp"
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded.model.save_pretrained(tmp, selected_adapters=[adapter])
+    (tmp / adapter).rename(adapter_dir)
+    shutil.rmtree(tmp)
+    return adapter_dir
 
 
 def _finish(config: TrainConfig, loaded: LoadedCausalLM, split: dict[str, list[str]], metrics: dict[str, Any], out: Path,
@@ -153,61 +182,51 @@ def _finish(config: TrainConfig, loaded: LoadedCausalLM, split: dict[str, list[s
 
 
 def _policy_examples_by_split(config: TrainConfig, events: dict[str, list[Any]]) -> dict[str, list[Any]]:
-    """Each split's (prompt, real action) examples; the mean-field model that writes their mean fields
-    is loaded here and released on return, before the model to train is loaded."""
+    """Each split's (prompt, real action) examples; a mean-field model that writes their mean fields (where
+    the method has one) is loaded here and released on return, before the model to train is loaded."""
     mean_field_model = None
-    if config.task == "policy":
+    if get_method(config.method).needs_mean_field_model:
         pool = ModelPool(config.device, config.dtype)
         mean_field_model = pool.get(config.base_model, adapter=config.mean_field_adapter, role="mean_field")
     return {name: policy_examples(group, config, mean_field_model, progress=f"mean fields over {name} events")
             for name, group in events.items()}
 
 
-def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], split: dict[str, list[str]], resume: bool) -> Path:
-    """Policy (given mean fields from the mean-field model) or SFT (no context), with TRL's SFTTrainer."""
-    datasets = require("datasets", "train")
-    trl = require("trl", "train")
+def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], split: dict[str, list[str]], resume: bool,
+                  progress: bool) -> Path:
+    """Policy (given the mean field's contexts) or SFT (no context), with :class:`PolicyTrainer`."""
     examples = _policy_examples_by_split(config, events)
-    train_examples, eval_examples = examples["train"], examples["validation"]
     scored = {}
     for name, group in _scored_splits(events, config.eval_events).items():
         ids = {event.event_id for event in group}
         scored[name] = [e for e in examples[name] if e.event_id in ids]
     loaded = LoadedCausalLM(local_source(parse_spec(config.base_model)), config.device, config.dtype)
-    base_view = TransformersModel(loaded, config.base_model)
-    metrics: dict[str, Any] = {"train_examples": len(train_examples), **{f"{name}_scored_examples": len(e) for name, e in scored.items()}}
-    if not (resume and (out / "checkpoints").is_dir()):
+    train_set, cut = tokenize_examples(loaded, examples["train"], config.max_length)
+    validation, _ = tokenize_examples(loaded, scored.get("validation", []), config.max_length)
+    metrics: dict[str, Any] = {"train_examples": len(train_set), "prompts_cut_from_left": cut,
+                               **{f"{name}_scored_examples": len(e) for name, e in scored.items()}}
+    resuming = resume and _has_checkpoint(out)
+    if not resuming:
+        (out / "train_log.jsonl").unlink(missing_ok=True)
+        base_view = TransformersModel(loaded, config.base_model)
         metrics.update({f"{name}_nll_before": examples_nll(base_view, e) for name, e in scored.items() if e})
-    tokenizer = loaded.tokenizer
+    trainer = PolicyTrainer(config, loaded, train_set)
+    if resuming:
+        state, metrics = _restore_checkpoint(out, loaded, POLICY_ADAPTER)
+        trainer.load_state_dict(state)
+    log = _logger(out)
 
-    def rows(examples: list[Any]) -> Any:
-        records = []
-        for e in examples:
-            completion = completion_target(e.action, e.language, loaded.is_chat, tokenizer.eos_token)
-            prompt, cut = keep_prompt_end(tokenizer, loaded.render(e.prompt), completion, config.max_length)
-            metrics["prompts_cut_from_left"] = metrics.get("prompts_cut_from_left", 0) + cut
-            records.append({"prompt": prompt, "completion": completion})
-        return datasets.Dataset.from_list(records)
+    def save() -> None:
+        if validation:
+            log({"step": trainer.step_count, "validation_loss": trainer.evaluate(validation)})
+        _save_checkpoint(out, loaded, POLICY_ADAPTER, trainer.state_dict(), metrics)
 
-    args = trl.SFTConfig(
-        output_dir=str(out / "checkpoints"), max_steps=config.max_steps, per_device_train_batch_size=config.train_batch_size,
-        learning_rate=config.learning_rate, logging_steps=config.log_every, save_steps=config.save_every, save_total_limit=2,
-        max_length=config.max_length, seed=config.seed, report_to=[], use_cpu=loaded.device == "cpu",
-        bf16=config.dtype in ("bf16", "bfloat16") or (config.dtype == "auto" and loaded.device.startswith("cuda")),
-        gradient_checkpointing=config.gradient_checkpointing, completion_only_loss=True,
-        eval_strategy="steps" if eval_examples else "no", eval_steps=config.save_every, disable_tqdm=False,
-    )
-    trainer = trl.SFTTrainer(model=loaded.model, args=args, train_dataset=rows(train_examples),
-                             eval_dataset=rows(eval_examples) if eval_examples else None, processing_class=tokenizer,
-                             peft_config=lora_config(config))
-    trainer.train(resume_from_checkpoint=resume and any((out / "checkpoints").glob("checkpoint-*")))
-    with (out / "train_log.jsonl").open("w", encoding="utf-8") as handle:
-        for entry in trainer.state.log_history:
-            handle.write(json.dumps(entry) + "\n")
-    adapter_dir = out / "adapter"
-    trainer.model.save_pretrained(adapter_dir)
-    loaded.replace_model(trainer.model)
-    tuned_view = TransformersModel(loaded, config.base_model, adapter="default")
+    bar = _progress_bar(config.max_steps, trainer.step_count, f"{config.task} ({config.method})") if progress else None
+    trainer.train(log, save, bar)
+    if bar is not None:
+        bar.close()
+    adapter_dir = _export_adapter(out, loaded, POLICY_ADAPTER)
+    tuned_view = TransformersModel(loaded, config.base_model, adapter=POLICY_ADAPTER)
     metrics.update({f"{name}_nll_after": examples_nll(tuned_view, e) for name, e in scored.items() if e})
     _finish(config, loaded, split, metrics, out, adapter_dir)
     return adapter_dir
