@@ -330,7 +330,9 @@ def test_policy_training_prompts_are_the_prompts_simulation_shows(method: str, d
     examples = policy_examples([event], config, mean_field_model)
     for t in range(1, 5):
         policy = _Recording()
-        simulation = SimulationConfig(**{**config.simulation_config().model_dump(), "policy_model": "fake", "warmup": 4 * t, "num_agents": 4})
+        # without the kind-choice calibration, whose warm-up scoring would add the warm-up's prompts to those recorded
+        simulation = SimulationConfig(**{**config.simulation_config().model_dump(), "policy_model": "fake", "warmup": 4 * t, "num_agents": 4,
+                                         "calibrate_choices": False})
         simulator = Simulator(simulation, event, policy, mean_field_model)
         for step in simulator.steps:
             simulator.run_step(step)
