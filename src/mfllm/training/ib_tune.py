@@ -33,6 +33,7 @@ from mfllm.prompts import MEAN_FIELD_STOP
 from mfllm.simulation.step import Agent, StepContext
 from mfllm.training.config import TrainConfig
 from mfllm.training.data import history, mean_field_seed, step_context
+from mfllm.training.loop import after_step
 
 MEAN_FIELD_ADAPTER = "mean_field"
 POLICY_ADAPTER = "policy"
@@ -206,13 +207,8 @@ class MeanFieldTrainer:
             event, t, state = self.next_context()
             stats, after = self.step(event, t, state)
             self.chains[event.event_id] = (t + 1, after)
-            if self.step_count % self.config.log_every == 0:
-                log(stats)
-            if self.step_count % self.config.save_every == 0 or self.step_count == self.config.max_steps:
-                save()
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(reward=f"{stats['reward_mean']:.1f}", grad=f"{stats['grad_norm']:.2g}")
+            after_step(self.config, self.step_count, stats, log, save, progress, reward=f"{stats['reward_mean']:.1f}",
+                       grad=f"{stats['grad_norm']:.2g}")
 
     # -------------------------------------------------------------- evaluation and state
 

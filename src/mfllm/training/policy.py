@@ -24,6 +24,7 @@ from mfllm.manifest import derive_seed
 from mfllm.training.config import TrainConfig
 from mfllm.training.data import PolicyExample, completion_target
 from mfllm.training.ib_tune import POLICY_ADAPTER, lora_config
+from mfllm.training.loop import after_step
 
 
 @dataclass(frozen=True)
@@ -180,13 +181,7 @@ class PolicyTrainer:
         """Steps until ``max_steps``, logging every ``log_every`` and saving every ``save_every`` steps and at the end."""
         while self.step_count < self.config.max_steps:
             stats = self.step(self.next_batch())
-            if self.step_count % self.config.log_every == 0:
-                log(stats)
-            if self.step_count % self.config.save_every == 0 or self.step_count == self.config.max_steps:
-                save()
-            if progress is not None:
-                progress.update(1)
-                progress.set_postfix(loss=f"{stats['loss']:.3f}", epoch=self.epoch)
+            after_step(self.config, self.step_count, stats, log, save, progress, loss=f"{stats['loss']:.3f}", epoch=str(self.epoch))
 
     def evaluate(self, examples: Sequence[TokenizedExample]) -> float:
         """Mean NLL per target token of ``examples`` under the current adapter, in batches of similar length."""
