@@ -12,8 +12,9 @@ from backend_samples import CONTINUATIONS, PROMPTS, require_llama_cpp, smollm2_g
 
 from mfllm.backends import FakeModel, ModelPool, parse_spec
 from mfllm.backends.hf import LoadedCausalLM, ModelSource
-from mfllm.backends.llamacpp import LlamaCppModel, LlamaCppSettings, LoadedGGUF
+from mfllm.backends.llamacpp import LlamaCppModel, LlamaCppSettings, LoadedGGUF, RestrictedGGUF, _Entry
 from mfllm.backends.lora_gguf import AdapterConversionError, convert_peft_lora
+from mfllm.backends.vocabulary import UnsupportedVocabulary, keeps, reduced_gguf, token_text
 from mfllm.interfaces import SamplingParams
 
 GREEDY = SamplingParams(max_new_tokens=10, temperature=0.0, stop=())
@@ -31,6 +32,19 @@ def test_shared_prefix_gives_the_same_output_and_scores(smollm2: LoadedGGUF) -> 
     assert shared.usage.prefix_cached_tokens > 16 * (len(PROMPTS) - 1) and separate.usage.prefix_cached_tokens == 0
     for a, b in zip(shared.score(PROMPTS, CONTINUATIONS), separate.score(PROMPTS, CONTINUATIONS)):
         assert a.token_logprobs == pytest.approx(b.token_logprobs, abs=1e-3)
+
+
+def test_rows_sharing_a_prompt_and_continuation_prefixes_score_as_each_row_alone(smollm2: LoadedGGUF) -> None:
+    model = LlamaCppModel(smollm2, "tree")
+    continuations = ["[reply] yes", "[share]", "[share with comment] no", "", "[share]"]
+    prompts = [p for p in PROMPTS[:2] for _ in continuations]
+    together = model.score(prompts, continuations * 2)
+    decoded_before = model.usage.prompt_tokens
+    for prompt, continuation, score in zip(prompts, continuations * 2, together):
+        alone = model.score([prompt], [continuation])[0]
+        assert len(score.token_logprobs) == len(alone.token_logprobs) == model.count_text_tokens(continuation)
+        assert score.token_logprobs == pytest.approx(alone.token_logprobs, abs=1e-3)
+    assert decoded_before > 0
 
 
 def test_batches_with_more_prompts_than_sequences_run_in_groups_with_the_same_results(smollm2: LoadedGGUF) -> None:
@@ -133,3 +147,45 @@ def test_seeds_are_per_prompt(smollm2: LoadedGGUF) -> None:
     params = SamplingParams(max_new_tokens=12, temperature=1.0, stop=(), seed=5)
     together = model.generate(PROMPTS, params)
     assert together[1:] == model.generate(PROMPTS[1:], dataclasses.replace(params, seed=6))
+
+
+def test_output_vocabulary_rules() -> None:
+    assert keeps("评论", "zh") and keeps(" 疫情。", "zh") and keeps("ok", "zh") and keeps("😀", "zh")
+    assert not keeps("http", "zh") and not keeps("ありがとう", "zh")
+    assert keeps(" café", "en") and keeps("2020!", "en") and not keeps("评论", "en")
+    assert token_text("\u2581疫情", "llama") == " 疫情" and token_text("Ġyes", "gpt2") == " yes"
+    assert token_text("ç", "gpt2") is None  # the first byte of a character split across tokens
+    with pytest.raises(UnsupportedVocabulary, match="known: zh, en"):
+        keeps("x", "fr")
+
+
+def test_a_restricted_vocabulary_gives_the_full_models_logits_on_its_tokens(smollm2: LoadedGGUF, tmp_path: Path,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MFLLM_CACHE_DIR", str(tmp_path))
+    vocabulary = reduced_gguf(smollm2.model_file, "zh", tmp_path / "gguf" / "vocabulary")
+    assert 0 < vocabulary.size < smollm2.n_vocab / 4 and list(vocabulary.full_ids) == sorted(set(vocabulary.full_ids))
+    assert reduced_gguf(smollm2.model_file, "zh", tmp_path / "gguf" / "vocabulary").gguf_file == vocabulary.gguf_file  # built once
+    restricted = smollm2.for_generation("zh", None)
+    assert isinstance(restricted, RestrictedGGUF) and smollm2.for_generation("zh", "some-adapter") is smollm2
+    ids = smollm2.prompt_ids(PROMPTS[0])
+    logits = {}
+    for model in (smollm2, restricted):
+        model.begin(ids[:-1], 1)
+        model.decode([_Entry(ids[-1], len(ids) - 1, 0, True)], lambda entry, index, model=model: logits.__setitem__(model, model.logits(index).copy()))
+    assert logits[restricted].shape == (vocabulary.size,)
+    assert logits[restricted] == pytest.approx(logits[smollm2][vocabulary.full_ids], abs=1e-4)
+    model, chinese = LlamaCppModel(smollm2, "restricted"), dataclasses.replace(GREEDY, vocabulary="zh")
+    texts = model.generate(PROMPTS, chinese)
+    assert texts == model.generate(PROMPTS, chinese) and texts != model.generate(PROMPTS, GREEDY)
+
+
+def test_a_kept_prefix_and_the_thread_count_do_not_change_results(smollm2: LoadedGGUF) -> None:
+    model = LlamaCppModel(smollm2, "history")
+    sampled = SamplingParams(max_new_tokens=8, temperature=0.9, seed=5, stop=())
+    first_scores, first_texts = model.score(PROMPTS, CONTINUATIONS), model.generate(PROMPTS, sampled)
+    assert smollm2._prefix  # the step's prefix stays on sequence 0 for the next call
+    again_texts, again_scores = model.generate(PROMPTS, sampled), model.score(PROMPTS, CONTINUATIONS)
+    one_thread = LlamaCppModel(LoadedGGUF(smollm2.model_file, LlamaCppSettings(n_ctx=4096, threads=1)), "one")
+    assert again_texts == first_texts == one_thread.generate(PROMPTS, sampled)
+    for a, b, c in zip(first_scores, again_scores, one_thread.score(PROMPTS, CONTINUATIONS)):
+        assert a.token_logprobs == b.token_logprobs == c.token_logprobs

@@ -42,7 +42,9 @@ class SamplingParams:
     when negative), then ``l - n * frequency_penalty - presence_penalty`` (llama.cpp's penalties sampler;
     the transformers backend applies the same formula, an OpenAI-compatible server its own
     ``frequency_penalty``/``presence_penalty``). ``max_new_tokens_each`` bounds each prompt's reply on its
-    own (``max_new_tokens`` bounds them all)."""
+    own (``max_new_tokens`` bounds them all). ``vocabulary`` names the language of the text to write: a
+    backend that can (llama.cpp) then samples among that language's tokens only, which decodes faster
+    (see ``mfllm.backends.vocabulary``); ``None`` samples from the whole vocabulary."""
 
     max_new_tokens: int = 64
     temperature: float = 0.8
@@ -55,6 +57,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     penalty_window: int = 64
     max_new_tokens_each: tuple[int, ...] | None = None
+    vocabulary: str | None = None
 
     def limit(self, index: int) -> int:
         """The most tokens prompt ``index`` of a call may generate."""

@@ -15,7 +15,7 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -58,6 +58,9 @@ class BacktestConfig(ExecutorConfig):
     warmup: int = Field(default=16, ge=0, description="Real reactions fed to the context before simulation starts.")
     batch_size: int = Field(default=16, ge=1, description="Agents per step.")
     temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature of the policy (and of the mean field).")
+    output_vocabulary: Literal["language", "full"] = Field(default="language", description="language: generate from the event "
+                                                           "language's tokens where the backend can (faster on llama.cpp); full: "
+                                                           "from the whole vocabulary (see SimulationConfig).")
     dimensions: list[str] = Field(default=["sentiment", "emotion", "behaviour"], description="Dimensions to evaluate.")
     window: str = Field(default="step", description="Comparison windows: step (the simulation batch), count:N (N agents each; "
                                                     "larger windows lower the KL noise floor) or time:SECONDS.")
@@ -142,7 +145,8 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
     for point in grid:
         name = "base" if len(grid) == 1 else "_".join(f"{k}{v}" for k, v in point.items())
         base = SimulationConfig(data=config.data, data_format=config.data_format, policy_model=config.policy_model,
-                                mean_field_model=None, num_agents=config.num_agents, device=config.device, dtype=config.dtype, **point)
+                                mean_field_model=None, num_agents=config.num_agents, device=config.device, dtype=config.dtype,
+                                output_vocabulary=config.output_vocabulary, **point)
         configs = []
         for method in methods:
             update: dict[str, Any] = {"method": method}

@@ -21,10 +21,13 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from mfllm.backends.embedded import cache_root
 from mfllm.backends.hf import clean_output, prefix_to_share, require, stop_position
+from mfllm.backends.vocabulary import InputEmbeddings, ReducedVocabulary, UnsupportedVocabulary, reduced_gguf
 from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams, UsageStats
 
 LLAMA_CPP_VERSION = "0.3.36"
+SMALL_BATCH_TOKENS = 32  # batches with fewer tokens run on one thread (see LoadedGGUF._use_threads)
 SEED_MODULUS = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "pick a random seed"
 
 
@@ -112,6 +115,9 @@ class LoadedGGUF:
         self._batch: Any = None
         self._formatter: Any = None
         self._pieces: dict[int, bytes] = {}
+        self._restricted: dict[str, LoadedGGUF] = {}
+        self._threads = 0  # threads the context runs on now (see _use_threads)
+        self._prefix: list[int] = []  # what sequence 0 holds from position 0 on, kept for the next group (see begin)
 
     def _load(self) -> None:
         llama_cpp = llama_cpp_module()
@@ -133,7 +139,7 @@ class LoadedGGUF:
         # batch (with it, the gaps other sequences leave in the unified cache change the rounding).
         context_params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED
         self._context = internals.LlamaContext(model=self._model, params=context_params, verbose=False)
-        self._batch = internals.LlamaBatch(n_tokens=self.settings.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self._batch = internals.LlamaBatch(n_tokens=self.settings.n_batch, embd=self._input_width(), n_seq_max=1, verbose=False)
         template = self._model.metadata().get("tokenizer.chat_template")
         if template:
             chat_format = require("llama_cpp.llama_chat_format", "llamacpp")
@@ -222,11 +228,33 @@ class LoadedGGUF:
         if status != 0:
             raise RuntimeError(f"llama.cpp could not switch to adapter {adapter!r} (status {status})")
         self._active_adapter = adapter
+        self._prefix = []  # cached under the other adapter
 
     def clear(self) -> None:
         """Forget every cached token of every sequence."""
         llama_cpp = llama_cpp_module()
         llama_cpp.llama_memory_clear(self.context.memory, False)
+        self._prefix = []
+
+    def begin(self, prefix: Sequence[int], sequences: int) -> None:
+        """Start a group of ``sequences`` rows that share ``prefix``: sequence 0 holds the prefix, evaluated
+        on its own, and every other sequence a copy of it; nothing else stays cached. When the previous
+        group left exactly this prefix on sequence 0 (the same step's prompts, scored then generated), it
+        is kept rather than evaluated again: it was evaluated the same way, so the values are the same."""
+        llama_cpp = llama_cpp_module()
+        prefix = list(prefix)
+        if prefix and prefix == self._prefix:
+            memory = self.context.memory
+            llama_cpp.llama_memory_seq_rm(memory, 0, len(prefix), -1)
+            for sequence in range(1, self.settings.max_sequences):
+                llama_cpp.llama_memory_seq_rm(memory, sequence, -1, -1)
+        else:
+            self.clear()
+            if prefix:
+                self.decode([_Entry(token, position, 0, False) for position, token in enumerate(prefix)], lambda entry, index: None)
+            self._prefix = prefix
+        if prefix:
+            self.copy_sequence(0, range(1, sequences))
 
     def copy_sequence(self, source: int, targets: Sequence[int]) -> None:
         """Give every target sequence a copy of the source sequence's cache."""
@@ -235,8 +263,9 @@ class LoadedGGUF:
             llama_cpp.llama_memory_seq_cp(self.context.memory, source, target, -1, -1)
 
     def drop_sequence(self, sequence: int) -> None:
+        """Forget a finished row's tokens (sequence 0 keeps the group's prefix for :meth:`begin`)."""
         llama_cpp = llama_cpp_module()
-        llama_cpp.llama_memory_seq_rm(self.context.memory, sequence, -1, -1)
+        llama_cpp.llama_memory_seq_rm(self.context.memory, sequence, len(self._prefix) if sequence == 0 else -1, -1)
 
     def decode(self, entries: Sequence[_Entry], on_logits: Callable[[int, int], None]) -> None:
         """Evaluate ``entries`` in chunks of ``n_batch``; after each chunk, ``on_logits(entry_index,
@@ -246,8 +275,10 @@ class LoadedGGUF:
         for start in range(0, len(entries), self.settings.n_batch):
             chunk = entries[start:start + self.settings.n_batch]
             batch.n_tokens = len(chunk)
+            self._use_threads(len(chunk))
+            self._fill_inputs(batch, chunk)
             for i, entry in enumerate(chunk):
-                batch.token[i], batch.pos[i], batch.logits[i] = entry.token, entry.position, entry.wants_logits
+                batch.pos[i], batch.logits[i] = entry.position, entry.wants_logits
                 batch.n_seq_id[i] = 1
                 batch.seq_id[i][0] = entry.sequence
             status = llama_cpp.llama_decode(context.ctx, batch)
@@ -257,6 +288,39 @@ class LoadedGGUF:
             for i, entry in enumerate(chunk):
                 if entry.wants_logits:
                     on_logits(start + i, i)
+
+    def _use_threads(self, tokens: int) -> None:
+        """One thread for a small batch, every thread for a large one. With passively waiting OpenMP
+        threads (see :func:`llama_cpp_module`) each of the graph's few hundred barriers wakes a sleeping
+        thread: on 2 cores a one-token decode took 14 ms on two threads and 4 ms on one, while two
+        threads won from about 32 tokens on. Results do not depend on the thread count."""
+        threads = 1 if tokens < SMALL_BATCH_TOKENS else self.settings.resolved_threads
+        if threads != self._threads:
+            llama_cpp_module().llama_set_n_threads(self.context.ctx, threads, threads)
+            self._threads = threads
+
+    def _input_width(self) -> int:
+        """0: batches carry token ids (a subclass may feed embeddings of this width instead)."""
+        return 0
+
+    def _fill_inputs(self, batch: Any, chunk: Sequence[_Entry]) -> None:
+        for i, entry in enumerate(chunk):
+            batch.token[i] = entry.token
+
+    def for_generation(self, vocabulary: str | None, adapter: str | None) -> LoadedGGUF:
+        """The model that generates: this one, or its copy restricted to ``vocabulary``'s tokens when one is
+        asked for, no adapter is active and the architecture allows it (else this one)."""
+        if vocabulary is None or adapter is not None:
+            return self
+        if vocabulary not in self._restricted:
+            try:
+                reduced = reduced_gguf(self.model_file, vocabulary, cache_root() / "gguf" / "vocabulary")
+            except UnsupportedVocabulary as why:
+                announce(f"{why}: generating from the whole vocabulary")
+                self._restricted[vocabulary] = self
+            else:
+                self._restricted[vocabulary] = RestrictedGGUF(self, reduced)
+        return self._restricted[vocabulary]
 
     def logits(self, batch_index: int) -> np.ndarray:
         """The next-token logits at one output of the last decode (a view, valid until the next decode)."""
@@ -293,6 +357,49 @@ class LoadedGGUF:
         return {"model_file": str(self.model_file), "threads": self.settings.resolved_threads, "n_ctx": self.settings.n_ctx,
                 "n_batch": self.settings.n_batch, "max_sequences": self.settings.max_sequences, "llama_cpp_python": LLAMA_CPP_VERSION,
                 "extra_buffer_types": bool(self.model.params.use_extra_bufts)}
+
+
+class RestrictedGGUF(LoadedGGUF):
+    """A model's reduced-vocabulary copy (``mfllm.backends.vocabulary``) that reads the full model's input
+    embeddings and samples among the kept tokens, reporting them by their ids in the full model, whose
+    tokenizer, pieces and end-of-generation tokens it uses."""
+
+    def __init__(self, full: LoadedGGUF, vocabulary: ReducedVocabulary):
+        super().__init__(vocabulary.gguf_file, full.settings)
+        self.full, self.vocabulary = full, vocabulary
+        self._embeddings = InputEmbeddings(full.model_file, vocabulary)
+
+    def _input_width(self) -> int:
+        return self.vocabulary.n_embd
+
+    def _fill_inputs(self, batch: Any, chunk: Sequence[_Entry]) -> None:
+        rows = np.ascontiguousarray(self._embeddings.rows([entry.token for entry in chunk]), dtype=np.float32)
+        ctypes.memmove(batch.embd, rows.ctypes.data, rows.nbytes)
+
+    def sample(self, sampler: Any, batch_index: int) -> int:
+        return int(self.vocabulary.full_ids[super().sample(sampler, batch_index)])
+
+    @property
+    def is_chat(self) -> bool:
+        return self.full.is_chat
+
+    def render(self, prompt: Prompt) -> str:
+        return self.full.render(prompt)
+
+    def tokenize(self, text: str, add_special: bool) -> list[int]:
+        return self.full.tokenize(text, add_special)
+
+    def piece(self, token: int) -> bytes:
+        return self.full.piece(token)
+
+    def is_end_of_generation(self, token: int) -> bool:
+        return self.full.is_end_of_generation(token)
+
+    def for_generation(self, vocabulary: str | None, adapter: str | None) -> LoadedGGUF:
+        return self
+
+    def describe(self) -> dict[str, Any]:
+        return {**self.full.describe(), "output_vocabulary": {"file": str(self.model_file), "tokens": self.vocabulary.size}}
 
 
 def _groups(lengths: Sequence[int], n_ctx: int, max_sequences: int, what: str) -> list[list[int]]:
@@ -339,32 +446,25 @@ class LlamaCppModel(LanguageModel):
     def _shared(self, token_ids: Sequence[Sequence[int]]) -> int:
         return prefix_to_share(token_ids) if self.prefix_cache else 0
 
-    def _decode_prefix(self, prefix: Sequence[int], sequences: int) -> None:
-        """Evaluate the shared prefix once on sequence 0 and copy its cache to the other sequences."""
-        if prefix:
-            self.loaded.decode([_Entry(token, position, 0, False) for position, token in enumerate(prefix)], lambda entry, index: None)
-            self.loaded.copy_sequence(0, range(1, sequences))
-
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         loaded = self.loaded
-        loaded.activate(self.adapter)
+        runner = loaded.for_generation(params.vocabulary, self.adapter)
+        runner.activate(self.adapter)
         token_ids = [loaded.prompt_ids(p) for p in prompts]
         results: list[str] = [""] * len(prompts)
         lengths = [len(t) + params.limit(i) for i, t in enumerate(token_ids)]
         for group in _groups(lengths, loaded.settings.n_ctx, loaded.settings.max_sequences, "prompt"):
-            for index, text in zip(group, self._generate_group([token_ids[i] for i in group], group, params)):
+            for index, text in zip(group, self._generate_group(runner, [token_ids[i] for i in group], group, params)):
                 results[index] = text
         self.usage.generate_calls += 1
         self.usage.prompt_tokens += sum(len(t) for t in token_ids)
         return results
 
-    def _generate_group(self, token_ids: list[list[int]], indices: list[int], params: SamplingParams) -> list[str]:
-        loaded = self.loaded
-        loaded.clear()
+    def _generate_group(self, loaded: LoadedGGUF, token_ids: list[list[int]], indices: list[int], params: SamplingParams) -> list[str]:
         shared = self._shared(token_ids)
         seeds = [SEED_MODULUS if params.seed is None else (params.seed + i) % SEED_MODULUS for i in indices]
         rows = [_Row(loaded.sampler(params, seed), len(ids), bytearray(), limit=params.limit(i)) for ids, seed, i in zip(token_ids, seeds, indices)]
-        self._decode_prefix(token_ids[0][:shared], len(rows))
+        loaded.begin(token_ids[0][:shared], len(rows))
         entries = []
         for sequence, ids in enumerate(token_ids):
             entries += [_Entry(token, shared + k, sequence, shared + k == len(ids) - 1) for k, token in enumerate(ids[shared:])]
@@ -417,30 +517,82 @@ class LlamaCppModel(LanguageModel):
         return scores
 
     def _score_group(self, prompt_ids: list[list[int]], continuation_ids: list[list[int]]) -> list[ContinuationScore]:
+        """Score one group. Rows that share tokens beyond the common prefix (the same prompt with several
+        continuations, as when an agent's three action markers are scored) evaluate those tokens once:
+        the rows form a prefix tree decoded level by level, each branch continuing on a copy of its
+        parent's cache, and every position's log-softmax serves all rows through it."""
         loaded = self.loaded
-        loaded.clear()
         shared = self._shared(prompt_ids)
-        self._decode_prefix(prompt_ids[0][:shared], len(prompt_ids))
-        entries: list[_Entry] = []
-        targets: list[tuple[int, int]] = []  # per entry: (row, continuation token it predicts), or (-1, -1)
-        for row, (prompt, continuation) in enumerate(zip(prompt_ids, continuation_ids)):
-            sequence = prompt + continuation
-            for position in range(shared, len(sequence)):
-                predicts = position - len(prompt) + 1
-                wants = 0 <= predicts < len(continuation)
-                entries.append(_Entry(sequence[position], position, row, wants))
-                targets.append((row, continuation[predicts]) if wants else (-1, -1))
-        logprobs: list[list[float]] = [[] for _ in prompt_ids]
+        loaded.begin(prompt_ids[0][:shared], len(prompt_ids))
+        sequences = [p + c for p, c in zip(prompt_ids, continuation_ids)]
+        logprobs: list[dict[int, float]] = [{} for _ in prompt_ids]
 
-        def take(entry_index: int, batch_index: int) -> None:
-            row, target = targets[entry_index]
-            logits = loaded.logits(batch_index).astype(np.float64)
-            top = logits.max()
-            logprobs[row].append(float(logits[target] - top - np.log(np.exp(logits - top).sum())))
+        def decode(branches: Sequence[_Branch]) -> None:
+            entries: list[_Entry] = []
+            targets: list[list[tuple[int, int, int]]] = []  # per entry: (row, position, token it predicts)
+            for branch in branches:
+                for offset, token in enumerate(branch.tokens):
+                    position = branch.start + offset
+                    wanted = [(row, position, sequences[row][position + 1]) for row in branch.rows
+                              if len(prompt_ids[row]) - 1 <= position < len(sequences[row]) - 1]
+                    entries.append(_Entry(token, position, branch.sequence, bool(wanted)))
+                    targets.append(wanted)
 
-        loaded.decode(entries, take)
+            def take(entry_index: int, batch_index: int) -> None:
+                logits = loaded.logits(batch_index).astype(np.float64)
+                top = logits.max()
+                normaliser = top + np.log(np.exp(logits - top).sum())
+                for row, position, token in targets[entry_index]:
+                    logprobs[row][position] = float(logits[token] - normaliser)
+
+            loaded.decode(entries, take)
+
+        level = _branches(sequences, range(len(sequences)), shared)
+        first = True
+        while level:
+            # The first level goes in one batch, as rows without shared tokens always did; after a branch,
+            # each branch is its own batch, which scores every row exactly as when scored alone (batching
+            # copied sequences together moved some log-probs by up to 0.04 nats in llama-cpp-python 0.3.36).
+            for batch in [level] if first else [[branch] for branch in level]:
+                decode(batch)
+            first = False
+            following = []
+            for branch in level:
+                children = _branches(sequences, branch.rows, branch.start + len(branch.tokens))
+                loaded.copy_sequence(branch.sequence, [c.sequence for c in children if c.sequence != branch.sequence])
+                following += children
+            level = following
         self.usage.prefix_cached_tokens += shared * (len(prompt_ids) - 1)
-        return [ContinuationScore(tuple(values)) for values in logprobs]
+        return [ContinuationScore(tuple(values[p] for p in sorted(values))) for values in logprobs]
+
+
+@dataclass(frozen=True)
+class _Branch:
+    """Tokens that several rows share from ``start`` on, evaluated once on the first row's sequence."""
+
+    tokens: list[int]
+    start: int
+    rows: list[int]
+
+    @property
+    def sequence(self) -> int:
+        return self.rows[0]
+
+
+def _branches(sequences: Sequence[Sequence[int]], rows: Sequence[int], start: int) -> list[_Branch]:
+    """The rows (which agree on every token before ``start``) split by their token at ``start``, each
+    part extended while its rows keep agreeing; rows that end at ``start`` drop out."""
+    parts: dict[int, list[int]] = {}
+    for row in rows:
+        if len(sequences[row]) > start:
+            parts.setdefault(sequences[row][start], []).append(row)
+    branches = []
+    for members in parts.values():
+        end = start + 1
+        while all(len(sequences[m]) > end for m in members) and len({sequences[m][end] for m in members}) == 1:
+            end += 1
+        branches.append(_Branch(list(sequences[members[0]][start:end]), start, members))
+    return branches
 
 
 def announce(message: str) -> None:

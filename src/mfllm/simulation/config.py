@@ -56,6 +56,10 @@ class SimulationConfig(YamlConfig):
                                                               "of the policy's marker log-probs, fitted by maximum likelihood to what the "
                                                               "real warm-up reactors did (see README 'Agents choose what to do'); else "
                                                               "the markers' probabilities at the run's temperature.")
+    output_vocabulary: Literal["language", "full"] = Field(default="language", description="language: the policy and mean-field "
+                                                           "model write from the event language's tokens only where the backend can "
+                                                           "(llama.cpp; several times faster decoding, see README 'Fast inference'); "
+                                                           "full: from the whole vocabulary. Scores always use the whole vocabulary.")
     max_mean_field_tokens: int = Field(default=128, ge=8, description="Upper bound on a mean-field update (tokens).")
     mean_field_temperature: float | None = Field(default=None, ge=0.0, description="Temperature of mean-field updates; the policy's "
                                                                                      "temperature when omitted.")

@@ -22,7 +22,7 @@ from mfllm.prompts import action_choice, bare_repost_text, needs_text, policy_st
 from mfllm.redaction import redacted
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.methods import get_method
-from mfllm.simulation.methods.mean_field import mean_field_sampling
+from mfllm.simulation.methods.mean_field import mean_field_sampling, output_vocabulary
 from mfllm.simulation.interventions import Scheduled, file_digest, schedule_interventions
 from mfllm.simulation.scenario import Intervened, Replay, Scenario
 from mfllm.simulation.step import Agent, Step, StepContext, action_row, fit_choice_calibration, sample_choices
@@ -77,7 +77,8 @@ class Simulator:
         return SamplingParams(config.max_action_tokens, temperature, config.top_p, policy_stops(self.event.language), seed,
                               repetition_penalty=config.repetition_penalty, frequency_penalty=config.frequency_penalty,
                               presence_penalty=config.presence_penalty, penalty_window=config.penalty_window,
-                              max_new_tokens_each=None if bounds is None else tuple(bounds))
+                              max_new_tokens_each=None if bounds is None else tuple(bounds),
+                              vocabulary=output_vocabulary(config, self.event.language))
 
     def _warmup_texts(self) -> list[str]:
         """The texts of the real warm-up reactions that wrote words (what action lengths follow)."""
@@ -272,16 +273,16 @@ def _manifest(config: SimulationConfig, event: Event, report: LoadReport, simula
                             "rollout_agents": sum(len(s.positions) for s in simulator.steps if s.phase == "rollout")}
     manifest["scenario"] = simulator.scenario.describe()
     if simulator.mean_field_model is not None:
-        sampling = mean_field_sampling(config)
+        sampling = mean_field_sampling(config, event.language)
         manifest["mean_field_sampling"] = {"max_new_tokens": sampling.max_new_tokens, "temperature": sampling.temperature,
-                                           "top_p": sampling.top_p, "top_k": sampling.top_k}
+                                           "top_p": sampling.top_p, "top_k": sampling.top_k, "output_vocabulary": sampling.vocabulary}
     policy = simulator._policy_params(simulator.steps[0], 0, None)
     manifest["policy_sampling"] = {"temperature": policy.temperature, "top_p": policy.top_p, "top_k": policy.top_k,
                                    "repetition_penalty": policy.repetition_penalty, "frequency_penalty": policy.frequency_penalty,
                                    "presence_penalty": policy.presence_penalty, "penalty_window": policy.penalty_window,
                                    "max_new_tokens": policy.max_new_tokens, "action_length": config.action_length,
                                    "length_slack": config.length_slack, "resample_copies": config.resample_copies,
-                                   "calibrate_choices": config.calibrate_choices}
+                                   "calibrate_choices": config.calibrate_choices, "output_vocabulary": policy.vocabulary}
     manifest["status"] = "running"
     return manifest
 

@@ -14,11 +14,17 @@ if TYPE_CHECKING:
     from mfllm.data.schema import Event
     from mfllm.simulation.config import SimulationConfig
 
-def mean_field_sampling(config: SimulationConfig) -> SamplingParams:
+def output_vocabulary(config: SimulationConfig, language: str) -> str | None:
+    """The vocabulary a run's generations are restricted to (None: the whole vocabulary)."""
+    return language if config.output_vocabulary == "language" else None
+
+
+def mean_field_sampling(config: SimulationConfig, language: str) -> SamplingParams:
     """How a run samples its mean-field updates (the run records the resolved settings)."""
     temperature = config.temperature if config.mean_field_temperature is None else config.mean_field_temperature
     top_p = config.top_p if config.mean_field_top_p is None else config.mean_field_top_p
-    return SamplingParams(config.max_mean_field_tokens, temperature, top_p, MEAN_FIELD_STOP)
+    return SamplingParams(config.max_mean_field_tokens, temperature, top_p, MEAN_FIELD_STOP,
+                          vocabulary=output_vocabulary(config, language))
 
 
 def clip_points(text: str, language: str, max_chars: int) -> str:
@@ -100,7 +106,7 @@ class MeanField(KeyPointsMeanField):
 
     @classmethod
     def create(cls, config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> MeanField:
-        return cls(KeyPoints(mean_field_model, event.source.text, event.language, mean_field_sampling(config), config.mean_field_max_chars))
+        return cls(KeyPoints(mean_field_model, event.source.text, event.language, mean_field_sampling(config, event.language), config.mean_field_max_chars))
 
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
         if actions:

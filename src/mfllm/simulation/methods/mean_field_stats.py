@@ -248,7 +248,7 @@ class HybridMeanField(StatisticsMeanField, KeyPointsMeanField):
 
     @classmethod
     def create(cls, config: SimulationConfig, event: Event, mean_field_model: LanguageModel | None) -> HybridMeanField:
-        points = KeyPoints(mean_field_model, event.source.text, event.language, mean_field_sampling(config), config.mean_field_max_chars)
+        points = KeyPoints(mean_field_model, event.source.text, event.language, mean_field_sampling(config, event.language), config.mean_field_max_chars)
         return cls(event.source.text, event.language, lexicon_labeller(), points, config.context_k)
 
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
