@@ -142,3 +142,14 @@ def test_every_simulate_run_prints_its_throughput(demo_event_path: Path, tmp_pat
     assert line.startswith(f"run written to {tmp_path}") and "8 simulated actions in" in line and " (policy " in line and "mean field " in line
     assert main(args + ["--dry-run"]) == 0
     assert "estimated wall-clock time: " in capsys.readouterr().out.splitlines()[-1]
+
+
+def test_pooled_throughput_adds_runs_up_and_leaves_uncounted_tokens_unknown() -> None:
+    a = throughput.run_throughput(2.0, 10, {"policy": {"generate_calls": 1, "prompt_tokens": 100, "generated_tokens": 20}, "mean_field": None})
+    b = throughput.run_throughput(3.0, 20, {"policy": {"score_calls": 2, "prompt_tokens": 500, "generated_tokens": 40}, "mean_field": None})
+    pooled = throughput.pooled_throughput([a, b])
+    assert (pooled["runs"], pooled["simulated_actions"], pooled["seconds"], pooled["actions_per_second"]) == (2, 30, 5.0, 6.0)
+    assert (pooled["prompt_tokens_per_action"], pooled["generated_tokens_per_action"], pooled["policy"]["calls"]) == (20.0, 2.0, 3)
+    older = {"seconds": 5.0, "simulated_actions": 10, "actions_per_second": 2.0}  # a run recorded before tokens were counted
+    mixed = throughput.pooled_throughput([a, older])
+    assert mixed["actions_per_second"] == round(20 / 7.0, 4) and mixed["prompt_tokens_per_action"] is None and "policy" not in mixed

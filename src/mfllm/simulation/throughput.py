@@ -65,19 +65,22 @@ def _token_totals(roles: list[dict[str, Any] | None], actions: int) -> dict[str,
 
 def pooled_throughput(figures: Iterable[Mapping[str, Any]]) -> dict[str, Any] | None:
     """Runs' throughputs pooled: total actions over total seconds, total tokens over total actions (per role
-    and together); None without a run that simulated anything."""
+    and together; unknown when a run recorded no tokens, as runs made before they were counted); None
+    without a run that simulated anything."""
     runs = [f for f in figures if f and f.get("simulated_actions") and f.get("seconds")]
     if not runs:
         return None
     actions, seconds = sum(f["simulated_actions"] for f in runs), sum(f["seconds"] for f in runs)
     roles: dict[str, Any] = {}
-    for role in ROLES:
+    counted = all(f.get("policy") for f in runs)
+    for role in ROLES if counted else ():
         present = [f[role] for f in runs if f.get(role)]
         if present:
             total = {key: sum(p.get(key, 0) for p in present) for key in ("prompt_tokens", "generated_tokens", "unmetered_requests")}
             roles[role] = role_figures({**total, "generate_calls": sum(p["calls"] for p in present)}, actions)
+    tokens = _token_totals(list(roles.values()), actions) if counted else {"prompt_tokens_per_action": None, "generated_tokens_per_action": None}
     return {"runs": len(runs), "seconds": round(seconds, 3), "simulated_actions": actions, "actions_per_second": round(actions / seconds, 4),
-            **roles, **_token_totals(list(roles.values()), actions),
+            **roles, **tokens,
             **({"mean_field_counted_with_policy": True} if any(f.get("mean_field_counted_with_policy") for f in runs) else {})}
 
 
