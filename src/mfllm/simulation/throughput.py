@@ -92,8 +92,8 @@ def throughput_text(figures: Mapping[str, Any]) -> str:
     """One line: actions per second and tokens per action (each role's beside the total)."""
     rate = figures.get("actions_per_second")
     line = (f"{figures['simulated_actions']} simulated actions in {figures['seconds']:,.1f} s: "
-            f"{'unknown' if rate is None else f'{rate:.3g}'} actions/s; tokens per action: prompt {_tokens(figures['prompt_tokens_per_action'])}, "
-            f"generated {_tokens(figures['generated_tokens_per_action'])}")
+            f"{'unknown' if rate is None else f'{rate:.3g}'} actions/s; tokens per action: prompt {_tokens(figures.get('prompt_tokens_per_action'))}, "
+            f"generated {_tokens(figures.get('generated_tokens_per_action'))}")
     parts = [f"{role.replace('_', ' ')} {_tokens(figures[role]['prompt_tokens_per_action'])} + "
              f"{_tokens(figures[role]['generated_tokens_per_action'])}" for role in ROLES if figures.get(role)]
     if len(parts) > 1:
@@ -151,6 +151,8 @@ def duration_text(seconds: float | None) -> str:
     """A duration for people: seconds, minutes or hours; "unknown" for None."""
     if seconds is None:
         return "unknown"
+    if seconds < 1:
+        return "under 1 s"
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
