@@ -111,11 +111,22 @@ def _executor(args: argparse.Namespace) -> Any:
 
 
 def _print_estimate(plan: dict[str, Any]) -> None:
+    from mfllm.simulation.throughput import duration_text
+
     steps = plan.pop("per_step")
     print(json.dumps(plan, ensure_ascii=False))
     print("step\tagents\tpolicy prompt tokens/action\tfull-history prompt tokens/action")
     for row in steps:
         print(f"{row['step']}\t{row['agents']}\t{row['policy_prompt_tokens']}\t{row['full_history_tokens']}")
+    print(f"estimated wall-clock time: {duration_text(plan['wall_clock_s'])} ({plan['speed_source']})")
+
+
+def _run_written(run: Path) -> None:
+    from mfllm.simulation.store import RunStore
+    from mfllm.simulation.throughput import throughput_text
+
+    figures = RunStore(run).manifest().get("throughput")
+    print(f"run written to {run}" + (f"; {throughput_text(figures)}" if figures else ""))
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
@@ -126,11 +137,10 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
     base = SimulationConfig.from_sources(args.config, SimulationConfig.overrides(args, skip=SWEPT))
     configs = sweep_configs(base, args.event or [None], args.method or [None], args.seeds or [None])
     if args.dry_run:
-        for plan in estimate_many(configs):
+        for plan in estimate_many(configs, root=args.output):
             _print_estimate(plan)
         return 0
-    simulate_many(sweep_plan(configs, args.output), resume=args.resume, progress=_progress,
-                  on_run=lambda run: print(f"run written to {run}"), executor=_executor(args))
+    simulate_many(sweep_plan(configs, args.output), resume=args.resume, progress=_progress, on_run=_run_written, executor=_executor(args))
     return 0
 
 
@@ -268,13 +278,33 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_backtest_estimate(plan: dict[str, Any]) -> None:
+    from mfllm.simulation.throughput import duration_text
+
+    print(f"{len(plan['events'])} events ({', '.join(f'{e}: {n} reactions' for e, n in plan['events'].items())}), {plan['runs']} runs, "
+          f"{plan['simulated_actions']} simulated actions")
+    for m in plan["methods"]:
+        print(f"  {m['method']}: {m['runs']} runs, {m['simulated_actions']} actions, {m['policy_calls']} policy + {m['mean_field_calls']} "
+              f"mean-field calls, {m['policy_prompt_tokens'] + m['mean_field_prompt_tokens']:,} prompt tokens, at most "
+              f"{m['max_generated_tokens']:,} generated; {duration_text(m['wall_clock_s'])} ({m['speed_source']})")
+    print(f"estimated wall-clock time of the backtest: {duration_text(plan['wall_clock_s'])}"
+          + ("" if plan["wall_clock_s"] is not None else " (the speed of some method is unknown)"))
+
+
 def _cmd_backtest(args: argparse.Namespace) -> int:
-    from mfllm.analysis.backtest import backtest
+    from mfllm.analysis.backtest import backtest, backtest_estimate
+    from mfllm.evaluation.horizon import horizon_lines
     from mfllm.evaluation.report import headline_text, realism_headline_text
+    from mfllm.simulation.throughput import throughput_text
 
     config = BacktestConfig.from_sources(args.config, BacktestConfig.overrides(args))
+    if args.dry_run:
+        _print_backtest_estimate(backtest_estimate(config))
+        return 0
     result = backtest(config, progress=_progress)
     for point in result["points"]:
+        if point["throughput"]:
+            print(f"{point['name']}: throughput over {point['throughput']['runs']} runs: {throughput_text(point['throughput'])}")
         for top in point["headlines"]:
             print(f"{point['name']}: {headline_text(top)}")
         if point["realism_headline"]:
@@ -282,6 +312,8 @@ def _cmd_backtest(args: argparse.Namespace) -> int:
         for row in point["paired"]:
             print(f"  {row['method']} - {row['baseline']} {row['metric']}: {row['difference']:+.4f} "
                   f"[{row['ci_low']:+.4f}, {row['ci_high']:+.4f}] over {row['pairs']} pairs")
+        for line in horizon_lines(point["horizon_kl"]):
+            print(f"  {line}")
     print(f"backtest report: {result['report']}")
     return 0
 
@@ -442,7 +474,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--seeds", type=int, nargs="+", help="run seeds, one run each (default: the config's seed, 0)")
     sim.add_argument("--output", default="runs", help="root of the run directories, <output>/<event>/<method>/seed<k>")
     sim.add_argument("--resume", action="store_true", help="continue runs from their last completed step")
-    sim.add_argument("--dry-run", action="store_true", help="print model calls and prompt tokens; generate nothing")
+    sim.add_argument("--dry-run", action="store_true", help="print model calls, prompt tokens and the wall-clock time "
+                     "they will take (at the speed of earlier runs under --output, else a reference figure); generate nothing")
     _executor_flags(sim)
     sim.set_defaults(func=_cmd_simulate)
 
@@ -524,6 +557,9 @@ def build_parser() -> argparse.ArgumentParser:
     back.add_argument("--config", help="YAML file of BacktestConfig fields (`mfllm fields backtest`); flags override it")
     BacktestConfig.add_arguments(back, aliases={"data_format": ["--format"], "events": ["--event"], "methods": ["--method"],
                                                 "num_agents": ["--agents"], "batch_size": ["--batch"], "dimensions": ["--dimension"]})
+    back.add_argument("--dry-run", action="store_true", help="print the runs, model calls, tokens and wall-clock time the backtest will "
+                                                             "take (at the speed of earlier runs under --output, else a reference figure); "
+                                                             "generate nothing")
     back.set_defaults(func=_cmd_backtest)
 
     demo = sub.add_parser("demo", help="simulate the bundled Weibo sample event with the embedded model")

@@ -232,11 +232,11 @@ def picklable(exc: BaseException | None) -> BaseException | None:
 class _Tracker:
     """Collects outcomes in task order, reports failures as they happen and drives the one progress bar."""
 
-    def __init__(self, tasks: Sequence[Task], progress: bool, on_result: Callable[[TaskOutcome], None] | None):
+    def __init__(self, tasks: Sequence[Task], progress: bool, on_result: Callable[[TaskOutcome], None] | None, description: str = "runs"):
         from tqdm.auto import tqdm
 
         self.outcomes: list[TaskOutcome | None] = [None] * len(tasks)
-        self.bar = tqdm(total=len(tasks), desc="runs", unit="run", file=sys.stderr) if progress and len(tasks) > 1 else None
+        self.bar = tqdm(total=len(tasks), desc=description, unit="run", file=sys.stderr) if progress and len(tasks) > 1 else None
         self.on_result = on_result
 
     def done(self, index: int, outcome: TaskOutcome) -> None:
@@ -260,11 +260,11 @@ class _Tracker:
 
 def run_tasks(tasks: Sequence[Task], config: ExecutorConfig | None = None, pool: ModelPool | None = None,
               progress: bool = False, on_result: Callable[[TaskOutcome], None] | None = None,
-              raise_failures: bool = True) -> list[TaskOutcome]:
+              raise_failures: bool = True, description: str = "runs") -> list[TaskOutcome]:
     """Run every task on the configured executor; returns their outcomes in task order.
 
     ``pool`` (sequential only) serves every task instead of pools built from their options. ``progress``
-    draws one bar over all tasks (tqdm, on stderr); ``on_result`` sees each outcome as it arrives. Failed tasks are reported
+    draws one bar over all tasks (tqdm, on stderr, labelled ``description``); ``on_result`` sees each outcome as it arrives. Failed tasks are reported
     as they fail; with ``raise_failures`` the only failed task's exception, or :class:`TaskFailures` naming
     every failed task, is raised once all tasks have ended.
     """
@@ -272,7 +272,7 @@ def run_tasks(tasks: Sequence[Task], config: ExecutorConfig | None = None, pool:
     if pool is not None and config.parallel:
         raise ValueError(f"a model pool lives in one process; the {config.executor} executor builds one per worker "
                          "(pass pool options in the tasks instead)")
-    tracker = _Tracker(tasks, progress, on_result)
+    tracker = _Tracker(tasks, progress, on_result, description)
     try:
         if config.executor == "sequential":
             pools = WorkerPools(pool=pool)

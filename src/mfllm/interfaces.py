@@ -98,7 +98,9 @@ class ContinuationScore:
 
 @dataclass
 class UsageStats:
-    """Counters a backend keeps: calls, prompt tokens, kept and discarded generated tokens."""
+    """Counters a backend keeps: calls, prompt tokens, kept and discarded generated tokens.
+    ``unmetered_requests``: requests whose tokens the backend could not count (a server reply without
+    ``usage``); token figures are then incomplete."""
 
     generate_calls: int = 0
     score_calls: int = 0
@@ -106,9 +108,14 @@ class UsageStats:
     generated_tokens: int = 0
     discarded_tokens: int = 0
     prefix_cached_tokens: int = 0
+    unmetered_requests: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return dict(self.__dict__)
+
+    def since(self, before: Mapping[str, int]) -> dict[str, int]:
+        """The counts added since ``before`` (an earlier :meth:`as_dict`)."""
+        return {key: value - before.get(key, 0) for key, value in self.as_dict().items()}
 
 
 class LanguageModel(ABC):

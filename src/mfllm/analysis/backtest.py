@@ -4,9 +4,11 @@ Every method (each mean-field variant, state, recent, popular, and sft when an a
 is simulated on every event, then evaluated (label distributions per window, NLL of the real actions,
 information gain), and one report compares them: per-dimension distances with bootstrap CIs over events
 and seeds, paired comparisons of each mean-field method with each baseline, and the relative KL
-reduction against the best baseline. Optional grids over warm-up, batch size and temperature repeat the
-whole table per grid point to show how sensitive the result is. Completed runs and evaluations are
-reused, so an interrupted backtest continues where it stopped.
+reduction against the best baseline, beside the same by horizon (:mod:`mfllm.evaluation.horizon`: the
+thirds of each rollout and hours since the source post). ``whole_events`` replays every reaction after the
+warm-up. Optional grids over warm-up, batch size and temperature repeat the whole table per grid point to
+show how sensitive the result is. Completed runs and evaluations are reused, so an interrupted backtest
+continues where it stopped; :func:`backtest_estimate` says what it will cost before it starts.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import hashlib
 import itertools
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 from pydantic import Field
 
-from mfllm.data.loaders import events_with_reactions
+from mfllm.data.loaders import events_with_reactions, load_event
 from mfllm.evaluation.aggregate import headlines, paired_comparisons, realism_headline
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import resolve_dimensions
 from mfllm.evaluation.evaluate import RunEvaluation, run_realism
+from mfllm.evaluation.horizon import horizon_summary, horizon_table, write_horizon
 from mfllm.evaluation.labellers import shipped_models_digest
 from mfllm.evaluation.metrics import CorrectedMetrics, DimensionMetrics
 from mfllm.evaluation.pipeline import evaluate_runs
@@ -32,10 +35,11 @@ from mfllm.evaluation.report import write_report
 from mfllm.executors import ExecutorConfig
 from mfllm.manifest import package_versions
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.engine import ProgressFactory
+from mfllm.simulation.engine import ProgressFactory, backend_of, estimate
 from mfllm.simulation.methods import default_method_names, get_method, resolve_method
 from mfllm.simulation.store import RunStore
 from mfllm.simulation.sweep import simulate_many, sweep_configs, sweep_plan
+from mfllm.simulation.throughput import measured_speed, pooled_throughput, wall_clock
 
 EVALUATION_FILE = "evaluation.json"
 
@@ -54,7 +58,9 @@ class BacktestConfig(ExecutorConfig):
     policy_model: str = Field(default="embedded:gemma-3-270m", description="Policy model spec (also the mean-field model).")
     mean_field_model: str | None = Field(default=None, description="Mean-field model spec; the policy model when omitted.")
     sft_adapter: str | None = Field(default=None, description="Policy adapter of the sft baseline (`mfllm train sft`).")
-    num_agents: int = Field(default=32, ge=1, description="Agents simulated per run after warm-up.")
+    num_agents: int = Field(default=32, ge=1, description="Agents simulated per run after warm-up (ignored with whole_events).")
+    whole_events: bool = Field(default=False, description="Replay every reaction after the warm-up: each event's reaction count minus "
+                                                          "the warm-up agents per run.")
     warmup: int = Field(default=16, ge=0, description="Real reactions fed to the context before simulation starts.")
     batch_size: int = Field(default=16, ge=1, description="Agents per step.")
     temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature of the policy (and of the mean field).")
@@ -89,6 +95,25 @@ class BacktestConfig(ExecutorConfig):
                 "temperature": self.grid_temperature or [self.temperature]}
         return [dict(zip(axes, values)) for values in itertools.product(*axes.values())]
 
+    def point_name(self, point: dict[str, Any]) -> str:
+        """The directory name of a grid point's runs and report (``base`` without grids)."""
+        return "base" if len(self.grid()) == 1 else "_".join(f"{k}{v}" for k, v in point.items())
+
+    def run_configs(self, point: dict[str, Any], events: Sequence[str]) -> list[SimulationConfig]:
+        """Every (method, event, seed) run of a grid point."""
+        base = SimulationConfig(data=self.data, data_format=self.data_format, policy_model=self.policy_model, mean_field_model=None,
+                                num_agents=None if self.whole_events else self.num_agents, device=self.device, dtype=self.dtype,
+                                output_vocabulary=self.output_vocabulary, **point)
+        configs = []
+        for method in self.resolved_methods():
+            update: dict[str, Any] = {"method": method}
+            if method == "sft":
+                update["policy_adapter"] = self.sft_adapter
+            if get_method(method).needs_mean_field_model:
+                update["mean_field_model"] = self.mean_field_model
+            configs += sweep_configs(SimulationConfig(**{**base.model_dump(), **update}), events, [None], self.seeds)
+        return configs
+
 
 def _evaluation_from_json(data: dict[str, Any]) -> RunEvaluation:
     data = dict(data)
@@ -105,7 +130,7 @@ def _with_realism(run: Path, evaluation: RunEvaluation) -> RunEvaluation:
 
 
 def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, executor: ExecutorConfig | None = None,
-                     pool_options: dict[str, Any] | None = None) -> tuple[list[RunEvaluation], Any]:
+                     pool_options: dict[str, Any] | None = None, progress: bool = False) -> tuple[list[RunEvaluation], Any]:
     """Evaluate runs, reusing each run's saved evaluation when it was made with the same settings, by the
     same mfllm version and labeller models, of the same data, with the same realism measures; any other is
     evaluated again (and replaced)."""
@@ -120,7 +145,7 @@ def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, exec
             if saved.get("settings") == keys[run]:
                 cached[run] = _with_realism(run, _evaluation_from_json(saved["evaluation"]))
     todo = [run for run in runs if run not in cached]
-    fresh, dimensions = evaluate_runs(todo, config, pool, executor=executor, pool_options=pool_options) if todo \
+    fresh, dimensions = evaluate_runs(todo, config, pool, executor=executor, pool_options=pool_options, progress=progress) if todo \
         else ([], resolve_dimensions(config.dimensions, config.dimensions_file))
     for run, evaluation in zip(todo, fresh):
         (run / EVALUATION_FILE).write_text(json.dumps({"settings": keys[run], "evaluation": evaluation.to_json()}, ensure_ascii=False),
@@ -143,25 +168,19 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
     points: list[dict[str, Any]] = []
     grid = config.grid()
     for point in grid:
-        name = "base" if len(grid) == 1 else "_".join(f"{k}{v}" for k, v in point.items())
-        base = SimulationConfig(data=config.data, data_format=config.data_format, policy_model=config.policy_model,
-                                mean_field_model=None, num_agents=config.num_agents, device=config.device, dtype=config.dtype,
-                                output_vocabulary=config.output_vocabulary, **point)
-        configs = []
-        for method in methods:
-            update: dict[str, Any] = {"method": method}
-            if method == "sft":
-                update["policy_adapter"] = config.sft_adapter
-            if get_method(method).needs_mean_field_model:
-                update["mean_field_model"] = config.mean_field_model
-            configs += sweep_configs(SimulationConfig(**{**base.model_dump(), **update}), events, [None], config.seeds)
-        runs = simulate_many(sweep_plan(configs, Path(config.output) / "runs" / name), pool=pool, resume=True, progress=progress,
-                             executor=executor, pool_options=pool_options)
-        evaluations, dimensions = _evaluate_cached(runs, evaluation, pool, executor, pool_options)
-        report = write_report(evaluations, dimensions, Path(config.output) / "report" / name if len(grid) > 1 else Path(config.output) / "report",
-                              paired=paired_comparisons(evaluations))
+        name = config.point_name(point)
+        runs = simulate_many(sweep_plan(config.run_configs(point, events), Path(config.output) / "runs" / name), pool=pool, resume=True,
+                             progress=progress, executor=executor, pool_options=pool_options)
+        evaluations, dimensions = _evaluate_cached(runs, evaluation, pool, executor, pool_options, progress=progress is not None)
+        folder = Path(config.output) / "report" / name if len(grid) > 1 else Path(config.output) / "report"
+        horizon = horizon_table(evaluations, dimensions, progress=progress is not None)
+        write_horizon(horizon, folder)
+        paired = paired_comparisons(evaluations)
+        report = write_report(evaluations, dimensions, folder, paired=paired, horizon=horizon)
         points.append({"point": point, "name": name, "report": str(report), "headlines": headlines(evaluations),
-                       "realism_headline": realism_headline(evaluations), "paired": paired_comparisons(evaluations)})
+                       "realism_headline": realism_headline(evaluations), "paired": paired,
+                       "throughput": pooled_throughput(RunStore(run).manifest().get("throughput") for run in runs),
+                       "horizon": str(folder / "horizon.csv"), "horizon_kl": horizon_summary(horizon)})
     if len(grid) > 1:
         from mfllm.presentation.render import write_page
 
@@ -174,4 +193,42 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
     return summary
 
 
-__all__ = ["BacktestConfig", "backtest"]
+def backtest_estimate(config: BacktestConfig, pool: Any = None) -> dict[str, Any]:
+    """What the whole backtest will cost, before it starts (completed runs included), generating nothing:
+    per method, its runs, simulated actions, model calls and prompt tokens (the engine's
+    :func:`~mfllm.simulation.engine.estimate` of each event's run, times seeds and grid points), the bound on
+    generated tokens, and the wall-clock time at the speed measured by earlier runs under ``config.output``
+    (else a reference figure for the model and backend, else unknown; ``speed_source`` says which). The
+    total time is unknown when any method's is."""
+    from mfllm.backends import ModelPool
+
+    pool = pool or ModelPool(device=config.device, dtype=config.dtype)
+    events = config.resolved_events()
+    loaded = {event_id: load_event(config.data, event_id, config.data_format)[0] for event_id in events}
+    methods: dict[str, dict[str, Any]] = {}
+    for point in config.grid():
+        for run in config.run_configs(point, events):
+            if run.seed != config.seeds[0]:  # every seed's run costs what the first seed's does
+                continue
+            policy = pool.get(run.policy_model)
+            plan = estimate(run, loaded[run.event_id], policy)
+            totals = methods.setdefault(run.method, {"method": run.method, "runs": 0, "simulated_actions": 0, "policy_calls": 0,
+                                                     "mean_field_calls": 0, "policy_prompt_tokens": 0, "mean_field_prompt_tokens": 0,
+                                                     "max_generated_tokens": 0, "backend": backend_of(policy.describe())})
+            seeds = len(config.seeds)
+            totals["runs"] += seeds
+            totals["simulated_actions"] += seeds * plan["agents"]
+            totals["max_generated_tokens"] += seeds * plan["agents"] * plan["max_new_tokens_per_action"]
+            for key in ("policy_calls", "mean_field_calls", "policy_prompt_tokens", "mean_field_prompt_tokens"):
+                totals[key] += seeds * plan[key]
+    for totals in methods.values():
+        speed = measured_speed(config.output, config.policy_model, totals["backend"], totals["method"])
+        totals.update(actions_per_second=speed.actions_per_second, speed_source=speed.source,
+                      wall_clock_s=wall_clock(totals["simulated_actions"], speed))
+    times = [m["wall_clock_s"] for m in methods.values()]
+    return {"events": {event_id: len(event.reactions) for event_id, event in loaded.items()}, "methods": list(methods.values()),
+            "runs": sum(m["runs"] for m in methods.values()), "simulated_actions": sum(m["simulated_actions"] for m in methods.values()),
+            "wall_clock_s": None if None in times else sum(times)}
+
+
+__all__ = ["BacktestConfig", "backtest", "backtest_estimate"]

@@ -64,11 +64,13 @@ class _MalformedReply(ValueError):
 
 @dataclass
 class _Reply(Generic[T]):
-    """One successful request: the extracted choices in prompt order and the reported token counts."""
+    """One successful request: the extracted choices in prompt order and the token counts its ``usage``
+    reported (``metered`` false when the reply had none)."""
 
     values: list[T]
     prompt_tokens: int
     completion_tokens: int
+    metered: bool = True
 
 
 class OpenAICompatibleModel(LanguageModel):
@@ -143,7 +145,7 @@ class OpenAICompatibleModel(LanguageModel):
             what = str(exc) if isinstance(exc, _MalformedReply) else "reply is not JSON"
             raise TransientBackendError(f"{where}: malformed reply ({what}): {self._safe(response.text)}") from None
         usage = answer.get("usage") if isinstance(answer.get("usage"), dict) else {}
-        return _Reply(values, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")))
+        return _Reply(values, _count(usage.get("prompt_tokens")), _count(usage.get("completion_tokens")), bool(usage))
 
     @staticmethod
     def _choices(answer: Any, count: int, extract: Callable[[dict[str, Any]], T]) -> list[T]:
@@ -217,10 +219,20 @@ class OpenAICompatibleModel(LanguageModel):
                 requests.append(("/completions", dict(body, prompt=prompt.completion), 1))
         replies = self._run(requests, self._chat_text if self.chat else self._completion_text)
         texts = [clean_output(raw, params.stop) for reply in replies for raw in reply.values]
-        self.usage.prompt_tokens += sum(reply.prompt_tokens for reply in replies)
-        self.usage.generated_tokens += sum(reply.completion_tokens for reply in replies)
+        self._count_usage(replies)
         self.usage.generate_calls += 1
         return texts
+
+    def _count_usage(self, replies: Sequence[_Reply[Any]], kept: bool = True) -> None:
+        """Tokens as the server's ``usage`` reports them (the token a scoring request must generate is
+        discarded, not kept); a reply without ``usage`` counts as unmetered."""
+        self.usage.prompt_tokens += sum(reply.prompt_tokens for reply in replies)
+        completion = sum(reply.completion_tokens for reply in replies)
+        if kept:
+            self.usage.generated_tokens += completion
+        else:
+            self.usage.discarded_tokens += completion
+        self.usage.unmetered_requests += sum(not reply.metered for reply in replies)
 
     @staticmethod
     def _chat_text(choice: dict[str, Any]) -> str:
@@ -245,7 +257,9 @@ class OpenAICompatibleModel(LanguageModel):
             batch = texts[first:first + size]
             requests.append(("/completions", {"model": self.name, "prompt": batch if size > 1 else batch[0], "max_tokens": 1,
                                               "echo": True, "logprobs": 0, "temperature": 0.0}, len(batch)))
-        token_lists = [tokens for reply in self._run(requests, _echo_logprobs) for tokens in reply.values]
+        replies = self._run(requests, _echo_logprobs)
+        self._count_usage(replies, kept=False)
+        token_lists = [tokens for reply in replies for tokens in reply.values]
         scores = [ContinuationScore(tuple(v for o, v in tokens if start <= o < end and v is not None))
                   for tokens, (start, end) in zip(token_lists, spans)]
         self.usage.score_calls += 1

@@ -87,7 +87,7 @@ def evaluate_runs(runs: Sequence[str | Path], config: EvaluationConfig, pool: An
     outcomes: list[Any] = [None] * len(runs)
     for indices in labelling_rounds(runs, config, executor):
         done = run_tasks([tasks[i] for i in indices], executor, pool=pool, progress=progress, raise_failures=False,
-                         on_result=on_values(on_run))
+                         on_result=on_values(on_run), description="evaluation")
         for i, outcome in zip(indices, done):
             outcomes[i] = outcome
     check_outcomes(outcomes)

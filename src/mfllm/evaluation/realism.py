@@ -83,15 +83,20 @@ def discriminator_accuracy(real: Sequence[str], simulated: Sequence[str], seed: 
     return float(np.mean(scores))
 
 
-def duplicate_share(texts: Sequence[str]) -> float | None:
-    """Share of texts equal (normalised) to an earlier one."""
+def duplicate_flags(texts: Sequence[str]) -> list[bool]:
+    """Whether each text equals (normalised) an earlier one."""
     seen: set[str] = set()
-    repeats = 0
+    flags = []
     for text in texts:
         key = normalise(text)
-        repeats += key in seen
+        flags.append(key in seen)
         seen.add(key)
-    return repeats / len(texts) if texts else None
+    return flags
+
+
+def duplicate_share(texts: Sequence[str]) -> float | None:
+    """Share of texts equal (normalised) to an earlier one."""
+    return sum(duplicate_flags(texts)) / len(texts) if texts else None
 
 
 def copied(text: str, prompt: str, language: str) -> bool:

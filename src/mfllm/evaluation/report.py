@@ -14,8 +14,10 @@ from mfllm.evaluation.aggregate import bootstrap_mean, headlines, labeller_varia
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.evaluate import RunEvaluation
 from mfllm.evaluation.realism import REALISM_COLUMNS
-from mfllm.simulation.methods import resolve_method
+from mfllm.simulation.engine import backend_of
+from mfllm.simulation.methods import mean_field_names, resolve_method
 from mfllm.simulation.store import RunStore
+from mfllm.simulation.throughput import pooled_throughput
 
 def _fmt(value: float | None) -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
@@ -257,10 +259,48 @@ def realism_console_table(evaluations: Sequence[RunEvaluation]) -> str:
     return "\n".join(lines)
 
 
+def throughput_rows(evaluations: Sequence[RunEvaluation]) -> list[dict[str, Any]]:
+    """Per method, the throughput its runs' manifests record, pooled (:func:`~mfllm.simulation.throughput.pooled_throughput`),
+    with the policy model and backends they ran on; methods whose runs recorded none are left out."""
+    by_method: dict[str, list[dict[str, Any]]] = {}
+    for e in evaluations:
+        by_method.setdefault(e.method, []).append(RunStore(e.run).manifest())
+    rows = []
+    for method, manifests in by_method.items():
+        pooled = pooled_throughput(m.get("throughput") for m in manifests)
+        if pooled is not None:
+            backends = sorted({str(backend_of(m["models"].get(role))) for m in manifests for role in ("policy", "mean_field")
+                               if m.get("models", {}).get(role)})
+            rows.append({"method": method, "model": ", ".join(sorted({m["config"]["policy_model"] for m in manifests})),
+                         "backend": ", ".join(backends), **pooled})
+    return rows
+
+
+HORIZON_CELLS = (("(mean)", "kl"), ("(mean)", "kl_floor"), ("(realism)", "duplicate_sim"), ("(realism)", "duplicate_real"),
+                 ("(realism)", "length_w1"), ("(realism)", "share_repost_sim"), ("(realism)", "share_repost_real"))
+"""The horizon table's columns on the page: mean KL and its floor, then realism (simulated beside real)."""
+
+
+def horizon_rows(table: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The horizon table for a page: per axis, method and part, the :data:`HORIZON_CELLS` (mean with its 95% CI, or None)."""
+    cells = {(r["axis"], r["method"], r["part"], r["dimension"], r["metric"]): r for r in table}
+    agents = {(r["axis"], r["method"], r["part"]): r["agents"] for r in table}
+    keys = sorted({(r["axis"], r["method"], r["part_index"], r["part"]) for r in table},
+                  key=lambda k: (k[0] != "third", k[1] not in mean_field_names(), k[1], k[2]))
+    return [{"axis": axis, "method": method, "part": part, "agents": agents[axis, method, part],
+             "cells": [{"mean": c["mean"], "low": c["ci_low"], "high": c["ci_high"]} if (c := cells.get((axis, method, part, d, m))) else None
+                       for d, m in HORIZON_CELLS]}
+            for axis, method, _, part in keys]
+
+
 def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dimension], output: str | Path,
-                 max_events: int = 4, samples: int = 8, paired: Sequence[dict[str, Any]] = ()) -> Path:
+                 max_events: int = 4, samples: int = 8, paired: Sequence[dict[str, Any]] = (),
+                 horizon: Sequence[dict[str, Any]] = ()) -> Path:
     """Write the metrics files and the page ``index.html`` (``report.html``; charts, scripts and font inlined, so it stands
-    alone). ``paired``: a backtest's paired comparisons (:func:`~mfllm.evaluation.aggregate.paired_comparisons`)."""
+    alone). ``paired``: a backtest's paired comparisons (:func:`~mfllm.evaluation.aggregate.paired_comparisons`);
+    ``horizon``: its results by horizon (:func:`~mfllm.evaluation.horizon.horizon_table`; the figure ``horizon_kl.png``
+    beside the page is linked when it is there)."""
+    from mfllm.evaluation.horizon import horizon_charts
     from mfllm.presentation.render import write_page
 
     out = Path(output)
@@ -284,5 +324,7 @@ def write_report(evaluations: Sequence[RunEvaluation], dimensions: Sequence[Dime
                "variants": labeller_variants(evaluations),
                "validity": validity_rows(evaluations), "corrected": corrected_rows(evaluations),
                "metric_plots": [plot for plot in (metric_plot(table, m) for m in ("kl", "js", "wasserstein", "dtw")) if plot],
-               "trajectories": trajectories, "table": table, "paired": list(paired), "unlabelled": unlabelled, "samples": sample_runs}
+               "trajectories": trajectories, "table": table, "paired": list(paired), "unlabelled": unlabelled, "samples": sample_runs,
+               "throughput": throughput_rows(evaluations), "horizon": horizon_rows(horizon), "horizon_charts": horizon_charts(horizon),
+               "horizon_figure": "horizon_kl.png" if (out / "horizon_kl.png").exists() and horizon else None}
     return write_page(out, "report.html", context)

@@ -263,7 +263,7 @@ def estimate_job(project: str | Path, name: str, config: dict[str, Any]) -> dict
     """The dry run of a job before it starts: runs, simulated agents, model calls and prompt tokens (the engine's
     :func:`~mfllm.simulation.engine.estimate`, generating nothing), and the time at the median speed of the project's
     finished runs with the same policy model (None until one has finished)."""
-    from mfllm.simulation.sweep import estimate_many, sweep_configs
+    from mfllm.simulation.sweep import estimate_many
 
     spec = command(name)
     parsed: Any = spec.config(**{k: v for k, v in config.items() if k not in spec.set_by_app},
@@ -271,11 +271,10 @@ def estimate_job(project: str | Path, name: str, config: dict[str, Any]) -> dict
     repeat, first_step, note = 1, 0, ""
     if name == "simulate":
         configs = [parsed]
-    elif name == "backtest":
-        base = SimulationConfig(data=parsed.data, data_format=parsed.data_format, policy_model=parsed.policy_model,
-                                num_agents=parsed.num_agents, warmup=parsed.warmup, batch_size=parsed.batch_size)
-        configs = sweep_configs(base, parsed.resolved_events(), parsed.resolved_methods())
-        repeat = len(parsed.seeds) * len(parsed.grid())
+    elif name == "backtest":  # each seed's run costs what the first seed's does
+        events = parsed.resolved_events()
+        configs = [c for point in parsed.grid() for c in parsed.run_configs(point, events) if c.seed == parsed.seeds[0]]
+        repeat = len(parsed.seeds)
     elif name == "branch":
         configs = [SimulationConfig(**RunStore(parsed.run).manifest()["config"])]
         first_step = parsed.at

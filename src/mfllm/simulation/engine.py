@@ -28,6 +28,7 @@ from mfllm.simulation.scenario import Intervened, Replay, Scenario
 from mfllm.simulation.step import Agent, Step, StepContext, action_row, fit_choice_calibration, sample_choices
 from mfllm.text import is_degenerate, normalise
 from mfllm.simulation.store import RunStore
+from mfllm.simulation.throughput import run_throughput
 
 ProgressFactory = Callable[[int, str], Any]
 FAILED_EMPTY = "no text after a marker that needs one"
@@ -225,8 +226,10 @@ class Simulator:
         self.step_context.observe([*injected, *actions], mean_field_seed)
         return rows
 
-    def run(self, store: RunStore, progress: ProgressFactory | None = None) -> dict[str, Any]:
-        """Run (or continue) the schedule, committing each step; returns throughput figures."""
+    def run(self, store: RunStore, progress: ProgressFactory | None = None) -> tuple[dict[str, Any], dict[str, dict[str, int] | None]]:
+        """Run (or continue) the schedule, committing each step; returns the throughput figures
+        (:func:`~mfllm.simulation.throughput.run_throughput`) and each role's backend counts added meanwhile
+        (a mean field counted by the policy's own counter is counted with the policy)."""
         records_mean_field = not get_method(self.config.method).is_baseline  # every mean field, model-written or not
         committed = store.rollback_to_committed(self.steps, records_mean_field)
         if committed:
@@ -237,6 +240,9 @@ class Simulator:
         remaining = self.steps[len(committed):]
         rollout_agents = sum(len(s.positions) for s in remaining if s.phase == "rollout")
         bar = progress(rollout_agents, f"{self.event.event_id} {self.config.method}") if progress else None
+        shared = self.mean_field_model is not None and self.mean_field_model.usage is self.policy.usage
+        counters = {"policy": self.policy.usage, "mean_field": None if self.mean_field_model is None or shared else self.mean_field_model.usage}
+        before = {role: counter.as_dict() for role, counter in counters.items() if counter is not None}
         started, simulated = time.perf_counter(), 0
         for step in remaining:
             rows = self.run_step(step)
@@ -257,8 +263,8 @@ class Simulator:
         if bar is not None:
             bar.close()
         elapsed = time.perf_counter() - started
-        return {"seconds": round(elapsed, 3), "simulated_actions": simulated,
-                "actions_per_second": round(simulated / elapsed, 4) if elapsed > 0 and simulated else None}
+        usage = {role: counter.since(before[role]) if counter is not None else None for role, counter in counters.items()}
+        return run_throughput(elapsed, simulated, usage, shared), usage
 
 
 def _manifest(config: SimulationConfig, event: Event, report: LoadReport, simulator: Simulator) -> dict[str, Any]:
@@ -430,8 +436,7 @@ def simulate(config: SimulationConfig, output_dir: str | Path, pool: Any = None,
         if branch is not None and len(store.committed_steps()) < branch.at:
             store.copy_prefix(RunStore(branch.parent), branch.at)
         with store.running():
-            throughput = simulator.run(store, progress)
-        usage = {"policy": policy.usage.as_dict(), "mean_field": mean_field.usage.as_dict() if mean_field else None}
+            throughput, usage = simulator.run(store, progress)
         rows = store.actions()
         failures = sum(1 for row in rows if "failure" in row)
         moderated = sum(1 for row in rows if "moderated" in row)

@@ -10,9 +10,10 @@ from mfllm.data.schema import Event
 from mfllm.executors import ExecutorConfig, Task, on_values, run_tasks
 from mfllm.manifest import package_versions
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.engine import BranchPoint, ProgressFactory, comparable_config, estimate, simulate
+from mfllm.simulation.engine import BranchPoint, ProgressFactory, backend_of, comparable_config, estimate, simulate
 from mfllm.simulation.scenario import Scenario
 from mfllm.simulation.store import RunStore
+from mfllm.simulation.throughput import measured_speed, wall_clock
 
 
 def sweep_configs(base: SimulationConfig, events: Sequence[str | None] = (None,), methods: Sequence[str | None] = (None,),
@@ -129,11 +130,19 @@ def simulate_many(plan: RunPlan, pool: Any = None, resume: bool = False, progres
     return [Path(directory) for _, directory in plan]
 
 
-def estimate_many(configs: Sequence[SimulationConfig], pool: Any = None) -> list[dict[str, Any]]:
-    """Dry-run estimates (model calls, prompt tokens per step) of every config, generating nothing."""
+def estimate_many(configs: Sequence[SimulationConfig], pool: Any = None, root: str | Path | None = None) -> list[dict[str, Any]]:
+    """Dry-run estimates (model calls, prompt tokens per step) of every config, generating nothing. With
+    ``root`` (where the runs would go), each also gets its wall-clock time at the speed measured by earlier
+    runs there, else a reference figure, else unknown (:func:`~mfllm.simulation.throughput.measured_speed`):
+    ``actions_per_second``, ``speed_source`` and ``wall_clock_s``."""
     plans = []
     for config in configs:
         pool = pool or config.model_pool()
         event, _ = load_event(config.data, config.event_id, config.data_format)
-        plans.append(estimate(config, event, pool.get(config.policy_model)))
+        policy = pool.get(config.policy_model)
+        plan = estimate(config, event, policy)
+        if root is not None:
+            speed = measured_speed(root, config.policy_model, backend_of(policy.describe()), config.method)
+            plan.update(actions_per_second=speed.actions_per_second, speed_source=speed.source, wall_clock_s=wall_clock(plan["agents"], speed))
+        plans.append(plan)
     return plans
