@@ -1,6 +1,8 @@
 """Simulated actions per second: a loop in the style of the original MF-LLM code vs mfllm on
 transformers vs mfllm on llama.cpp, side by side in one process, on the same event, model and schedule.
 
+mfllm on llama.cpp runs twice: generating from the event language's tokens (the default) and from
+the whole vocabulary, so the restricted output layer's share of the speed-up shows side by side.
 The original style: HF ``generate`` on the de-quantised fp32 model with batch 16, a fixed 50 new
 tokens per action (cut at the first newline afterwards), 200-token mean-field updates, the stock
 top-p sampler. mfllm (both engines, the LLM mean field ``mf-llm``): stop at the end of the line, the
@@ -118,7 +120,8 @@ def main() -> None:
                "llama.cpp": ModelPool(device="cpu", engine="llamacpp", threads=args.threads)}
     reference = engines["transformers"].get(spec)
     model, tokenizer = reference.loaded.model, reference.loaded.tokenizer
-    rates: dict[str, list[float]] = {"original-style loop": [], **{f"mfllm on {name}": [] for name in engines}}
+    variants = {**{f"mfllm on {name}": (name, "language") for name in engines}, "mfllm on llama.cpp, whole vocabulary": ("llama.cpp", "full")}
+    rates: dict[str, list[float]] = {"original-style loop": [], **{name: [] for name in variants}}
     waste: dict[str, list[float]] = {name: [] for name in rates}
     described: dict[str, Any] = {}
     for repeat in range(args.repeats):
@@ -126,12 +129,13 @@ def main() -> None:
         rate, discarded = original_style(model, tokenizer, event, args.warmup, args.batch, args.agents, seed)
         rates["original-style loop"].append(rate)
         waste["original-style loop"].append(discarded)
-        config = SimulationConfig(data=str(demo_data_path()), method="mf-llm", policy_model=spec, warmup=args.warmup,
-                                  batch_size=args.batch, num_agents=args.agents, seed=seed, device="cpu", dtype="fp32")
-        for name, pool in engines.items():  # one pool per engine: weights load once, usage counted per run
-            rate, discarded, described[name] = mfllm_run(config, pool)
-            rates[f"mfllm on {name}"].append(rate)
-            waste[f"mfllm on {name}"].append(discarded)
+        for name, (engine, vocabulary) in variants.items():  # one pool per engine: weights load once, usage counted per run
+            config = SimulationConfig(data=str(demo_data_path()), method="mf-llm", policy_model=spec, warmup=args.warmup,
+                                      batch_size=args.batch, num_agents=args.agents, seed=seed, device="cpu", dtype="fp32",
+                                      output_vocabulary=vocabulary)
+            rate, discarded, described[engine] = mfllm_run(config, engines[engine])
+            rates[name].append(rate)
+            waste[name].append(discarded)
         print(f"repeat {repeat}: " + ", ".join(f"{name} {values[-1]:.3f}" for name, values in rates.items()) + " actions/s", flush=True)
     llama = described["llama.cpp"]
     print(f"\n{spec}, {args.agents} agents, batch {args.batch}, warm-up {args.warmup}, medians of {args.repeats} repeats; "
@@ -139,7 +143,7 @@ def main() -> None:
     baseline = statistics.median(rates["original-style loop"])
     for name, values in rates.items():
         median = statistics.median(values)
-        print(f"{name:<24} {median:7.3f} actions/s  {median / baseline:5.2f}x the original-style loop  "
+        print(f"{name:<38} {median:7.3f} actions/s  {median / baseline:5.2f}x the original-style loop  "
               f"{statistics.median(waste[name]):4.0%} of generated token slots discarded")
     print(f"llama.cpp vs transformers: {statistics.median(rates['mfllm on llama.cpp']) / statistics.median(rates['mfllm on transformers']):.2f}x")
     print("\npolicy prompt tokens per action (mean field vs a prompt holding the full history):")
