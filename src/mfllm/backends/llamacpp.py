@@ -85,10 +85,29 @@ class _Entry:
     wants_logits: bool
 
 
+GGML_LOG_LEVEL_ERROR, GGML_LOG_LEVEL_CONT = 4, 5  # ggml.h of llama-cpp-python 0.3.36
+_LOG_CALLBACK: Any = None  # kept alive: llama.cpp calls it from C
+
+
 def _quiet_llama_logs() -> None:
-    """Keep llama.cpp's loading chatter out of the output; its errors still print."""
-    llama_cpp_module()
-    require("llama_cpp._logger", "llamacpp").set_verbose(False)
+    """Keep llama.cpp's chatter (loading, cache notices) out of the output; its errors still print on stderr.
+    llama-cpp-python's own quiet mode maps the log levels of an older ggml, so warnings such as
+    "using full-size SWA cache" got through at every model load."""
+    global _LOG_CALLBACK
+    llama_cpp = llama_cpp_module()
+    for module in ("llama_cpp._logger", "llama_cpp.llama_chat_format"):  # each installs its callback when first imported
+        require(module, "llamacpp")
+    if _LOG_CALLBACK is None:
+        last = [0]
+
+        def log(level: int, text: bytes, user_data: Any) -> None:
+            if level != GGML_LOG_LEVEL_CONT:
+                last[0] = level
+            if last[0] == GGML_LOG_LEVEL_ERROR:
+                print(text.decode("utf-8", errors="replace"), end="", file=sys.stderr, flush=True)
+
+        _LOG_CALLBACK = llama_cpp.llama_log_callback(log)
+    llama_cpp.llama_log_set(_LOG_CALLBACK, ctypes.c_void_p(0))
 
 
 def built_with_amx() -> bool:
