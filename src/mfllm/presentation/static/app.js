@@ -114,6 +114,21 @@
     window.mfllmCharts.update(figure, spec);
   }
 
+  const pct = (v) => (v == null ? "–" : (100 * v).toFixed(1) + "%");
+  const meanFields = {run: null, steps: new Map()};
+
+  function showMeanFields(s) {
+    if (s.focus !== meanFields.run) {
+      meanFields.run = s.focus;
+      meanFields.steps.clear();
+    }
+    (s.mean_field || []).forEach((m) => meanFields.steps.set(m.step, m));
+    const entries = [...meanFields.steps.values()].sort((a, b) => b.step - a.step);
+    document.getElementById("meanfield").innerHTML = entries.map((m, k) =>
+      `<details class="step" data-step="${m.step}"${k === 0 ? " open" : ""}><summary>step ${m.step} <span class="muted">${esc(m.phase)}</span></summary>` +
+      `<pre class="meanfield">${esc(m.text)}</pre></details>`).join("") || '<p class="muted">No mean field yet (a baseline keeps none).</p>';
+  }
+
   function showSnapshot(s) {
     const job = s.job, state = document.getElementById("state");
     state.textContent = job.state;
@@ -122,7 +137,9 @@
     document.getElementById("resume").disabled = job.state === "running" || job.state === "completed";
     document.getElementById("bar").style.width = (s.total ? (100 * s.done) / s.total : 0) + "%";
     document.getElementById("counts").textContent = `${s.done} / ${s.total} actions`;
-    document.getElementById("rate").textContent = s.actions_per_second != null ? `${s.actions_per_second.toFixed(2)} actions/s` : "";
+    const left = s.actions_per_second ? (s.total - s.done) / s.actions_per_second : null;
+    document.getElementById("rate").textContent = s.actions_per_second != null ?
+      `${s.actions_per_second.toFixed(2)} actions/s` + (left != null && s.total > s.done ? `, about ${Math.ceil(left)} s left in the runs started` : "") : "";
     document.getElementById("result").hidden = !job.result;
     const error = document.getElementById("error");
     error.hidden = !job.error;
@@ -132,10 +149,11 @@
       `<td class="t">${esc(r.event)}</td><td class="t">${esc(r.method)}</td><td>${r.seed}</td><td class="t">${esc(r.status)}</td>` +
       `<td>${r.done} / ${r.total}</td><td>${r.throughput != null ? r.throughput.toFixed(2) : "–"}</td></tr>`).join("");
     document.getElementById("focus").textContent = s.focus ? "(" + s.focus.split("/output/").pop() + ")" : "";
+    document.querySelector("#overall tbody").innerHTML = (s.overall || []).map((o) =>
+      `<tr data-dimension="${esc(o.dimension)}" data-label="${esc(o.label)}"><td class="t">${esc(o.dimension)}</td><td class="t">${esc(o.label)}</td>` +
+      `<td class="real">${pct(o.real)}</td><td class="simulated">${pct(o.simulated)}</td></tr>`).join("");
     (s.shares || []).forEach((spec) => chartFigure(document.getElementById("shares"), spec));
-    document.getElementById("meanfield").innerHTML = (s.mean_field || []).map((m) =>
-      `<h3>step ${m.step} <span class="muted">${esc(m.phase)}</span></h3><pre class="meanfield">${esc(m.text)}</pre>`).join("") ||
-      '<p class="muted">No mean field yet (a baseline keeps none).</p>';
+    showMeanFields(s);
     document.querySelector("#side tbody").innerHTML = (s.side_by_side || []).map((a) =>
       `<tr><td>${a.step}</td><td class="text">[${esc(a.real_kind)}] ${esc(a.real_text)}</td><td class="text">[${esc(a.sim_kind)}] ${esc(a.sim_text)}</td></tr>`).join("");
   }
