@@ -126,6 +126,26 @@ def _evaluate_cached(runs: list[Path], config: EvaluationConfig, pool: Any, exec
     return [cached[run] for run in runs], dimensions
 
 
+def run_configs(config: BacktestConfig, events: list[str], methods: list[str]) -> list[tuple[str, list[SimulationConfig]]]:
+    """The run configs of every grid point (its name first): each method x event x seed."""
+    grid = config.grid()
+    points = []
+    for point in grid:
+        name = "base" if len(grid) == 1 else "_".join(f"{k}{v}" for k, v in point.items())
+        base = SimulationConfig(data=config.data, data_format=config.data_format, policy_model=config.policy_model,
+                                mean_field_model=None, num_agents=config.num_agents, device=config.device, dtype=config.dtype, **point)
+        configs = []
+        for method in methods:
+            update: dict[str, Any] = {"method": method}
+            if method == "sft":
+                update["policy_adapter"] = config.sft_adapter
+            if get_method(method).needs_mean_field_model:
+                update["mean_field_model"] = config.mean_field_model
+            configs += sweep_configs(SimulationConfig(**{**base.model_dump(), **update}), events, [None], config.seeds)
+        points.append((name, configs))
+    return points
+
+
 def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory | None = None) -> dict[str, Any]:
     """Run (or continue) the backtest; returns {"report": index page, "points": per grid point, the
     headline and the paired comparisons}. Results are also in ``<output>/backtest.json``."""
@@ -139,18 +159,7 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
                                   information_gain=config.information_gain, device=config.device)
     points: list[dict[str, Any]] = []
     grid = config.grid()
-    for point in grid:
-        name = "base" if len(grid) == 1 else "_".join(f"{k}{v}" for k, v in point.items())
-        base = SimulationConfig(data=config.data, data_format=config.data_format, policy_model=config.policy_model,
-                                mean_field_model=None, num_agents=config.num_agents, device=config.device, dtype=config.dtype, **point)
-        configs = []
-        for method in methods:
-            update: dict[str, Any] = {"method": method}
-            if method == "sft":
-                update["policy_adapter"] = config.sft_adapter
-            if get_method(method).needs_mean_field_model:
-                update["mean_field_model"] = config.mean_field_model
-            configs += sweep_configs(SimulationConfig(**{**base.model_dump(), **update}), events, [None], config.seeds)
+    for point, (name, configs) in zip(grid, run_configs(config, events, methods)):
         runs = simulate_many(sweep_plan(configs, Path(config.output) / "runs" / name), pool=pool, resume=True, progress=progress,
                              executor=executor, pool_options=pool_options)
         evaluations, dimensions = _evaluate_cached(runs, evaluation, pool, executor, pool_options)
@@ -170,4 +179,4 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
     return summary
 
 
-__all__ = ["BacktestConfig", "backtest"]
+__all__ = ["BacktestConfig", "backtest", "run_configs"]

@@ -45,13 +45,22 @@
     box.textContent = general.join("\n");
   }
 
+  const count = (n) => Number(n).toLocaleString("en");
+
   function describeEstimate(e) {
-    const parts = [`${e.runs} run(s)`, `${e.agents} simulated agents`, `${e.policy_calls} policy calls`];
-    if (e.mean_field_calls != null) parts.push(`${e.mean_field_calls} mean-field calls`);
-    if (e.policy_prompt_tokens != null) parts.push(`${e.policy_prompt_tokens.toLocaleString()} policy prompt tokens`);
-    parts.push(e.seconds != null ? `about ${Math.ceil(e.seconds)} s at ${e.rate.toFixed(2)} actions/s (median of ${e.rate_runs} finished runs with this model)`
-                                 : "time: unknown until a run with this policy model has finished here");
-    return parts.join(" · ") + (e.note ? ` (${e.note})` : "");
+    const time = e.seconds != null
+      ? `about ${count(Math.ceil(e.seconds))} s at ${e.rate.toFixed(2)} actions/s (the median of ${e.rate_runs} finished run(s) with ${esc(e.policy_model)} in this project)`
+      : `unknown speed: no run with ${esc(e.policy_model)} has finished in this project yet`;
+    const rows = e.groups.map((g) => `<tr><td class="t">${esc(g.description)}</td><td>${g.runs}</td><td>${count(g.per_run.agents)}</td>` +
+      `<td>${count(g.per_run.policy_calls)}</td><td>${count(g.per_run.mean_field_calls)}</td>` +
+      `<td>${count(g.per_run.policy_prompt_tokens)}</td><td>${count(g.per_run.mean_field_prompt_tokens)}</td></tr>`).join("");
+    return `<p><b>Estimate</b> (the engine's dry run of each run, times the runs): <span id="estimate-summary">${e.runs} run(s) · ` +
+      `${count(e.agents)} simulated agents · ${count(e.model_calls)} model calls (${count(e.policy_calls)} policy calls, ` +
+      `${count(e.mean_field_calls)} mean-field calls) · ${count(e.prompt_tokens)} prompt tokens (${count(e.policy_prompt_tokens)} policy, ` +
+      `${count(e.mean_field_prompt_tokens)} mean-field)</span></p><p id="estimate-time">Time: ${time}.</p>` +
+      (e.note ? `<p class="muted">${esc(e.note)}.</p>` : "") +
+      `<table id="estimate-groups"><thead><tr><th class="t">runs alike</th><th>runs</th><th>agents per run</th><th>policy calls per run</th>` +
+      `<th>mean-field calls</th><th>policy prompt tokens</th><th>mean-field prompt tokens</th></tr></thead><tbody>${rows}</tbody></table>`;
   }
 
   function launchForm(form) {
@@ -61,7 +70,7 @@
       estimate.hidden = false;
       estimate.textContent = "estimating…";
       try {
-        estimate.textContent = "Estimate: " + describeEstimate(await api("POST", "/api/estimate", body()));
+        estimate.innerHTML = describeEstimate(await api("POST", "/api/estimate", body()));
         showErrors(form, {fields: [], message: ""}, box);
         box.hidden = true;
       } catch (error) {
