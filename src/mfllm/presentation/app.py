@@ -196,7 +196,7 @@ def create_app(config: UiConfig, token: str | None = None) -> Any:
         from starlette.concurrency import run_in_threadpool
     except ImportError as exc:
         raise ImportError("the web app needs FastAPI and uvicorn: pip install 'mfllm[ui]'") from exc
-    from mfllm.presentation.live import MEAN_FIELDS_STREAMED, Watcher
+    from mfllm.presentation.live import Watcher
     from mfllm.presentation.render import static_file
 
     project = Path(config.project).resolve()
@@ -285,15 +285,15 @@ def create_app(config: UiConfig, token: str | None = None) -> Any:
         jobs.start(job_id, resume=True)
         return jobs.state(job_id)
 
-    @app.get("/api/jobs/{job_id}/events", summary="Server-sent events: a snapshot of the job about every second until it ends (with the "
-                                                    "focused run's latest mean fields only)")
+    @app.get("/api/jobs/{job_id}/events", summary="Server-sent events: a snapshot of the job about every second until it ends (each with "
+                                                    "the mean fields of the focused run's steps not sent before)")
     async def api_events(job_id: str, request: Request) -> Any:
         jobs.directory(job_id)
         watcher = Watcher(jobs, job_id)
 
         async def stream() -> Any:
             while not await request.is_disconnected():
-                snapshot = await run_in_threadpool(watcher.snapshot, MEAN_FIELDS_STREAMED)
+                snapshot = await run_in_threadpool(watcher.snapshot, True)
                 yield f"data: {json.dumps(snapshot, ensure_ascii=False, default=str)}\n\n"
                 if snapshot["job"]["state"] != "running":
                     yield "event: end\ndata: {}\n\n"

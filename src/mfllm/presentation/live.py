@@ -22,8 +22,6 @@ from mfllm.simulation.store import ACTIONS, MEAN_FIELD, RunStore
 
 SIDE_BY_SIDE = 12
 """Latest actions shown side by side."""
-MEAN_FIELDS_STREAMED = 4
-"""Latest mean fields in each streamed update (the page keeps every step's it has received)."""
 DIMENSIONS = {"kind": "Action kind", "sentiment": "Sentiment (offline lexicon)"}
 """The label dimensions the watch shows, with their titles."""
 
@@ -33,11 +31,14 @@ class Tail:
 
     def __init__(self, path: Path):
         self.path, self.offset, self.rows = path, 0, []
+        self.resets = 0
+        """How many times the file was cut back (rows already given may have changed)."""
 
     def read(self) -> list[dict[str, Any]]:
         size = self.path.stat().st_size if self.path.exists() else 0
         if size < self.offset:
             self.offset, self.rows = 0, []
+            self.resets += 1
         if size > self.offset:
             with self.path.open("rb") as handle:
                 handle.seek(self.offset)
@@ -124,12 +125,15 @@ class Watcher:
         self.tails: dict[Path, Tail] = {}
         self.last: tuple[float, int] | None = None
         self.rate: float | None = None
+        self.sent: dict[Path, tuple[int, int]] = {}
+        """Per run: (its mean-field file's resets, mean fields streamed since)."""
 
     def _tail(self, path: Path) -> list[dict[str, Any]]:
         return self.tails.setdefault(path, Tail(path)).read()
 
-    def snapshot(self, mean_fields: int | None = None) -> dict[str, Any]:
-        """The job now; ``mean_fields``: how many of the focused run's latest mean fields (None: every step's)."""
+    def snapshot(self, stream: bool = False) -> dict[str, Any]:
+        """The job now, with every step's mean field of the focused run; ``stream``: only those this watcher has not
+        given before (each update of a stream carries the new steps; the page keeps them all)."""
         job = self.jobs.state(self.job_id)
         runs = [run_progress(run) for run in self.jobs.runs(self.job_id)]
         done, total = sum(r["done"] for r in runs), sum(r["total"] for r in runs)
@@ -143,19 +147,23 @@ class Watcher:
         active = [r for r in runs if r["status"] != "completed"] or runs
         if active:
             snapshot.update(self._focus(Path(max(active, key=lambda r: Path(r["path"], ACTIONS).stat().st_mtime
-                                                 if Path(r["path"], ACTIONS).exists() else 0)["path"]), mean_fields))
+                                                 if Path(r["path"], ACTIONS).exists() else 0)["path"]), stream))
         return snapshot
 
-    def _focus(self, run: Path, mean_fields: int | None) -> dict[str, Any]:
+    def _focus(self, run: Path, stream: bool) -> dict[str, Any]:
         """The run being written: its label shares per step against the real ones, its mean fields, the latest actions."""
         rows = self._tail(run / ACTIONS)
         mean_field = self._tail(run / MEAN_FIELD)
+        resets = self.tails[run / MEAN_FIELD].resets
         language = RunStore(run).manifest()["event"].get("language", "zh")
         shares = label_shares(rows, language)
         overall = [{"dimension": dimension, "label": name, "real": entry["overall"]["real"][name],
                     "simulated": entry["overall"]["simulated"][name]}
                    for dimension, entry in shares["dimensions"].items() for name in entry["labels"]]
-        shown = mean_field if mean_fields is None else mean_field[-mean_fields:]
+        before, sent = self.sent.get(run, (resets, 0))
+        shown = mean_field[sent:] if stream and before == resets else mean_field
+        if stream:
+            self.sent[run] = (resets, len(mean_field))
         return {"focus": str(run), "language": language, "shares": share_charts(shares), "overall": overall,
                 "mean_field": [{"step": m["step"], "phase": m.get("phase"), "text": m["text"]} for m in shown][::-1],
                 "side_by_side": [{"step": r["step"], "real_kind": r.get("real_kind"), "real_text": r.get("real_text"),

@@ -124,15 +124,14 @@
   }
 
   const pct = (v) => (v == null ? "–" : (100 * v).toFixed(1) + "%");
-  const meanFields = {run: null, steps: new Map()};
+  const meanFields = new Map(); /* run -> step -> its mean field: a stream sends each step's once */
 
   function showMeanFields(s) {
-    if (s.focus !== meanFields.run) {
-      meanFields.run = s.focus;
-      meanFields.steps.clear();
-    }
-    (s.mean_field || []).forEach((m) => meanFields.steps.set(m.step, m));
-    const entries = [...meanFields.steps.values()].sort((a, b) => b.step - a.step);
+    if (!s.focus) return;
+    if (!meanFields.has(s.focus)) meanFields.set(s.focus, new Map());
+    const steps = meanFields.get(s.focus);
+    (s.mean_field || []).forEach((m) => steps.set(m.step, m));
+    const entries = [...steps.values()].sort((a, b) => b.step - a.step);
     document.getElementById("meanfield").innerHTML = entries.map((m, k) =>
       `<details class="step" data-step="${m.step}"${k === 0 ? " open" : ""}><summary>step ${m.step} <span class="muted">${esc(m.phase)}</span></summary>` +
       `<pre class="meanfield">${esc(m.text)}</pre></details>`).join("") || '<p class="muted">No mean field yet (a baseline keeps none).</p>';
