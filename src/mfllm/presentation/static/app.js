@@ -147,7 +147,8 @@
     document.getElementById("counts").textContent = `${s.done} / ${s.total} actions`;
     const left = s.actions_per_second ? (s.total - s.done) / s.actions_per_second : null;
     document.getElementById("rate").textContent = s.actions_per_second != null ?
-      `${s.actions_per_second.toFixed(2)} actions/s` + (left != null && s.total > s.done ? `, about ${Math.ceil(left)} s left in the runs started` : "") : "";
+      `${s.actions_per_second.toFixed(2)} actions/s` + (left != null && s.total > s.done ?
+        `; about ${Math.ceil(left)} s left in the ${s.runs.length} run(s) started so far` : "") : "";
     document.getElementById("result").hidden = !job.result;
     const error = document.getElementById("error");
     error.hidden = !job.error;
