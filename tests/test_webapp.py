@@ -109,10 +109,21 @@ def _launch(page: Page, command: str, fields: dict[str, str], estimate: bool = F
     if estimate:
         tab.click("#estimate")
         tab.wait_for_selector("#estimate-result:has-text('policy calls')")
+        shown = _get_estimate(page.url, command, fields)
+        summary = page.tab.inner_text("#estimate-summary")
+        assert f"{shown['model_calls']:,} model calls" in summary and f"{shown['prompt_tokens']:,} prompt tokens" in summary
+        assert "unknown speed" in page.tab.inner_text("#estimate-time") or "actions/s" in page.tab.inner_text("#estimate-time")
         page.shot("launch")
     tab.click("#start")
     tab.wait_for_url("**/jobs/*")
     return tab.url.rsplit("/", 1)[1]
+
+
+def _get_estimate(url: str, command: str, fields: dict[str, str]) -> Any:
+    body = json.dumps({"command": command, "config": {"data": str(demo_data_path()), "policy_model": "fake", **fields}}).encode()
+    request = urllib.request.Request(url + "/api/estimate", data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as response:
+        return json.loads(response.read())
 
 
 def _wait_state(page: Page, state: str, timeout: float = 90_000) -> None:
@@ -125,11 +136,41 @@ def test_launch_a_run_and_watch_it_finish(server: dict[str, Any], browser: Any) 
     _wait_state(page, "completed")
     tab = page.tab
     assert tab.inner_text("#counts") == "48 / 48 actions"
-    assert tab.locator("#side tbody tr").count() > 0 and tab.locator("#meanfield pre").count() > 0
-    assert page.check_charts(at_least=2) >= 2  # comment and repost shares, simulated against real
+    assert tab.locator("#side tbody tr").count() > 0
+    assert page.check_charts(at_least=2) >= 2  # kind and sentiment shares, simulated against real
     page.shot("watch")
     server["run"] = Path(_get(f"{server['url']}/api/jobs/{job}")["runs"][0]["path"])
-    assert RunStore(server["run"]).manifest()["status"] == "completed"
+    store = RunStore(server["run"])
+    assert store.manifest()["status"] == "completed"
+    rows = store.actions()
+    steps = [m["step"] for m in store.mean_field_history()]
+    assert steps  # the statistics mean field keeps one per step
+    assert [int(s) for s in tab.eval_on_selector_all("#meanfield details", "ds => ds.map(d => d.dataset.step)")] == steps[::-1]
+    shown = {(r["dimension"], r["label"]): (r["real"], r["simulated"]) for r in
+             tab.eval_on_selector_all("#overall tbody tr", "rs => rs.map(r => ({dimension: r.dataset.dimension, label: r.dataset.label, "
+                                                            "real: r.querySelector('.real').textContent, "
+                                                            "simulated: r.querySelector('.simulated').textContent}))")}
+    assert shown == _shares_from_actions(rows) and {"negative", "positive"} <= {label for _, label in shown}
+
+
+def _shares_from_actions(rows: list[dict[str, Any]]) -> dict[tuple[str, str], tuple[str, str]]:
+    """The shares so far as the watch page should print them, labelled here with the lexicon labeller itself."""
+    from mfllm.evaluation.dimensions import BUILTIN_DIMENSIONS
+    from mfllm.evaluation.labellers import LabelItem, LexiconLabeller
+
+    labeller = LexiconLabeller()
+
+    def sentiment(texts: list[str]) -> list[str | None]:
+        return labeller.label([LabelItem(t, "", "zh") for t in texts], BUILTIN_DIMENSIONS["sentiment"]).labels
+
+    labels = {"kind": ([r["real_kind"] for r in rows], [r["sim_kind"] for r in rows]),
+              "sentiment": (sentiment([r["real_text"] for r in rows]), sentiment([r["sim_text"] for r in rows]))}
+    shares = {}
+    for dimension, (real, simulated) in labels.items():
+        for label in sorted({v for v in real + simulated if v}):
+            shares[(dimension, label)] = tuple(f"{100 * [v for v in side if v].count(label) / len([v for v in side if v]):.1f}%"
+                                               for side in (real, simulated))
+    return shares
 
 
 def test_stop_a_run_reload_and_resume_it(server: dict[str, Any], browser: Any) -> None:

@@ -311,18 +311,42 @@ def _check_budget(budget: int, candidates: int) -> None:
                          "(one seed of each candidate, and its control run)")
 
 
+def halving_schedule(candidates: int, budget: int) -> list[int]:
+    """The new seeds of each round of successive halving over ``candidates`` within ``budget`` runs: each round spends an
+    equal part of what is left on the surviving candidates and their control (the better half survives a round, the last
+    round spends the rest). The runs it makes do not depend on the results, so the schedule is known before the first."""
+    _check_budget(budget, candidates)
+    rounds = max(1, math.ceil(math.log2(candidates)))
+    surviving, made, schedule = candidates, 0, []
+    for round_index in range(rounds):
+        left = budget - made
+        allotment = left // (rounds - round_index)
+        arms_now = surviving + 1  # each new seed also needs its control run
+        new_seeds = min(max(allotment // arms_now, 1 if round_index == 0 else 0), left // arms_now)
+        schedule.append(new_seeds)
+        made += new_seeds * arms_now
+        if round_index < rounds - 1:
+            surviving = math.ceil(surviving / 2)
+    return schedule
+
+
+def halving_runs(candidates: int, budget: int) -> int:
+    """Runs successive halving makes over ``candidates`` within ``budget``, control runs included."""
+    surviving, runs = candidates, 0
+    for new_seeds in halving_schedule(candidates, budget):
+        runs += new_seeds * (surviving + 1)
+        surviving = math.ceil(surviving / 2)
+    return runs
+
+
 def successive_halving(planner: Planner, candidates: Sequence[Candidate], budget: int) -> tuple[list[Arm], Arm, list[dict[str, Any]]]:
-    """Spend ``budget`` runs over the candidates by successive halving; returns (arms, control, rounds)."""
+    """Spend ``budget`` runs over the candidates by successive halving (:func:`halving_schedule`); returns (arms,
+    control, rounds)."""
     arms = [Arm(c) for c in candidates]
     control = Arm(None)
-    rounds = max(1, math.ceil(math.log2(len(arms))))
-    _check_budget(budget, len(arms))
+    schedule = halving_schedule(len(arms), budget)
     surviving, seeds, history = list(arms), 0, []
-    for round_index in range(rounds):
-        left = budget - planner.runs_made
-        allotment = left // (rounds - round_index)
-        arms_now = len(surviving) + 1  # each new seed also needs its control run
-        new_seeds = min(max(allotment // arms_now, 1 if round_index == 0 else 0), left // arms_now)
+    for round_index, new_seeds in enumerate(schedule):
         planner.run_round([(arm, seed) for seed in range(seeds, seeds + new_seeds) for arm in [control, *surviving]])
         seeds += new_seeds
         for arm in surviving:
@@ -330,8 +354,14 @@ def successive_halving(planner: Planner, candidates: Sequence[Candidate], budget
         ranked = sorted(surviving, key=lambda a: planner.target.better(_mean(list(a.shares.values()))))
         history.append({"round": round_index + 1, "seeds": seeds, "candidates": [a.name for a in ranked],
                         "mean_share": [_mean(list(a.shares.values())) for a in ranked], "runs_so_far": planner.runs_made})
-        surviving = ranked[:math.ceil(len(ranked) / 2)] if round_index < rounds - 1 else ranked
+        surviving = ranked[:math.ceil(len(ranked) / 2)] if round_index < len(schedule) - 1 else ranked
     return arms, control, history
+
+
+def candidate_count(config: PlanConfig) -> int:
+    """How many candidates ``config`` names (its files and its grid's product), without writing them."""
+    grid = _grid(Path(config.candidates)) if config.candidates else None
+    return len(config.candidate_files) + (len(grid.texts) * len(grid.timing) * len(grid.audiences) if grid else 0)
 
 
 # ---------------------------------------------------------------- the plan
@@ -448,4 +478,5 @@ def plan(config: PlanConfig, pool: Any = None, resume: bool = False, progress: P
     return result
 
 
-__all__ = ["Candidate", "CandidateGrid", "PlanConfig", "PlanResult", "expand_candidates", "plan", "resolve_target", "successive_halving"]
+__all__ = ["Candidate", "CandidateGrid", "PlanConfig", "PlanResult", "candidate_count", "expand_candidates", "halving_runs", "halving_schedule", "plan",
+           "resolve_target", "successive_halving"]

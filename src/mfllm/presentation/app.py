@@ -8,6 +8,7 @@ at start unless given.
 
 
 import asyncio
+import enum
 import ipaddress
 import json
 import secrets
@@ -19,7 +20,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from mfllm.configuration import YamlConfig, _unwrap_optional
 from mfllm.presentation.jobs import COMMANDS, JOB_FILE, Jobs, command, estimate_job, run_progress
-from mfllm.presentation.render import read_page, render
+from mfllm.presentation.render import PAGE_FILE, read_page, render
 
 TOKEN_COOKIE = "mfllm_token"
 SHOWN_REACTIONS = 200
@@ -85,20 +86,54 @@ def _field_kind(annotation: Any) -> tuple[str, list[Any]]:
     return "text", []
 
 
+def form_text(value: Any) -> str:
+    """A value as a user types it into a form field: nothing for none, lists comma-separated, paths and enums by their
+    value, mappings and models as JSON, numbers and text as they read."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, enum.Enum):
+        return form_text(value.value)
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return ", ".join(form_text(v) for v in value)
+    if isinstance(value, BaseModel):
+        return json.dumps(value.model_dump(mode="json"), ensure_ascii=False)
+    if isinstance(value, dict):
+        return json.dumps(value, ensure_ascii=False, default=str)
+    return str(value)
+
+
 def form_fields(config: type[YamlConfig], skip: tuple[str, ...], values: dict[str, Any]) -> list[dict[str, Any]]:
-    """The form of a config: one input per field (not in ``skip``), its help text the field's description."""
+    """The form of a config: one input per field (not in ``skip``), its help text the field's description, its value
+    and default as a user would type them (:func:`form_text`)."""
     fields = []
     for name, field in config.model_fields.items():
         if name in skip:
             continue
         kind, choices = _field_kind(field.annotation)
-        default = None if field.is_required() else field.default
+        default = None if field.is_required() else field.get_default(call_default_factory=True)
         value = values.get(name, default)
-        if isinstance(value, list):
-            value = ", ".join(map(str, value))
-        fields.append({"name": name, "kind": kind, "choices": choices, "required": field.is_required(), "help": field.description or "",
-                       "value": "" if value is None else value, "default": default})
+        if kind == "bool":
+            checked = value if isinstance(value, bool) else str(value).lower() in ("true", "1", "on", "yes")
+            shown_default = "" if default is None else "checked" if default else "unchecked"
+            fields.append({"name": name, "kind": kind, "choices": [], "required": field.is_required(), "help": field.description or "",
+                           "value": "", "checked": checked, "default": shown_default})
+            continue
+        fields.append({"name": name, "kind": kind, "choices": [form_text(c) for c in choices], "required": field.is_required(),
+                       "help": field.description or "", "value": form_text(value), "checked": False, "default": form_text(default)})
     return fields
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+    """A config's validation errors as the pages show them: the field (empty for the config as a whole) and one line."""
+    errors = []
+    for error in exc.errors():
+        field, *inner = error["loc"] or ("",)
+        where = "".join(f"[{part + 1}]" if isinstance(part, int) else f".{part}" for part in inner)
+        message = " ".join(str(error["msg"]).removeprefix("Value error, ").split())
+        errors.append({"field": str(field), "message": f"item {where}: {message}" if where else message})
+    return errors
 
 
 # ---------------------------------------------------------------- data pages
@@ -192,8 +227,7 @@ def create_app(config: UiConfig, token: str | None = None) -> Any:
     @app.exception_handler(ValueError)
     async def bad_request(request: Request, exc: ValueError) -> Any:
         if isinstance(exc, ValidationError):
-            return JSONResponse({"detail": [{"field": ".".join(map(str, e["loc"])), "message": e["msg"]} for e in exc.errors()]},
-                                status_code=422)
+            return JSONResponse({"detail": validation_errors(exc)}, status_code=422)
         return JSONResponse({"detail": " ".join(str(exc).split())}, status_code=400)
 
     @app.exception_handler(FileNotFoundError)
@@ -224,7 +258,8 @@ def create_app(config: UiConfig, token: str | None = None) -> Any:
     def api_event(path: str, event: str | None = None) -> dict[str, Any]:
         return event_context(path, event)
 
-    @app.post("/api/estimate", summary="The dry run of a job: runs, agents, model calls, prompt tokens and time, generating nothing")
+    @app.post("/api/estimate", summary="The dry run of a job, generating nothing: its runs in groups with the engine's estimate of one run each, the "
+                                            "totals (model calls, prompt tokens), and the time at the project's measured speed")
     def api_estimate(launch: Launch) -> dict[str, Any]:
         return estimate_job(project, launch.command, launch.config)
 
@@ -250,14 +285,15 @@ def create_app(config: UiConfig, token: str | None = None) -> Any:
         jobs.start(job_id, resume=True)
         return jobs.state(job_id)
 
-    @app.get("/api/jobs/{job_id}/events", summary="Server-sent events: a snapshot of the job about every second until it ends")
+    @app.get("/api/jobs/{job_id}/events", summary="Server-sent events: a snapshot of the job about every second until it ends (each with "
+                                                    "the mean fields of the focused run's steps not sent before)")
     async def api_events(job_id: str, request: Request) -> Any:
         jobs.directory(job_id)
         watcher = Watcher(jobs, job_id)
 
         async def stream() -> Any:
             while not await request.is_disconnected():
-                snapshot = await run_in_threadpool(watcher.snapshot)
+                snapshot = await run_in_threadpool(watcher.snapshot, True)
                 yield f"data: {json.dumps(snapshot, ensure_ascii=False, default=str)}\n\n"
                 if snapshot["job"]["state"] != "running":
                     yield "event: end\ndata: {}\n\n"
@@ -266,9 +302,10 @@ def create_app(config: UiConfig, token: str | None = None) -> Any:
 
         return StreamingResponse(stream(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
 
-    @app.get("/api/jobs/{job_id}/result", summary="The result page's data (the context of the report's template)")
-    def api_result(job_id: str) -> dict[str, Any]:
-        template, context = read_page(_result_dir(job_id))
+    @app.get("/api/jobs/{job_id}/result", summary="The result page's data (the context of the report's template); part: a report "
+                                                  "below it (a backtest's grid point)")
+    def api_result(job_id: str, part: str | None = None) -> dict[str, Any]:
+        template, context = read_page(_result_part(job_id, part) if part else _result_dir(job_id))
         return {"template": template, "context": context}
 
     @app.post("/api/steer", status_code=201, summary="Add an intervention at a step of a run: a branch job from the run's prefix")
@@ -294,6 +331,14 @@ def create_app(config: UiConfig, token: str | None = None) -> Any:
         if not state["result"]:
             raise KeyError(f"job {job_id} has no result page (state {state['state']})")
         return Path(state["directory"]) / state["result"]
+
+    def _result_part(job_id: str, part: str) -> Path:
+        """A report below the job's result page (e.g. a grid point of a backtest's sensitivity); only inside it."""
+        top = _result_dir(job_id).resolve()
+        directory = (top / part).resolve()
+        if not directory.is_relative_to(top) or not (directory / PAGE_FILE).is_file():
+            raise KeyError(f"job {job_id} has no report {part!r}")
+        return directory
 
     # ------------------------------------------------------------ pages
 
@@ -336,7 +381,12 @@ def create_app(config: UiConfig, token: str | None = None) -> Any:
     @app.get("/jobs/{job_id}/result", response_class=HTMLResponse, include_in_schema=False)
     def result_page(job_id: str) -> Any:
         template, context = read_page(_result_dir(job_id))
-        return page(template, **context)
+        return page(template, **context, result_root=f"/jobs/{job_id}/result")
+
+    @app.get("/jobs/{job_id}/result/{part:path}", response_class=HTMLResponse, include_in_schema=False)
+    def result_part_page(job_id: str, part: str) -> Any:
+        template, context = read_page(_result_part(job_id, part))
+        return page(template, **context, result_root=f"/jobs/{job_id}/result/{part}")
 
     @app.get("/runs", response_class=HTMLResponse, include_in_schema=False)
     def run_page(path: str) -> Any:
@@ -396,4 +446,4 @@ def serve(config: UiConfig) -> None:
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
 
 
-__all__ = ["JOB_FILE", "Launch", "Steer", "UiConfig", "create_app", "form_fields", "serve", "track_record"]
+__all__ = ["JOB_FILE", "Launch", "Steer", "UiConfig", "create_app", "form_fields", "form_text", "serve", "track_record", "validation_errors"]

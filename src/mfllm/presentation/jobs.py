@@ -259,42 +259,98 @@ def measured_rate(project: str | Path, policy_model: str) -> tuple[float | None,
     return (rates[len(rates) // 2] if rates else None), len(rates)
 
 
-def estimate_job(project: str | Path, name: str, config: dict[str, Any]) -> dict[str, Any]:
-    """The dry run of a job before it starts: runs, simulated agents, model calls and prompt tokens (the engine's
-    :func:`~mfllm.simulation.engine.estimate`, generating nothing), and the time at the median speed of the project's
-    finished runs with the same policy model (None until one has finished)."""
-    from mfllm.simulation.sweep import estimate_many
+ESTIMATED = ("agents", "policy_calls", "mean_field_calls", "policy_prompt_tokens", "mean_field_prompt_tokens")
+"""The figures of the engine's estimate of a run that add up over runs."""
 
+
+def _group(description: str, runs: int, plan: dict[str, Any]) -> dict[str, Any]:
+    """``runs`` runs that each cost what the engine's estimate ``plan`` says."""
+    return {"description": description, "runs": runs, "per_run": {key: plan[key] for key in ESTIMATED}}
+
+
+def _groups(project: str | Path, name: str, config: Any) -> tuple[list[dict[str, Any]], str, str]:
+    """The runs command ``name`` will make, as groups of runs of one engine estimate each; the policy model; a note."""
+    from mfllm.data.loaders import load_event
+    from mfllm.simulation.engine import BranchPoint, estimate
+
+    pool: Any = None
+
+    def engine(run: SimulationConfig, scenario: Any = None, branch: Any = None, event: Any = None) -> dict[str, Any]:
+        nonlocal pool
+        pool = pool or run.model_pool()
+        event = event or load_event(run.data, run.event_id, run.data_format)[0]
+        return estimate(run, event, pool.get(run.policy_model), scenario, branch)
+
+    if name == "simulate":
+        return [_group(f"{config.method} on {config.event_id or 'the first event'}", 1, engine(config))], config.policy_model, ""
+    if name == "backtest":
+        groups = []
+        events = config.resolved_events()
+        for point in config.grid():
+            configs = config.run_configs(point, events)
+            alike: dict[str, list[SimulationConfig]] = {}  # a run's estimate does not depend on its seed
+            for run in configs:
+                alike.setdefault(run.model_copy(update={"seed": 0}).model_dump_json(), []).append(run)
+            groups += [_group(f"{point}: {runs[0].method} on {runs[0].event_id}", len(runs), engine(runs[0])) for runs in alike.values()]
+        return groups, config.policy_model, "the evaluation also scores the real actions with the policy model (NLL): not counted"
+    if name == "branch":
+        from mfllm.analysis.branch import branch_plan
+
+        plans = branch_plan(config)
+        groups = []
+        for arm in dict.fromkeys(arm for arm, *_ in plans):
+            arm_runs = [(run, point) for a, run, _, point in plans if a == arm]
+            run, point = arm_runs[0]
+            groups.append(_group(f"{arm} arm from step {config.at}", len(arm_runs), engine(run, branch=point)))
+        return groups, plans[0][1].policy_model, ""
+    from mfllm.analysis.forecast import forecast_scenario
+
+    personas = None
+    if config.personas:
+        from mfllm.data.population import load_personas
+
+        personas = load_personas(config.personas)
+    note = "" if config.horizon_agents else ("horizon in time: each member draws its own number of agents (at most max_agents); "
+                                             "estimated from the first seed's draw")
+    if name == "forecast":
+        groups = []
+        for event_id in config.resolved_events():
+            event = load_event(config.data, event_id, config.data_format)[0]
+            for warmup in config.origins_of(event):
+                seed = config.seeds[0]
+                run = config.simulation_config(event.event_id, warmup, seed)
+                plan = engine(run, forecast_scenario(event, config, warmup, seed, personas), event=event)
+                groups.append(_group(f"{event.event_id} from reaction {warmup}", len(config.seeds), plan))
+        return groups, config.policy_model, note
+    from mfllm.analysis.plan import candidate_count, halving_runs
+
+    event = load_event(config.data, config.event_id, config.data_format)[0]
+    warmup = config.warmup or len(event.reactions)
+    run = config.simulation_config(event.event_id, warmup, 0)
+    scenario = forecast_scenario(event, config, warmup, 0, personas)
+    at = math.ceil(warmup / config.batch_size)
+    runs = halving_runs(candidate_count(config), config.budget)
+    groups = [_group("control, seed 0 (the shared prefix)", 1, engine(run, scenario, event=event)),
+              _group(f"the other runs, branched at step {at}", runs - 1,
+                     engine(run, scenario, BranchPoint(Path(config.output) / "runs" / "control" / "seed0", at), event=event))]
+    return groups, config.policy_model, "; ".join(filter(None, (note, "a candidate's run is estimated as its control's (its post adds a "
+                                                                      "few prompt tokens)")))
+
+
+def estimate_job(project: str | Path, name: str, config: dict[str, Any]) -> dict[str, Any]:
+    """The dry run of a job before it starts, generating nothing: the runs the command will make, in groups that cost
+    the same, each with the engine's :func:`~mfllm.simulation.engine.estimate` of one run (agents, model calls, prompt
+    tokens); the totals (each group's estimate times its runs); and the time at the median actions/s of the project's
+    finished runs with the same policy model (None, an unknown speed, until one has finished)."""
     spec = command(name)
     parsed: Any = spec.config(**{k: v for k, v in config.items() if k not in spec.set_by_app},
                               **({"output": str(Path(project) / JOBS / "estimate")} if "output" in spec.set_by_app else {}))
-    repeat, first_step, note = 1, 0, ""
-    if name == "simulate":
-        configs = [parsed]
-    elif name == "backtest":  # each seed's run costs what the first seed's does
-        events = parsed.resolved_events()
-        configs = [c for point in parsed.grid() for c in parsed.run_configs(point, events) if c.seed == parsed.seeds[0]]
-        repeat = len(parsed.seeds)
-    elif name == "branch":
-        configs = [SimulationConfig(**RunStore(parsed.run).manifest()["config"])]
-        first_step = parsed.at
-        repeat = len(parsed.seeds or [None]) * (2 if parsed.interventions else 1)
-    else:
-        agents = parsed.horizon_agents or parsed.max_agents
-        runs = parsed.budget if name == "plan" else len(parsed.seeds) * (len(parsed.origins) if parsed.score else 1) * \
-            len(parsed.events or [None])
-        note = "" if parsed.horizon_agents else f"horizon in time: at most max_agents ({parsed.max_agents}) agents per run"
-        rate, basis = measured_rate(project, parsed.policy_model)
-        return {"runs": runs, "agents": runs * agents, "policy_calls": runs * math.ceil(agents / parsed.batch_size),
-                "seconds": runs * agents / rate if rate else None, "rate": rate, "rate_runs": basis, "note": note}
-    plans = estimate_many(configs)
-    rollout = [[s for s in p["per_step"] if s["step"] >= first_step] for p in plans]
-    agents = repeat * sum(s["agents"] for steps in rollout for s in steps)
-    rate, basis = measured_rate(project, configs[0].policy_model)
-    return {"runs": repeat * len(configs), "agents": agents, "policy_calls": repeat * sum(len(steps) for steps in rollout),
-            "mean_field_calls": repeat * sum(p["mean_field_calls"] for p in plans),
-            "policy_prompt_tokens": repeat * round(sum(s["policy_prompt_tokens"] * s["agents"] for steps in rollout for s in steps)),
-            "seconds": agents / rate if rate else None, "rate": rate, "rate_runs": basis, "note": note}
+    groups, policy_model, note = _groups(project, name, parsed)
+    totals = {key: sum(g["runs"] * g["per_run"][key] for g in groups) for key in ESTIMATED}
+    rate, basis = measured_rate(project, policy_model)
+    return {"runs": sum(g["runs"] for g in groups), **totals, "model_calls": totals["policy_calls"] + totals["mean_field_calls"],
+            "prompt_tokens": totals["policy_prompt_tokens"] + totals["mean_field_prompt_tokens"], "groups": groups,
+            "seconds": totals["agents"] / rate if rate else None, "rate": rate, "rate_runs": basis, "policy_model": policy_model, "note": note}
 
 
 # ---------------------------------------------------------------- the job's process

@@ -458,26 +458,30 @@ class _StandIn(LanguageModel):
         raise NotImplementedError("a dry run scores nothing")
 
 
-def estimate(config: SimulationConfig, event: Event, policy: LanguageModel) -> dict[str, Any]:
+def estimate(config: SimulationConfig, event: Event, policy: LanguageModel, scenario: Scenario | None = None,
+             branch: BranchPoint | None = None) -> dict[str, Any]:
     """Model calls and prompt tokens a run will need, without generating anything (``--dry-run``).
 
     The schedule runs through the same step code as a simulation (interventions included); mean-field
     updates are stood in for by a placeholder of the maximum update length (an upper bound), simulated
     actions by the real reactions of their slots. ``full_history_tokens`` is what a prompt holding every earlier reaction would cost at
-    the same step: the growth the mean field avoids.
+    the same step: the growth the mean field avoids. ``scenario``: the run's scenario (default: replay of the event).
+    ``branch``: the run continues a parent from ``branch.at`` (its added files start there); the steps before are
+    copied, so only the steps from there are counted.
     """
     from mfllm.prompts import policy_prompt, render_actions, render_context
     from mfllm.simulation.methods.recent import RecentK
 
     method = get_method(config.method)
     placeholder = ("某" if event.language == "zh" else "word ") * config.max_mean_field_tokens
-    replay = Replay(event, config.warmup, config.batch_size, config.num_agents)
-    scheduled = place_interventions(config, event, replay)
+    base = scenario or Replay(event, config.warmup, config.batch_size, config.num_agents)
+    scheduled = place_interventions(config, event, base, branch)
     simulator = Simulator(config, event, policy, _StandIn(placeholder, policy) if method.needs_mean_field_model else None,
-                          Intervened(replay, scheduled) if scheduled else replay)
+                          Intervened(base, scheduled) if scheduled else base)
     step_context, provider = simulator.step_context, simulator.context
     if isinstance(provider, LLMMeanField):  # the longest summary stands in for the summary before the first update too
         provider.accept(placeholder)
+    first = branch.at if branch else 0
     per_step, mean_field_tokens = [], 0
     history_actions: list[Any] = []  # the real actions of every earlier step
     for step in simulator.steps:
@@ -485,9 +489,9 @@ def estimate(config: SimulationConfig, event: Event, policy: LanguageModel) -> d
         active = simulator.scenario.interventions(step)
         injected = step_context.begin(step.index, active) if active else []
         actions = [*injected, *step_context.real_actions(agents)]
-        if isinstance(provider, LLMMeanField):
+        if isinstance(provider, LLMMeanField) and step.index >= first:
             mean_field_tokens += policy.count_tokens(provider.update_prompt(actions))
-        if step.phase == "rollout":
+        if step.phase == "rollout" and step.index >= first:
             prompts = step_context.prompts(agents, active)
             history = render_context(RecentK.headers[event.language], render_actions(history_actions, event.language))
             full = [policy.count_tokens(policy_prompt(step_context.topic, step_context.persona(a), event.language, history)) for a in agents]
@@ -496,10 +500,10 @@ def estimate(config: SimulationConfig, event: Event, policy: LanguageModel) -> d
                              "full_history_tokens": round(sum(full) / len(full), 1)})
         step_context.observe(actions, 0)
         history_actions.extend(step_context.real_actions(agents))
-    rollout_steps = [s for s in simulator.steps if s.phase == "rollout"]
+    counted = [s for s in simulator.steps if s.index >= first]
     return {
-        "event_id": event.event_id, "method": config.method, "agents": sum(len(s.positions) for s in rollout_steps),
-        "policy_calls": len(rollout_steps), "mean_field_calls": len(simulator.steps) if method.needs_mean_field_model else 0,
+        "event_id": event.event_id, "method": config.method, "agents": sum(len(s.positions) for s in counted if s.phase == "rollout"),
+        "policy_calls": sum(s.phase == "rollout" for s in counted), "mean_field_calls": len(counted) if method.needs_mean_field_model else 0,
         "policy_prompt_tokens": round(sum(s["policy_prompt_tokens"] * s["agents"] for s in per_step)),
         "mean_field_prompt_tokens": mean_field_tokens, "max_new_tokens_per_action": config.max_action_tokens,
         "per_step": per_step,

@@ -45,13 +45,22 @@
     box.textContent = general.join("\n");
   }
 
+  const count = (n) => Number(n).toLocaleString("en");
+
   function describeEstimate(e) {
-    const parts = [`${e.runs} run(s)`, `${e.agents} simulated agents`, `${e.policy_calls} policy calls`];
-    if (e.mean_field_calls != null) parts.push(`${e.mean_field_calls} mean-field calls`);
-    if (e.policy_prompt_tokens != null) parts.push(`${e.policy_prompt_tokens.toLocaleString()} policy prompt tokens`);
-    parts.push(e.seconds != null ? `about ${Math.ceil(e.seconds)} s at ${e.rate.toFixed(2)} actions/s (median of ${e.rate_runs} finished runs with this model)`
-                                 : "time: unknown until a run with this policy model has finished here");
-    return parts.join(" · ") + (e.note ? ` (${e.note})` : "");
+    const time = e.seconds != null
+      ? `about ${count(Math.ceil(e.seconds))} s at ${e.rate.toFixed(2)} actions/s (the median of ${e.rate_runs} finished run(s) with ${esc(e.policy_model)} in this project)`
+      : `unknown speed: no run with ${esc(e.policy_model)} has finished in this project yet`;
+    const rows = e.groups.map((g) => `<tr><td class="t">${esc(g.description)}</td><td>${g.runs}</td><td>${count(g.per_run.agents)}</td>` +
+      `<td>${count(g.per_run.policy_calls)}</td><td>${count(g.per_run.mean_field_calls)}</td>` +
+      `<td>${count(g.per_run.policy_prompt_tokens)}</td><td>${count(g.per_run.mean_field_prompt_tokens)}</td></tr>`).join("");
+    return `<p><b>Estimate</b> (the engine's dry run of each run, times the runs): <span id="estimate-summary">${e.runs} run(s) · ` +
+      `${count(e.agents)} simulated agents · ${count(e.model_calls)} model calls (${count(e.policy_calls)} policy calls, ` +
+      `${count(e.mean_field_calls)} mean-field calls) · ${count(e.prompt_tokens)} prompt tokens (${count(e.policy_prompt_tokens)} policy, ` +
+      `${count(e.mean_field_prompt_tokens)} mean-field)</span></p><p id="estimate-time">Time: ${time}.</p>` +
+      (e.note ? `<p class="muted">${esc(e.note)}.</p>` : "") +
+      `<table id="estimate-groups"><thead><tr><th class="t">runs alike</th><th>runs</th><th>agents per run</th><th>policy calls per run</th>` +
+      `<th>mean-field calls</th><th>policy prompt tokens</th><th>mean-field prompt tokens</th></tr></thead><tbody>${rows}</tbody></table>`;
   }
 
   function launchForm(form) {
@@ -61,7 +70,7 @@
       estimate.hidden = false;
       estimate.textContent = "estimating…";
       try {
-        estimate.textContent = "Estimate: " + describeEstimate(await api("POST", "/api/estimate", body()));
+        estimate.innerHTML = describeEstimate(await api("POST", "/api/estimate", body()));
         showErrors(form, {fields: [], message: ""}, box);
         box.hidden = true;
       } catch (error) {
@@ -114,6 +123,20 @@
     window.mfllmCharts.update(figure, spec);
   }
 
+  const pct = (v) => (v == null ? "–" : (100 * v).toFixed(1) + "%");
+  const meanFields = new Map(); /* run -> step -> its mean field: a stream sends each step's once */
+
+  function showMeanFields(s) {
+    if (!s.focus) return;
+    if (!meanFields.has(s.focus)) meanFields.set(s.focus, new Map());
+    const steps = meanFields.get(s.focus);
+    (s.mean_field || []).forEach((m) => steps.set(m.step, m));
+    const entries = [...steps.values()].sort((a, b) => b.step - a.step);
+    document.getElementById("meanfield").innerHTML = entries.map((m, k) =>
+      `<details class="step" data-step="${m.step}"${k === 0 ? " open" : ""}><summary>step ${m.step} <span class="muted">${esc(m.phase)}</span></summary>` +
+      `<pre class="meanfield">${esc(m.text)}</pre></details>`).join("") || '<p class="muted">No mean field yet (a baseline keeps none).</p>';
+  }
+
   function showSnapshot(s) {
     const job = s.job, state = document.getElementById("state");
     state.textContent = job.state;
@@ -122,7 +145,10 @@
     document.getElementById("resume").disabled = job.state === "running" || job.state === "completed";
     document.getElementById("bar").style.width = (s.total ? (100 * s.done) / s.total : 0) + "%";
     document.getElementById("counts").textContent = `${s.done} / ${s.total} actions`;
-    document.getElementById("rate").textContent = s.actions_per_second != null ? `${s.actions_per_second.toFixed(2)} actions/s` : "";
+    const left = s.actions_per_second ? (s.total - s.done) / s.actions_per_second : null;
+    document.getElementById("rate").textContent = s.actions_per_second != null ?
+      `${s.actions_per_second.toFixed(2)} actions/s` + (left != null && s.total > s.done ?
+        `; about ${Math.ceil(left)} s left in the ${s.runs.length} run(s) started so far` : "") : "";
     document.getElementById("result").hidden = !job.result;
     const error = document.getElementById("error");
     error.hidden = !job.error;
@@ -132,10 +158,11 @@
       `<td class="t">${esc(r.event)}</td><td class="t">${esc(r.method)}</td><td>${r.seed}</td><td class="t">${esc(r.status)}</td>` +
       `<td>${r.done} / ${r.total}</td><td>${r.throughput != null ? r.throughput.toFixed(2) : "–"}</td></tr>`).join("");
     document.getElementById("focus").textContent = s.focus ? "(" + s.focus.split("/output/").pop() + ")" : "";
+    document.querySelector("#overall tbody").innerHTML = (s.overall || []).map((o) =>
+      `<tr data-dimension="${esc(o.dimension)}" data-label="${esc(o.label)}"><td class="t">${esc(o.dimension)}</td><td class="t">${esc(o.label)}</td>` +
+      `<td class="real">${pct(o.real)}</td><td class="simulated">${pct(o.simulated)}</td></tr>`).join("");
     (s.shares || []).forEach((spec) => chartFigure(document.getElementById("shares"), spec));
-    document.getElementById("meanfield").innerHTML = (s.mean_field || []).map((m) =>
-      `<h3>step ${m.step} <span class="muted">${esc(m.phase)}</span></h3><pre class="meanfield">${esc(m.text)}</pre>`).join("") ||
-      '<p class="muted">No mean field yet (a baseline keeps none).</p>';
+    showMeanFields(s);
     document.querySelector("#side tbody").innerHTML = (s.side_by_side || []).map((a) =>
       `<tr><td>${a.step}</td><td class="text">[${esc(a.real_kind)}] ${esc(a.real_text)}</td><td class="text">[${esc(a.sim_kind)}] ${esc(a.sim_text)}</td></tr>`).join("");
   }
