@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
@@ -148,6 +149,8 @@ def _build(model_file: Path, language: str, target: Path, described: Path) -> No
     kept = np.array([i for i, (text, kind) in enumerate(zip(texts, types)) if kind != NORMAL_TOKEN or text is None or keeps(text, language)],
                     dtype=np.int64)
     embedding = next(t for t in reader.tensors if t.name == "token_embd.weight")
+    print(f"mfllm: writing {model_file.name}'s output vocabulary for {language} ({len(kept):,} of {len(tokens):,} tokens; once, "
+          f"about 10 s) to {target}", file=sys.stderr, flush=True)
     partial = target.with_name(f"{target.name}.{os.getpid()}.partial")
     _write_reduced(reader, architecture, kept, partial)
     os.replace(partial, target)
