@@ -141,8 +141,8 @@ def test_estimates_are_the_engine_estimate_of_a_run_times_the_runs(client: Any, 
 
     run = tmp_path / "project" / "jobs" / "earlier" / "output" / "run"
     run.mkdir(parents=True)
-    (run / "manifest.json").write_text(json.dumps({"status": "completed", "config": {"policy_model": "fake"},
-                                                   "throughput": {"actions_per_second": 4.0}}), encoding="utf-8")
+    (run / "manifest.json").write_text(json.dumps({"kind": "simulation", "status": "completed", "config": {"policy_model": "fake"},
+                                                   "throughput": {"seconds": 25.0, "simulated_actions": 100}}), encoding="utf-8")
     got = client.post("/api/estimate", json={"command": "backtest", "config": backtest}).json()
     assert got["rate"] == 4.0 and got["rate_runs"] == 1 and got["seconds"] == pytest.approx(got["agents"] / 4.0)
 

@@ -248,15 +248,13 @@ def run_progress(run: Path) -> dict[str, Any]:
 
 
 def measured_rate(project: str | Path, policy_model: str) -> tuple[float | None, int]:
-    """Median actions/s of the project's completed runs with ``policy_model``, and how many runs it is from."""
-    rates = []
-    for manifest in Path(project, JOBS).glob(f"*/{OUTPUT}/**/{MANIFEST}"):
-        data = json.loads(manifest.read_text(encoding="utf-8"))
-        rate = (data.get("throughput") or {}).get("actions_per_second")
-        if data.get("status") == "completed" and rate and data.get("config", {}).get("policy_model") == policy_model:
-            rates.append(rate)
-    rates.sort()
-    return (rates[len(rates) // 2] if rates else None), len(rates)
+    """Actions/s of the project's completed runs with ``policy_model``, pooled as the dry run pools them
+    (:func:`~mfllm.simulation.throughput.pooled_throughput`), and how many runs it is from."""
+    from mfllm.simulation.throughput import completed_runs, pooled_throughput
+
+    pooled = pooled_throughput(m["throughput"] for m in completed_runs(Path(project, JOBS))
+                               if m.get("config", {}).get("policy_model") == policy_model)
+    return (pooled["actions_per_second"], pooled["runs"]) if pooled else (None, 0)
 
 
 ESTIMATED = ("agents", "policy_calls", "mean_field_calls", "policy_prompt_tokens", "mean_field_prompt_tokens")
@@ -340,7 +338,7 @@ def _groups(project: str | Path, name: str, config: Any) -> tuple[list[dict[str,
 def estimate_job(project: str | Path, name: str, config: dict[str, Any]) -> dict[str, Any]:
     """The dry run of a job before it starts, generating nothing: the runs the command will make, in groups that cost
     the same, each with the engine's :func:`~mfllm.simulation.engine.estimate` of one run (agents, model calls, prompt
-    tokens); the totals (each group's estimate times its runs); and the time at the median actions/s of the project's
+    tokens); the totals (each group's estimate times its runs); and the time at the pooled actions/s of the project's
     finished runs with the same policy model (None, an unknown speed, until one has finished)."""
     spec = command(name)
     parsed: Any = spec.config(**{k: v for k, v in config.items() if k not in spec.set_by_app},

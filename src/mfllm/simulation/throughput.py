@@ -111,7 +111,8 @@ class Speed:
     source: str
 
 
-def _completed_runs(root: Path) -> list[dict[str, Any]]:
+def completed_runs(root: Path) -> list[dict[str, Any]]:
+    """Manifests of the completed simulation runs below ``root`` that measured their throughput."""
     manifests = []
     for path in sorted(root.rglob("manifest.json")) if root.is_dir() else []:
         try:
@@ -129,7 +130,7 @@ def measured_speed(root: str | Path, policy_model: str, backend: str | None, met
     for the model and backend, else unknown."""
     from mfllm.simulation.engine import backend_of
 
-    same_model = [m for m in _completed_runs(Path(root)) if m["config"].get("policy_model") == policy_model
+    same_model = [m for m in completed_runs(Path(root)) if m["config"].get("policy_model") == policy_model
                   and backend_of(m.get("models", {}).get("policy")) == backend]
     for runs, which in (([m for m in same_model if m["config"].get("method") == method], f"{method} runs"), (same_model, "runs of any method")):
         pooled = pooled_throughput(m["throughput"] for m in runs)

@@ -49,7 +49,7 @@
 
   function describeEstimate(e) {
     const time = e.seconds != null
-      ? `about ${count(Math.ceil(e.seconds))} s at ${e.rate.toFixed(2)} actions/s (the median of ${e.rate_runs} finished run(s) with ${esc(e.policy_model)} in this project)`
+      ? `about ${count(Math.ceil(e.seconds))} s at ${e.rate.toFixed(2)} actions/s (pooled over ${e.rate_runs} finished run(s) with ${esc(e.policy_model)} in this project)`
       : `unknown speed: no run with ${esc(e.policy_model)} has finished in this project yet`;
     const rows = e.groups.map((g) => `<tr><td class="t">${esc(g.description)}</td><td>${g.runs}</td><td>${count(g.per_run.agents)}</td>` +
       `<td>${count(g.per_run.policy_calls)}</td><td>${count(g.per_run.mean_field_calls)}</td>` +
