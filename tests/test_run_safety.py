@@ -170,7 +170,7 @@ import sys, time
 from mfllm.backends.fake import FakeModel
 from mfllm.cli import main
 generate = FakeModel.generate
-FakeModel.generate = lambda self, prompts, params: time.sleep(0.3) or generate(self, prompts, params)
+FakeModel.generate = lambda self, prompts, params: time.sleep(0.6) or generate(self, prompts, params)
 sys.exit(main(sys.argv[1:]))
 """
 
