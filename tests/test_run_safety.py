@@ -166,7 +166,8 @@ def test_a_truncated_manifest_is_named_on_resume(reference: tuple[SimulationConf
 
 
 SLOW_CLI = """
-import sys, time
+import signal, sys, time
+signal.signal(signal.SIGINT, signal.default_int_handler)  # as in a terminal, whatever the test process left ignored
 from mfllm.backends.fake import FakeModel
 from mfllm.cli import main
 generate = FakeModel.generate
