@@ -417,9 +417,6 @@ class RestrictedGGUF(LoadedGGUF):
     def for_generation(self, vocabulary: str | None, adapter: str | None) -> LoadedGGUF:
         return self
 
-    def describe(self) -> dict[str, Any]:
-        return {**self.full.describe(), "output_vocabulary": {"file": str(self.model_file), "tokens": self.vocabulary.size}}
-
 
 def _groups(lengths: Sequence[int], n_ctx: int, max_sequences: int, what: str) -> list[list[int]]:
     """Consecutive groups of at most ``max_sequences`` rows, after checking every row fits ``n_ctx`` tokens."""

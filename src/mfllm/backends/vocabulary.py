@@ -20,6 +20,7 @@ byte-level BPE characters decoded) is made only of characters of the language:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -62,6 +63,7 @@ def _is_mark(character: str) -> bool:
     return character.isspace() or unicodedata.category(character)[0] in "PSNZ"
 
 
+@functools.cache
 def _byte_level_decoder() -> dict[str, int]:
     """Byte-level BPE (GPT-2 style) writes each byte as one printable character: printable Latin-1
     bytes as themselves, the others as the characters from U+0100 on, in byte order."""
