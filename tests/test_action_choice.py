@@ -38,7 +38,7 @@ def test_the_context_moves_the_repost_share(demo_event_path: Path) -> None:
     for kind, text in (("repost", "转发微博"), ("comment", "真的吗")):
         step = recent_context(event, kind, text)
         prompts = [step.prompt(f"用户{i}") for i in range(200)]
-        probabilities = step.choice_probabilities(Imitator(), prompts)
+        probabilities = step.choice_probabilities(Imitator(), prompts, None)
         assert all(abs(sum(p.values()) - 1) < 1e-9 and set(p) == set(ACTION_CHOICES) for p in probabilities)
         choices = sample_choices(probabilities, seed=1)
         shares[kind] = sum(c == "repost" for c in choices) / len(choices)
@@ -58,7 +58,7 @@ def test_a_platform_without_reposts_offers_comments_only(shared_data: Path) -> N
     assert available_choices(event) == ("comment",)
     step = StepContext(event, get_method("state").create(SimulationConfig(data=str(pheme), method="state"), event, None))
     model = FakeModel()
-    assert step.choice_probabilities(model, [step.prompt("someone")]) == [{"comment": 1.0}] and model.usage.score_calls == 0
+    assert step.choice_probabilities(model, [step.prompt("someone")], None) == [{"comment": 1.0}] and model.usage.score_calls == 0
 
 
 def test_rows_record_the_choice_and_bare_reposts_write_no_text(demo_event_path: Path, tmp_path: Path) -> None:

@@ -55,6 +55,6 @@ def test_what_the_population_does_moves_the_policy_s_choice_of_kind(demo_event_p
         provider = RecentK("zh", 8)
         provider.observe([AgentAction("p", text if kind == "repost" else f"{text}{i}", kind) for i in range(8)], seed=0)  # contexts drop repeats
         step = StepContext(event, provider)
-        probabilities = step.choice_probabilities(policy, [step.prompt(p) for p in personas])
+        probabilities = step.choice_probabilities(policy, [step.prompt(p) for p in personas], None)
         repost_probability[kind] = sum(p["repost"] for p in probabilities) / len(probabilities)
     assert repost_probability["repost"] > repost_probability["comment"] + 0.1, repost_probability

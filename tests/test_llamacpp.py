@@ -7,17 +7,25 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
-from backend_samples import CONTINUATIONS, PROMPTS, require_llama_cpp, smollm2_gguf
+from backend_samples import CONTINUATIONS, MEAN_FIELD, PERSONAS, PROMPTS, TOPIC, require_llama_cpp, smollm2_gguf
 
 from mfllm.backends import FakeModel, ModelPool, parse_spec
 from mfllm.backends.hf import LoadedCausalLM, ModelSource
-from mfllm.backends.llamacpp import LlamaCppModel, LlamaCppSettings, LoadedGGUF, RestrictedGGUF, _Entry
+from mfllm.backends.llamacpp import READ_AGAIN, LlamaCppModel, LlamaCppSettings, LoadedGGUF, RestrictedGGUF, _Entry
 from mfllm.backends.lora_gguf import AdapterConversionError, convert_peft_lora
 from mfllm.backends.vocabulary import UnsupportedVocabulary, keeps, reduced_gguf, token_text
-from mfllm.interfaces import SamplingParams
+from mfllm.interfaces import AgentAction, SamplingParams
+from mfllm.prompts import ACTION_CHOICES, marker, mean_field_prompt, policy_prompt, render_context
 
 GREEDY = SamplingParams(max_new_tokens=10, temperature=0.0, stop=())
+
+
+@pytest.fixture(scope="module")
+def vocabulary_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One cache for the reduced-vocabulary GGUFs these tests write (about 10 s each)."""
+    return tmp_path_factory.mktemp("cache")
 
 
 @pytest.fixture(scope="module")
@@ -159,12 +167,12 @@ def test_output_vocabulary_rules() -> None:
         keeps("x", "fr")
 
 
-def test_a_restricted_vocabulary_gives_the_full_models_logits_on_its_tokens(smollm2: LoadedGGUF, tmp_path: Path,
+def test_a_restricted_vocabulary_gives_the_full_models_logits_on_its_tokens(smollm2: LoadedGGUF, vocabulary_cache: Path,
                                                                             monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MFLLM_CACHE_DIR", str(tmp_path))
-    vocabulary = reduced_gguf(smollm2.model_file, "zh", tmp_path / "gguf" / "vocabulary")
+    monkeypatch.setenv("MFLLM_CACHE_DIR", str(vocabulary_cache))
+    vocabulary = reduced_gguf(smollm2.model_file, "zh", vocabulary_cache / "gguf" / "vocabulary")
     assert 0 < vocabulary.size < smollm2.n_vocab / 4 and list(vocabulary.full_ids) == sorted(set(vocabulary.full_ids))
-    assert reduced_gguf(smollm2.model_file, "zh", tmp_path / "gguf" / "vocabulary").gguf_file == vocabulary.gguf_file  # built once
+    assert reduced_gguf(smollm2.model_file, "zh", vocabulary_cache / "gguf" / "vocabulary").gguf_file == vocabulary.gguf_file  # built once
     restricted = smollm2.for_generation("zh", None)
     assert isinstance(restricted, RestrictedGGUF) and smollm2.for_generation("zh", "some-adapter") is smollm2
     ids = smollm2.prompt_ids(PROMPTS[0])
@@ -189,3 +197,82 @@ def test_a_kept_prefix_and_the_thread_count_do_not_change_results(smollm2: Loade
     assert again_texts == first_texts == one_thread.generate(PROMPTS, sampled)
     for a, b, c in zip(first_scores, again_scores, one_thread.score(PROMPTS, CONTINUATIONS)):
         assert a.token_logprobs == b.token_logprobs == c.token_logprobs
+
+
+MARKERS = [marker(choice, "en") for choice in ACTION_CHOICES]
+
+
+@pytest.fixture
+def completion_layout(monkeypatch: pytest.MonkeyPatch) -> None:
+    """SmolLM2 read in the completion layout, as the embedded base model is (its prompts then end where
+    the kind marker and the text follow)."""
+    monkeypatch.setattr(LoadedGGUF, "is_chat", property(lambda self: False))
+
+
+def _restricted_reference(full: LoadedGGUF, restricted: RestrictedGGUF, prompt: list[int], option: list[int]) -> list[float]:
+    """An option's log-probs from the full model's logits, normalised over the restricted model's tokens."""
+    logits: dict[int, np.ndarray] = {}
+    tokens = prompt + option[:-1]
+    full.begin([], 1)
+    full.decode([_Entry(t, k, 0, k >= len(prompt) - 1) for k, t in enumerate(tokens)],
+                lambda entry, index: logits.__setitem__(entry, full.logits(index)[restricted.vocabulary.full_ids].astype(np.float64)))
+    values = []
+    for read, token in enumerate(option):
+        kept = logits[len(prompt) - 1 + read]
+        values.append(float(kept[restricted.own_id(token)] - np.log(np.exp(kept - kept.max()).sum()) - kept.max()))
+    return values
+
+
+def test_options_are_scored_over_the_tokens_generation_draws_from(smollm2: LoadedGGUF, vocabulary_cache: Path,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MFLLM_CACHE_DIR", str(vocabulary_cache))
+    model = LlamaCppModel(smollm2, "options")
+    options = ["[ok]", "[no]", "[go]", "[re]"]  # tokens SmolLM2 keeps for Chinese (a sixth of its vocabulary): four paths after "["
+    prompts = [p for p in PROMPTS for _ in options]
+    restricted = smollm2.for_generation("zh", None)
+    assert isinstance(restricted, RestrictedGGUF)
+    scores = model.score_options(prompts, options * len(PROMPTS), "zh")
+    for prompt, option, score in zip(prompts, options * len(PROMPTS), scores):
+        expected = _restricted_reference(smollm2, restricted, smollm2.prompt_ids(prompt), smollm2.tokenize(option, add_special=False))
+        assert score.token_logprobs == pytest.approx(expected, abs=1e-6)
+    whole = model.score(prompts, options * len(PROMPTS))
+    assert [s.token_logprobs for s in model.score_options(prompts, options * len(PROMPTS), None)] == [s.token_logprobs for s in whole]
+    assert all(a.logprob > b.logprob for a, b in zip(scores, whole))  # the kept tokens hold less than all the mass
+    outside = model.score_options(PROMPTS[:1], MARKERS[:1], "zh")  # "reply" is not kept: scored on the whole vocabulary
+    assert outside[0].token_logprobs == model.score(PROMPTS[:1], MARKERS[:1])[0].token_logprobs
+
+
+def test_text_after_the_kind_choice_continues_the_prompts_the_choice_read(smollm2: LoadedGGUF, vocabulary_cache: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch, completion_layout: None) -> None:
+    monkeypatch.setenv("MFLLM_CACHE_DIR", str(vocabulary_cache))
+    context = render_context("What the replies say so far:", MEAN_FIELD)
+    personas = [*PERSONAS, PERSONAS[0]]  # two agents with the same profile read the same prompt
+    model = LlamaCppModel(smollm2, "choice")
+    prompts = [policy_prompt(TOPIC, persona, "en", context) for persona in personas]
+    model.score_options([p for p in prompts for _ in MARKERS], MARKERS * len(prompts), "en")
+    choices = ["comment", "repost_with_text", "comment", "comment"]
+    writing = [policy_prompt(TOPIC, persona, "en", context, choice) for persona, choice in zip(personas, choices)][1:]  # the first one reposts bare
+    params = SamplingParams(max_new_tokens=12, temperature=0.9, seed=3, stop=("\n",), vocabulary="en")
+    cached = model.usage.prefix_cached_tokens
+    texts = model.generate(writing, params)
+    assert model.usage.prefix_cached_tokens - cached >= sum(len(smollm2.prompt_ids(p)) - READ_AGAIN for p in prompts[1:])
+    retry = dataclasses.replace(params, seed=11)
+    again = model.generate(writing[1:2], retry)  # a rejected text asked again continues its prompt too
+    fresh = LlamaCppModel(LoadedGGUF(smollm2.model_file, smollm2.settings), "fresh")
+    assert texts == fresh.generate(writing, params) and again == fresh.generate(writing[1:2], retry)
+
+
+def test_prefixes_and_fixed_headers_stored_between_calls_give_the_same_results(smollm2: LoadedGGUF, completion_layout: None) -> None:
+    actions = [AgentAction("a user", text, "comment") for text in CONTINUATIONS]
+    summary = mean_field_prompt(TOPIC, None, actions, "en")
+    assert summary.header and summary.completion.startswith(summary.completion[:summary.header])
+    params = SamplingParams(max_new_tokens=10, temperature=0.9, seed=2, stop=("\n",))
+    loaded = LoadedGGUF(smollm2.model_file, smollm2.settings)
+    model = LlamaCppModel(loaded, "stored")
+    first = model.generate([summary], params)
+    cached = model.usage.prefix_cached_tokens
+    policy = model.generate(PROMPTS, params)  # another prefix in between
+    assert model.generate([summary], params) == first and model.usage.prefix_cached_tokens - cached >= loaded.header_length(summary, loaded.prompt_ids(summary))
+    assert model.generate(PROMPTS, params) == policy
+    unstored = LlamaCppModel(LoadedGGUF(smollm2.model_file, dataclasses.replace(smollm2.settings, stored_prefixes=0)), "unstored")
+    assert unstored.generate([summary], params) == first and unstored.generate(PROMPTS, params) == policy

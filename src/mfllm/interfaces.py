@@ -24,10 +24,13 @@ class Message:
 
 @dataclass(frozen=True)
 class Prompt:
-    """One prompt in both layouts; the backend uses ``messages`` for chat models, ``completion`` otherwise."""
+    """One prompt in both layouts; the backend uses ``messages`` for chat models, ``completion`` otherwise.
+    ``header``: how many leading characters of ``completion`` are a fixed header that every prompt of its
+    template starts with (worked examples), which a backend may evaluate once and keep between calls."""
 
     messages: tuple[Message, ...]
     completion: str
+    header: int = 0
 
 
 @dataclass(frozen=True)
@@ -99,6 +102,8 @@ class ContinuationScore:
 @dataclass
 class UsageStats:
     """Counters a backend keeps: calls, prompt tokens, kept and discarded generated tokens.
+    ``prefix_cached_tokens``: prompt tokens not evaluated because a cache held them (a prefix shared by a
+    batch's rows, one kept from an earlier call, prompts continued after the kind choice).
     ``unmetered_requests``: requests whose tokens the backend could not count (a server reply without
     ``usage``); token figures are then incomplete."""
 
@@ -131,6 +136,15 @@ class LanguageModel(ABC):
     @abstractmethod
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
         """Log-probabilities of each continuation's tokens given its prompt (teacher forcing)."""
+
+    def score_options(self, prompts: Sequence[Prompt], options: Sequence[str], vocabulary: str | None) -> list[ContinuationScore]:
+        """Log-probabilities of options offered as a choice (an action's kind marker) after each prompt,
+        by a model about to write with ``SamplingParams(vocabulary=vocabulary)``: normalised over the
+        tokens that generation draws from, so the choice and the text that follows come from one
+        distribution. A backend may keep the prompts' state for the next :meth:`generate` call (llama.cpp
+        does). Default: :meth:`score`, over the whole vocabulary (what a backend generating from the whole
+        vocabulary draws from)."""
+        return self.score(prompts, options)
 
     def count_tokens(self, prompt: Prompt) -> int:
         """Prompt length in tokens as this backend would send it (characters when no tokenizer)."""

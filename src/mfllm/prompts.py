@@ -205,9 +205,9 @@ def mean_field_prompt(topic: str, previous: str | None, actions: Sequence[AgentA
         t.mean_field_batch,
         items,
     ))
-    completion = f"{t.mean_field_intro}\n\n{t.mean_field_examples}\n{record}\n{t.mean_field_cue}"
+    header = f"{t.mean_field_intro}\n\n{t.mean_field_examples}\n"
     user = f"{t.mean_field_intro}\n\n{record}"
-    return Prompt((Message("system", t.mean_field_system), Message("user", user)), completion)
+    return Prompt((Message("system", t.mean_field_system), Message("user", user)), f"{header}{record}\n{t.mean_field_cue}", header=len(header))
 
 
 LABEL_TEMPLATES = {

@@ -28,6 +28,12 @@ from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingP
 
 LLAMA_CPP_VERSION = "0.3.36"
 SMALL_BATCH_TOKENS = 32  # batches with fewer tokens run on one thread (see LoadedGGUF._use_threads)
+MIN_STORED_TOKENS = 32  # shorter prefixes are not worth a stored copy (see LoadedGGUF.begin)
+READ_AGAIN = 2
+"""Prompt tokens a continued sequence evaluates again (see LoadedGGUF.resume). llama.cpp computes a batch of one
+token along another path than a larger batch (logits up to 1 apart in 0.3.36), while larger batches give each
+token the same values whatever else they hold: with at least two tokens in every first batch, a continued
+prompt gives exactly what reading it afresh gives."""
 SEED_MODULUS = 2**32 - 1  # llama.cpp reads 0xFFFFFFFF as "pick a random seed"
 
 
@@ -60,12 +66,15 @@ def available_threads() -> int:
 @dataclass(frozen=True)
 class LlamaCppSettings:
     """Context settings. ``n_ctx`` is the context of each of the ``max_sequences`` parallel sequences
-    (prompt plus generated tokens); larger batches run in groups. ``threads=None`` uses every available core."""
+    (prompt plus generated tokens); larger batches run in groups. ``stored_prefixes`` more sequences keep
+    recent prompt prefixes between calls (see :meth:`LoadedGGUF.begin`). ``threads=None`` uses every
+    available core."""
 
     threads: int | None = None
     n_ctx: int = 2048
     n_batch: int = 512
     max_sequences: int = 16
+    stored_prefixes: int = 2
 
     @property
     def resolved_threads(self) -> int:
@@ -137,6 +146,8 @@ class LoadedGGUF:
         self._restricted: dict[str, LoadedGGUF] = {}
         self._threads = 0  # threads the context runs on now (see _use_threads)
         self._prefix: list[int] = []  # what sequence 0 holds from position 0 on, kept for the next group (see begin)
+        self._retained: dict[int, tuple[list[int], list[int]]] = {}  # sequence -> (prompt, tokens held): see retain
+        self._stored: dict[tuple[int, ...], int] = {}  # prefix -> the sequence keeping it, least recently used first: see begin
 
     def _load(self) -> None:
         llama_cpp = llama_cpp_module()
@@ -148,9 +159,10 @@ class LoadedGGUF:
         self._model = internals.LlamaModel(path_model=str(self.model_file), params=model_params, verbose=False)
         context_params = llama_cpp.llama_context_default_params()
         threads = self.settings.resolved_threads
-        context_params.n_ctx = self.settings.n_ctx * self.settings.max_sequences
+        sequences = self.settings.max_sequences + self.settings.stored_prefixes
+        context_params.n_ctx = self.settings.n_ctx * sequences
         context_params.n_batch = context_params.n_ubatch = self.settings.n_batch
-        context_params.n_seq_max = self.settings.max_sequences
+        context_params.n_seq_max = sequences
         context_params.n_threads = context_params.n_threads_batch = threads
         context_params.kv_unified = False  # one KV stream per sequence (see the module docstring)
         context_params.no_perf = True
@@ -208,6 +220,14 @@ class LoadedGGUF:
         """Prompt token ids as transformers builds them: BOS for completion prompts, the template's own for chat."""
         return self.tokenize(self.render(prompt), add_special=not self.is_chat)
 
+    def header_length(self, prompt: Prompt, ids: Sequence[int]) -> int:
+        """How many of the prompt's tokens ``ids`` are its fixed header (``Prompt.header``, completion layout
+        only); 0 when the header's tokens are not where the prompt's begin."""
+        if self.is_chat or not prompt.header:
+            return 0
+        header = self.tokenize(prompt.completion[:prompt.header], add_special=True)
+        return len(header) if list(ids[:len(header)]) == header else 0
+
     def piece(self, token: int) -> bytes:
         """The bytes of one token as text (control tokens render as nothing)."""
         if token not in self._pieces:
@@ -247,44 +267,99 @@ class LoadedGGUF:
         if status != 0:
             raise RuntimeError(f"llama.cpp could not switch to adapter {adapter!r} (status {status})")
         self._active_adapter = adapter
-        self._prefix = []  # cached under the other adapter
+        self._prefix, self._retained, self._stored = [], {}, {}  # cached under the other adapter
 
     def clear(self) -> None:
         """Forget every cached token of every sequence."""
         llama_cpp = llama_cpp_module()
         llama_cpp.llama_memory_clear(self.context.memory, False)
-        self._prefix = []
+        self._prefix, self._retained, self._stored = [], {}, {}
 
-    def begin(self, prefix: Sequence[int], sequences: int) -> None:
+    def begin(self, prefix: Sequence[int], sequences: int) -> int:
         """Start a group of ``sequences`` rows that share ``prefix``: sequence 0 holds the prefix, evaluated
-        on its own, and every other sequence a copy of it; nothing else stays cached. When the previous
-        group left exactly this prefix on sequence 0 (the same step's prompts, scored then generated), it
-        is kept rather than evaluated again: it was evaluated the same way, so the values are the same."""
+        on its own, and every other sequence a copy of it; nothing else stays on the rows' sequences. A
+        prefix is evaluated only when neither sequence 0 (the previous group's prefix: the same step's
+        prompts, scored then generated) nor the store (the last ``stored_prefixes`` prefixes of at least
+        :data:`MIN_STORED_TOKENS` tokens, each in a sequence of its own: a template's fixed header, a
+        context that did not change) holds it. It was evaluated the same way, on its own, so the values
+        are the same wherever they come from. Returns how many prefix tokens were not evaluated."""
         llama_cpp = llama_cpp_module()
+        memory = self.context.memory
         prefix = list(prefix)
+        self._retained = {}
+        reused = len(prefix)
         if prefix and prefix == self._prefix:
-            memory = self.context.memory
-            llama_cpp.llama_memory_seq_rm(memory, 0, len(prefix), -1)
+            self.trim(0, len(prefix))
             for sequence in range(1, self.settings.max_sequences):
                 llama_cpp.llama_memory_seq_rm(memory, sequence, -1, -1)
         else:
-            self.clear()
-            if prefix:
+            for sequence in range(self.settings.max_sequences):
+                llama_cpp.llama_memory_seq_rm(memory, sequence, -1, -1)
+            stored = self._stored.pop(tuple(prefix), None)
+            if stored is not None:
+                self.copy_sequence(stored, [0])
+                self._stored[tuple(prefix)] = stored  # now the most recently used
+            elif prefix:
                 self.decode([_Entry(token, position, 0, False) for position, token in enumerate(prefix)], lambda entry, index: None)
+                self._store(prefix)
+                reused = 0
             self._prefix = prefix
         if prefix:
             self.copy_sequence(0, range(1, sequences))
+        return reused
+
+    def _store(self, prefix: list[int]) -> None:
+        """Keep a copy of sequence 0 (holding just ``prefix``) in the store, in place of the least recently used."""
+        slots = range(self.settings.max_sequences, self.settings.max_sequences + self.settings.stored_prefixes)
+        if len(prefix) < MIN_STORED_TOKENS or not slots:
+            return
+        taken = set(self._stored.values())
+        free = [slot for slot in slots if slot not in taken]
+        slot = free[0] if free else self._stored.pop(next(iter(self._stored)))
+        self.copy_sequence(0, [slot])
+        self._stored[tuple(prefix)] = slot
+
+    def retain(self, held: dict[int, tuple[list[int], list[int]]]) -> None:
+        """Offer the sequences of ``held`` (sequence -> (its prompt, every token it holds from position 0))
+        to the next call, which may continue them (:meth:`resume`); any other call forgets them."""
+        self._retained = held
+
+    def resume(self, rows: Sequence[Sequence[int]]) -> list[tuple[int, int]] | None:
+        """Place each row on a retained sequence whose prompt it extends (or repeats), keeping the tokens they
+        share but the row's last :data:`READ_AGAIN`: each row's (sequence, tokens kept), or None when a row
+        extends no retained prompt (nothing is kept then). Rows that extend the same prompt (agents with
+        the same profile) continue copies of its sequence. Retained sequences serve one call."""
+        retained, self._retained = self._retained, {}
+        unused = dict(retained)
+        placement: list[tuple[int, int]] = [(-1, 0)] * len(rows)
+        copies: list[tuple[int, int]] = []  # (row, sequence to copy)
+        for i, row in enumerate(rows):
+            owners = [s for s, (prompt, _) in retained.items() if len(row) >= len(prompt) and list(row[:len(prompt)]) == prompt]
+            if not owners:
+                return None
+            own = next((s for s in owners if s in unused), None)
+            if own is None:
+                copies.append((i, owners[0]))
+                continue
+            del unused[own]
+            placement[i] = (own, _common_length(retained[own][1], rows[i][:len(rows[i]) - READ_AGAIN]))
+        spare = [s for s in range(self.settings.max_sequences) if s not in retained] + list(unused)
+        for (i, source), target in zip(copies, spare):
+            self.copy_sequence(source, [target])
+            placement[i] = (target, _common_length(retained[source][1], rows[i][:len(rows[i]) - READ_AGAIN]))
+        for sequence, kept in placement:
+            self.trim(sequence, kept)
+        return placement
+
+    def trim(self, sequence: int, length: int) -> None:
+        """Forget a sequence's tokens from position ``length`` on."""
+        llama_cpp_module().llama_memory_seq_rm(self.context.memory, sequence, length, -1)
 
     def copy_sequence(self, source: int, targets: Sequence[int]) -> None:
         """Give every target sequence a copy of the source sequence's cache."""
         llama_cpp = llama_cpp_module()
         for target in targets:
             llama_cpp.llama_memory_seq_cp(self.context.memory, source, target, -1, -1)
-
-    def drop_sequence(self, sequence: int) -> None:
-        """Forget a finished row's tokens (sequence 0 keeps the group's prefix for :meth:`begin`)."""
-        llama_cpp = llama_cpp_module()
-        llama_cpp.llama_memory_seq_rm(self.context.memory, sequence, len(self._prefix) if sequence == 0 else -1, -1)
 
     def decode(self, entries: Sequence[_Entry], on_logits: Callable[[int, int], None]) -> None:
         """Evaluate ``entries`` in chunks of ``n_batch``; after each chunk, ``on_logits(entry_index,
@@ -374,7 +449,8 @@ class LoadedGGUF:
 
     def describe(self) -> dict[str, Any]:
         return {"model_file": str(self.model_file), "threads": self.settings.resolved_threads, "n_ctx": self.settings.n_ctx,
-                "n_batch": self.settings.n_batch, "max_sequences": self.settings.max_sequences, "llama_cpp_python": LLAMA_CPP_VERSION,
+                "n_batch": self.settings.n_batch, "max_sequences": self.settings.max_sequences,
+                "stored_prefixes": self.settings.stored_prefixes, "llama_cpp_python": LLAMA_CPP_VERSION,
                 "extra_buffer_types": bool(self.model.params.use_extra_bufts)}
 
 
@@ -387,6 +463,7 @@ class RestrictedGGUF(LoadedGGUF):
         super().__init__(vocabulary.gguf_file, full.settings)
         self.full, self.vocabulary = full, vocabulary
         self._embeddings = InputEmbeddings(full.model_file, vocabulary)
+        self._own_ids: np.ndarray | None = None
 
     def _input_width(self) -> int:
         return self.vocabulary.n_embd
@@ -397,6 +474,13 @@ class RestrictedGGUF(LoadedGGUF):
 
     def sample(self, sampler: Any, batch_index: int) -> int:
         return int(self.vocabulary.full_ids[super().sample(sampler, batch_index)])
+
+    def own_id(self, token: int) -> int:
+        """This model's id of a full-model token (-1: not kept)."""
+        if self._own_ids is None:
+            self._own_ids = np.full(self.full.n_vocab, -1, dtype=np.int64)
+            self._own_ids[self.vocabulary.full_ids] = np.arange(self.vocabulary.size)
+        return int(self._own_ids[token])
 
     @property
     def is_chat(self) -> bool:
@@ -416,6 +500,16 @@ class RestrictedGGUF(LoadedGGUF):
 
     def for_generation(self, vocabulary: str | None, adapter: str | None) -> LoadedGGUF:
         return self
+
+
+def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens ``a`` and ``b`` share."""
+    length = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        length += 1
+    return length
 
 
 def _groups(lengths: Sequence[int], n_ctx: int, max_sequences: int, what: str) -> list[list[int]]:
@@ -467,29 +561,44 @@ class LlamaCppModel(LanguageModel):
         runner = loaded.for_generation(params.vocabulary, self.adapter)
         runner.activate(self.adapter)
         token_ids = [loaded.prompt_ids(p) for p in prompts]
+        headers = [loaded.header_length(p, ids) for p, ids in zip(prompts, token_ids)]
         results: list[str] = [""] * len(prompts)
         lengths = [len(t) + params.limit(i) for i, t in enumerate(token_ids)]
         for group in _groups(lengths, loaded.settings.n_ctx, loaded.settings.max_sequences, "prompt"):
-            for index, text in zip(group, self._generate_group(runner, [token_ids[i] for i in group], group, params)):
+            for index, text in zip(group, self._generate_group(runner, [token_ids[i] for i in group], group, params,
+                                                                min(headers[i] for i in group))):
                 results[index] = text
         self.usage.generate_calls += 1
         self.usage.prompt_tokens += sum(len(t) for t in token_ids)
         return results
 
-    def _generate_group(self, loaded: LoadedGGUF, token_ids: list[list[int]], indices: list[int], params: SamplingParams) -> list[str]:
+    def _shared_or_header(self, token_ids: Sequence[Sequence[int]], header: int) -> int:
+        """The rows' shared prefix (:meth:`_shared`), or their common fixed header when that is longer."""
         shared = self._shared(token_ids)
+        if header > shared and self.prefix_cache and all(len(ids) >= header + READ_AGAIN and ids[:header] == token_ids[0][:header] for ids in token_ids):
+            return header
+        return shared
+
+    def _generate_group(self, loaded: LoadedGGUF, token_ids: list[list[int]], indices: list[int], params: SamplingParams,
+                        header: int) -> list[str]:
         seeds = [SEED_MODULUS if params.seed is None else (params.seed + i) % SEED_MODULUS for i in indices]
         rows = [_Row(loaded.sampler(params, seed), len(ids), bytearray(), limit=params.limit(i)) for ids, seed, i in zip(token_ids, seeds, indices)]
-        loaded.begin(token_ids[0][:shared], len(rows))
+        placement = loaded.resume(token_ids) if self.prefix_cache else None  # the prompts the kind choice just read (see score_options)
+        if placement is None:
+            shared = self._shared_or_header(token_ids, header)
+            placement = [(sequence, shared) for sequence in range(len(rows))]
+            self.usage.prefix_cached_tokens += loaded.begin(token_ids[0][:shared], len(rows)) + shared * (len(rows) - 1)
+        else:
+            self.usage.prefix_cached_tokens += sum(kept for _, kept in placement)
+        row_of = {sequence: i for i, (sequence, _) in enumerate(placement)}
         entries = []
-        for sequence, ids in enumerate(token_ids):
-            entries += [_Entry(token, shared + k, sequence, shared + k == len(ids) - 1) for k, token in enumerate(ids[shared:])]
-        self.usage.prefix_cached_tokens += shared * (len(rows) - 1)
+        for (sequence, start), ids in zip(placement, token_ids):
+            entries += [_Entry(token, start + k, sequence, start + k == len(ids) - 1) for k, token in enumerate(ids[start:])]
         pending: list[_Entry] = []
 
         def take(entry_index: int, batch_index: int) -> None:
             sequence = entries[entry_index].sequence
-            row = rows[sequence]
+            row = rows[row_of[sequence]]
             token = loaded.sample(row.sampler, batch_index)
             row.tokens += 1
             if loaded.is_end_of_generation(token):
@@ -499,7 +608,7 @@ class LlamaCppModel(LanguageModel):
                 row.stopped_by_string = bool(params.stop) and stop_position(row.text(), params.stop) is not None
                 row.finished = row.stopped_by_string or row.tokens >= row.limit
             if row.finished:
-                loaded.drop_sequence(sequence)
+                loaded.trim(sequence, len(token_ids[row_of[sequence]]))
             else:
                 pending.append(_Entry(token, row.position, sequence, True))
                 row.position += 1
@@ -508,6 +617,7 @@ class LlamaCppModel(LanguageModel):
             pending = []
             loaded.decode(entries, take)
             entries = pending
+        loaded.retain({sequence: (ids, ids) for (sequence, _), ids in zip(placement, token_ids)})  # for a retry of some rows
         texts = []
         for row in rows:
             text = clean_output(row.text(), params.stop)
@@ -532,6 +642,77 @@ class LlamaCppModel(LanguageModel):
         self.usage.prompt_tokens += sum(len(p) for p in prompt_ids)
         return scores
 
+    def score_options(self, prompts: Sequence[Prompt], options: Sequence[str], vocabulary: str | None) -> list[ContinuationScore]:
+        """With a restricted output vocabulary, the options are scored by the reduced-vocabulary model that
+        then writes the text (normalised over its tokens), and the prompts it reads stay in its cache for the
+        next :meth:`generate` call, which continues them instead of reading them again. Each prompt's
+        options form a prefix tree read path by path (the three kind markers: two paths), every prompt of a
+        group in one batch per path, each path reading at least :data:`READ_AGAIN` tokens: the log-probs are
+        the full model's renormalised over the kept tokens. Otherwise (whole vocabulary, an adapter, an
+        option with a token outside the vocabulary): :meth:`score`."""
+        loaded = self.loaded
+        runner = loaded.for_generation(vocabulary, self.adapter)
+        option_ids = [loaded.tokenize(o, add_special=False) for o in options]
+        if not isinstance(runner, RestrictedGGUF) or any(runner.own_id(t) < 0 for ids in option_ids for t in ids):
+            return self.score(prompts, options)
+        runner.activate(self.adapter)
+        prompt_ids = [loaded.prompt_ids(p) for p in prompts]
+        rows_of: dict[tuple[int, ...], list[int]] = {}
+        for row, ids in enumerate(prompt_ids):
+            rows_of.setdefault(tuple(ids), []).append(row)
+        distinct = list(rows_of)
+        lengths = [len(ids) + max(len(option_ids[row]) for row in rows_of[ids]) for ids in distinct]
+        groups = _groups(lengths, loaded.settings.n_ctx, loaded.settings.max_sequences, "prompt and option")
+        scores: list[ContinuationScore] = [ContinuationScore(())] * len(prompts)
+        for number, group in enumerate(groups):
+            found = self._score_options_group(runner, [list(distinct[k]) for k in group],
+                                              [[option_ids[row] for row in rows_of[distinct[k]]] for k in group], number == len(groups) - 1)
+            for k, values in zip(group, found):
+                for row, score in zip(rows_of[distinct[k]], values):
+                    scores[row] = score
+        self.usage.score_calls += 1
+        self.usage.prompt_tokens += sum(len(p) for p in prompt_ids)
+        return scores
+
+    def _score_options_group(self, runner: RestrictedGGUF, prompts: list[list[int]], options: list[list[list[int]]],
+                             retain: bool) -> list[list[ContinuationScore]]:
+        """Score one group (prompt k on sequence k); with ``retain``, offer its sequences to the next call."""
+        shared = self._shared(prompts)
+        self.usage.prefix_cached_tokens += runner.begin(prompts[0][:shared], len(prompts)) + shared * (len(prompts) - 1)
+        paths = [_option_paths(own) for own in options]
+        logprobs: list[list[dict[int, float]]] = [[{} for _ in own] for own in options]
+        held = [list(prompt) for prompt in prompts]
+        for stage in range(max(len(p) for p in paths)):
+            entries: list[_Entry] = []
+            contexts: list[tuple[int, tuple[int, ...], int]] = []  # per entry: prompt, path, tokens of the path read (-1: no logits)
+            for k, prompt in enumerate(prompts):
+                if stage >= len(paths[k]):
+                    continue
+                path = paths[k][stage]
+                held[k] = prompt + list(path)
+                start = shared if stage == 0 else min(len(prompt) + _common_length(paths[k][stage - 1], path), len(held[k]) - READ_AGAIN)
+                if stage:
+                    runner.trim(k, start)
+                for position in range(start, len(held[k])):
+                    read = position - len(prompt) + 1
+                    entries.append(_Entry(held[k][position], position, k, read >= 0))
+                    contexts.append((k, path, read))
+
+            def take(entry_index: int, batch_index: int) -> None:
+                k, path, read = contexts[entry_index]
+                logits = runner.logits(batch_index).astype(np.float64)
+                top = logits.max()
+                normaliser = top + np.log(np.exp(logits - top).sum())
+                for option, values in zip(options[k], logprobs[k]):
+                    if len(option) > read and tuple(option[:read]) == path[:read]:
+                        values[read] = float(logits[runner.own_id(option[read])] - normaliser)
+
+            runner.decode(entries, take)
+        if retain:
+            runner.retain({k: (prompt, held[k]) for k, prompt in enumerate(prompts)})
+        return [[ContinuationScore(tuple(values[t] for t in range(len(option)))) for option, values in zip(own, found)]
+                for own, found in zip(options, logprobs)]
+
     def _score_group(self, prompt_ids: list[list[int]], continuation_ids: list[list[int]]) -> list[ContinuationScore]:
         """Score one group. Rows that share tokens beyond the common prefix (the same prompt with several
         continuations, as when an agent's three action markers are scored) evaluate those tokens once:
@@ -539,7 +720,7 @@ class LlamaCppModel(LanguageModel):
         parent's cache, and every position's log-softmax serves all rows through it."""
         loaded = self.loaded
         shared = self._shared(prompt_ids)
-        loaded.begin(prompt_ids[0][:shared], len(prompt_ids))
+        self.usage.prefix_cached_tokens += loaded.begin(prompt_ids[0][:shared], len(prompt_ids))
         sequences = [p + c for p, c in zip(prompt_ids, continuation_ids)]
         logprobs: list[dict[int, float]] = [{} for _ in prompt_ids]
 
@@ -593,6 +774,13 @@ class _Branch:
     @property
     def sequence(self) -> int:
         return self.rows[0]
+
+
+def _option_paths(options: Sequence[Sequence[int]]) -> list[tuple[int, ...]]:
+    """The paths that read every option's tokens: each option but its last token (its log-prob comes from
+    the position before), leaving out paths that another path continues; in a fixed order."""
+    inner = {tuple(option[:-1]) for option in options}
+    return sorted(path for path in inner if not any(len(other) > len(path) and other[:len(path)] == path for other in inner))
 
 
 def _branches(sequences: Sequence[Sequence[int]], rows: Sequence[int], start: int) -> list[_Branch]:

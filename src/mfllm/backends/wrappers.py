@@ -105,6 +105,9 @@ class RetryingModel(_Wrapper):
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
         return self._call(lambda: self.inner.score(prompts, continuations))
 
+    def score_options(self, prompts: Sequence[Prompt], options: Sequence[str], vocabulary: str | None) -> list[ContinuationScore]:
+        return self._call(lambda: self.inner.score_options(prompts, options, vocabulary))
+
 
 class RateLimitedModel(_Wrapper):
     """At most ``calls_per_second`` calls to the inner backend (thread-safe)."""
@@ -132,6 +135,10 @@ class RateLimitedModel(_Wrapper):
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:
         self._wait()
         return self.inner.score(prompts, continuations)
+
+    def score_options(self, prompts: Sequence[Prompt], options: Sequence[str], vocabulary: str | None) -> list[ContinuationScore]:
+        self._wait()
+        return self.inner.score_options(prompts, options, vocabulary)
 
 
 class CachingModel(_Wrapper):
@@ -168,5 +175,13 @@ class CachingModel(_Wrapper):
         values = self._cached(
             keys,
             lambda idx: [list(s.token_logprobs) for s in self.inner.score([prompts[i] for i in idx], [continuations[i] for i in idx])],
+        )
+        return [ContinuationScore(tuple(v)) for v in values]
+
+    def score_options(self, prompts: Sequence[Prompt], options: Sequence[str], vocabulary: str | None) -> list[ContinuationScore]:
+        keys = [self._key("score_options", p.messages, p.completion, o, vocabulary) for p, o in zip(prompts, options)]
+        values = self._cached(
+            keys,
+            lambda idx: [list(s.token_logprobs) for s in self.inner.score_options([prompts[i] for i in idx], [options[i] for i in idx], vocabulary)],
         )
         return [ContinuationScore(tuple(v)) for v in values]

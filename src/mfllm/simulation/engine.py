@@ -165,7 +165,8 @@ class Simulator:
         reactors = [a for a in agents if a.real is not None]
         if not reactors:
             return []
-        logprobs = self.step_context.choice_logprobs(self.policy, self.step_context.prompts(reactors, active))
+        logprobs = self.step_context.choice_logprobs(self.policy, self.step_context.prompts(reactors, active),
+                                                     output_vocabulary(self.config, self.event.language))
         observed = [{"logprobs": {c: round(v, 6) for c, v in lp.items()}, "choice": action_choice(a.real.kind, a.real.text)}
                     for a, lp in zip(reactors, logprobs)]
         self._calibration += [(o["logprobs"], o["choice"]) for o in observed]
@@ -178,7 +179,8 @@ class Simulator:
         carries the platform's default text). Returns the probabilities, choices, prompts (ending after each
         chosen marker), texts and per-agent generation notes."""
         calibration = self._choice_calibration()
-        probabilities = self.step_context.choice_probabilities(self.policy, self.step_context.prompts(agents, active), self.config.temperature,
+        probabilities = self.step_context.choice_probabilities(self.policy, self.step_context.prompts(agents, active),
+                                                               output_vocabulary(self.config, self.event.language), self.config.temperature,
                                                                calibration)
         choices = sample_choices(probabilities, derive_seed(self.config.seed, step.index, "choice"))
         prompts = self.step_context.prompts(agents, active, choices)

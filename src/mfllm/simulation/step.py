@@ -165,20 +165,21 @@ class StepContext:
                               "\n".join(part for part in (self.exposure_block(agent, active), block) if part) or None, choice)
                 for agent, choice in zip(agents, chosen)]
 
-    def choice_logprobs(self, policy: LanguageModel, prompts: Sequence[Prompt]) -> list[dict[str, float]]:
+    def choice_logprobs(self, policy: LanguageModel, prompts: Sequence[Prompt], vocabulary: str | None) -> list[dict[str, float]]:
         """The policy's own log-probabilities of each kind marker the event's platform offers, after each
-        prompt (no fixed rate or rule: the context moves them); a single choice gets 0."""
+        prompt (no fixed rate or rule: the context moves them), over the tokens its text is then written
+        from (``vocabulary``, the policy's ``SamplingParams.vocabulary``); a single choice gets 0."""
         if len(self.choices) == 1:
             return [{self.choices[0]: 0.0} for _ in prompts]
         markers = [marker(choice, self.language) for choice in self.choices]
-        scores = policy.score([p for p in prompts for _ in markers], markers * len(prompts))
+        scores = policy.score_options([p for p in prompts for _ in markers], markers * len(prompts), vocabulary)
         return [{choice: s.logprob for choice, s in zip(self.choices, scores[i * len(markers):(i + 1) * len(markers)])}
                 for i in range(len(prompts))]
 
-    def choice_probabilities(self, policy: LanguageModel, prompts: Sequence[Prompt], temperature: float = 1.0,
+    def choice_probabilities(self, policy: LanguageModel, prompts: Sequence[Prompt], vocabulary: str | None, temperature: float = 1.0,
                              calibration: dict[str, Any] | None = None) -> list[dict[str, float]]:
         """Each prompt's probabilities of the choices (:func:`choice_distribution` of :meth:`choice_logprobs`)."""
-        return [choice_distribution(lp, temperature, calibration) for lp in self.choice_logprobs(policy, prompts)]
+        return [choice_distribution(lp, temperature, calibration) for lp in self.choice_logprobs(policy, prompts, vocabulary)]
 
     def continuation(self, kind: str, text: str) -> str:
         """A recorded action as the policy would write it after its prompt: marker, then text."""
