@@ -193,42 +193,53 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
     return summary
 
 
-def backtest_estimate(config: BacktestConfig, pool: Any = None) -> dict[str, Any]:
-    """What the whole backtest will cost, before it starts (completed runs included), generating nothing:
-    per method, its runs, simulated actions, model calls and prompt tokens (the engine's
-    :func:`~mfllm.simulation.engine.estimate` of each event's run, times seeds and grid points), the bound on
-    generated tokens, and the wall-clock time at the speed measured by earlier runs under ``config.output``
-    (else a reference figure for the model and backend, else unknown; ``speed_source`` says which). The
-    total time is unknown when any method's is."""
+def backtest_plans(config: BacktestConfig, pool: Any = None) -> list[tuple[dict[str, Any], list[SimulationConfig], dict[str, Any]]]:
+    """The backtest's runs (completed ones included) in groups that cost the same, generating nothing: a
+    run's cost does not depend on its seed, so each group is one grid point's method on one event, with
+    the engine's :func:`~mfllm.simulation.engine.estimate` of one of its runs: (grid point, runs, estimate)."""
     from mfllm.backends import ModelPool
 
     pool = pool or ModelPool(device=config.device, dtype=config.dtype)
     events = config.resolved_events()
     loaded = {event_id: load_event(config.data, event_id, config.data_format)[0] for event_id in events}
-    methods: dict[str, dict[str, Any]] = {}
+    plans = []
     for point in config.grid():
+        alike: dict[str, list[SimulationConfig]] = {}
         for run in config.run_configs(point, events):
-            if run.seed != config.seeds[0]:  # every seed's run costs what the first seed's does
-                continue
-            policy = pool.get(run.policy_model)
-            plan = estimate(run, loaded[run.event_id], policy)
-            totals = methods.setdefault(run.method, {"method": run.method, "runs": 0, "simulated_actions": 0, "policy_calls": 0,
-                                                     "mean_field_calls": 0, "policy_prompt_tokens": 0, "mean_field_prompt_tokens": 0,
-                                                     "max_generated_tokens": 0, "backend": backend_of(policy.describe())})
-            seeds = len(config.seeds)
-            totals["runs"] += seeds
-            totals["simulated_actions"] += seeds * plan["agents"]
-            totals["max_generated_tokens"] += seeds * plan["agents"] * plan["max_new_tokens_per_action"]
-            for key in ("policy_calls", "mean_field_calls", "policy_prompt_tokens", "mean_field_prompt_tokens"):
-                totals[key] += seeds * plan[key]
+            alike.setdefault(run.model_copy(update={"seed": 0}).model_dump_json(), []).append(run)
+        for runs in alike.values():
+            plans.append((point, runs, estimate(runs[0], loaded[runs[0].event_id], pool.get(runs[0].policy_model))))
+    return plans
+
+
+def backtest_estimate(config: BacktestConfig, pool: Any = None) -> dict[str, Any]:
+    """What the whole backtest will cost, before it starts (completed runs included), generating nothing:
+    per method, its runs, simulated actions, model calls and prompt tokens (:func:`backtest_plans`), the
+    bound on generated tokens, and the wall-clock time at the speed measured by earlier runs under
+    ``config.output`` (else a reference figure for the model and backend, else unknown; ``speed_source``
+    says which). The total time is unknown when any method's is."""
+    from mfllm.backends import ModelPool
+
+    pool = pool or ModelPool(device=config.device, dtype=config.dtype)
+    methods: dict[str, dict[str, Any]] = {}
+    for _, runs, plan in backtest_plans(config, pool):
+        method = runs[0].method
+        totals = methods.setdefault(method, {"method": method, "runs": 0, "simulated_actions": 0, "policy_calls": 0,
+                                             "mean_field_calls": 0, "policy_prompt_tokens": 0, "mean_field_prompt_tokens": 0,
+                                             "max_generated_tokens": 0, "backend": backend_of(pool.get(runs[0].policy_model).describe())})
+        totals["runs"] += len(runs)
+        totals["simulated_actions"] += len(runs) * plan["agents"]
+        totals["max_generated_tokens"] += len(runs) * plan["agents"] * plan["max_new_tokens_per_action"]
+        for key in ("policy_calls", "mean_field_calls", "policy_prompt_tokens", "mean_field_prompt_tokens"):
+            totals[key] += len(runs) * plan[key]
     for totals in methods.values():
         speed = measured_speed(config.output, config.policy_model, totals["backend"], totals["method"])
         totals.update(actions_per_second=speed.actions_per_second, speed_source=speed.source,
                       wall_clock_s=wall_clock(totals["simulated_actions"], speed))
     times = [m["wall_clock_s"] for m in methods.values()]
-    return {"events": {event_id: len(event.reactions) for event_id, event in loaded.items()}, "methods": list(methods.values()),
-            "runs": sum(m["runs"] for m in methods.values()), "simulated_actions": sum(m["simulated_actions"] for m in methods.values()),
-            "wall_clock_s": None if None in times else sum(times)}
+    events = {event_id: len(load_event(config.data, event_id, config.data_format)[0].reactions) for event_id in config.resolved_events()}
+    return {"events": events, "methods": list(methods.values()), "runs": sum(m["runs"] for m in methods.values()),
+            "simulated_actions": sum(m["simulated_actions"] for m in methods.values()), "wall_clock_s": None if None in times else sum(times)}
 
 
-__all__ = ["BacktestConfig", "backtest", "backtest_estimate"]
+__all__ = ["BacktestConfig", "backtest", "backtest_estimate", "backtest_plans"]

@@ -282,14 +282,9 @@ def _groups(project: str | Path, name: str, config: Any) -> tuple[list[dict[str,
     if name == "simulate":
         return [_group(f"{config.method} on {config.event_id or 'the first event'}", 1, engine(config))], config.policy_model, ""
     if name == "backtest":
-        groups = []
-        events = config.resolved_events()
-        for point in config.grid():
-            configs = config.run_configs(point, events)
-            alike: dict[str, list[SimulationConfig]] = {}  # a run's estimate does not depend on its seed
-            for run in configs:
-                alike.setdefault(run.model_copy(update={"seed": 0}).model_dump_json(), []).append(run)
-            groups += [_group(f"{point}: {runs[0].method} on {runs[0].event_id}", len(runs), engine(runs[0])) for runs in alike.values()]
+        from mfllm.analysis.backtest import backtest_plans
+
+        groups = [_group(f"{point}: {runs[0].method} on {runs[0].event_id}", len(runs), plan) for point, runs, plan in backtest_plans(config)]
         return groups, config.policy_model, "the evaluation also scores the real actions with the policy model (NLL): not counted"
     if name == "branch":
         from mfllm.analysis.branch import branch_plan
