@@ -127,6 +127,27 @@ def test_a_converted_lora_adapter_changes_only_its_own_view(tmp_path: Path) -> N
     assert [s.token_logprobs for s in base.score(PROMPTS, CONTINUATIONS)] == [s.token_logprobs for s in before]
 
 
+def test_an_adapter_generates_from_the_reduced_vocabulary_too(tmp_path: Path, vocabulary_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    require_llama_cpp()
+    monkeypatch.setenv("MFLLM_CACHE_DIR", str(vocabulary_cache))
+    adapter = _random_lora(tmp_path)
+    pool = ModelPool(device="cpu", n_ctx=4096)
+    tuned = pool.get(f"llamacpp:{smollm2_gguf()}", adapter=str(adapter), role="policy")
+    assert isinstance(tuned, LlamaCppModel) and tuned.adapter is not None
+    full = tuned.loaded
+    restricted = full.for_generation("zh", tuned.adapter)
+    assert isinstance(restricted, RestrictedGGUF) and restricted.adapters[tuned.adapter] == str(adapter)
+    ids = full.prompt_ids(PROMPTS[0])
+    logits = {}
+    for name, model, active in (("full", full, tuned.adapter), ("restricted", restricted, tuned.adapter), ("base", restricted, None)):
+        model.activate(active)
+        model.begin(ids[:-1], 1)
+        model.decode([_Entry(ids[-1], len(ids) - 1, 0, True)], lambda entry, index, model=model, name=name: logits.__setitem__(name, model.logits(index).copy()))
+    kept = restricted.vocabulary.full_ids
+    assert logits["restricted"] == pytest.approx(logits["full"][kept], abs=1e-4)
+    assert np.abs(logits["base"] - logits["restricted"]).max() > 1e-2  # the adapter acts there
+
+
 def test_an_adapter_llama_cpp_cannot_run_falls_back_to_transformers_with_a_notice(tmp_path: Path,
                                                                                   capsys: pytest.CaptureFixture[str]) -> None:
     require_llama_cpp()
@@ -174,7 +195,7 @@ def test_a_restricted_vocabulary_gives_the_full_models_logits_on_its_tokens(smol
     assert 0 < vocabulary.size < smollm2.n_vocab / 4 and list(vocabulary.full_ids) == sorted(set(vocabulary.full_ids))
     assert reduced_gguf(smollm2.model_file, "zh", vocabulary_cache / "gguf" / "vocabulary").gguf_file == vocabulary.gguf_file  # built once
     restricted = smollm2.for_generation("zh", None)
-    assert isinstance(restricted, RestrictedGGUF) and smollm2.for_generation("zh", "some-adapter") is smollm2
+    assert isinstance(restricted, RestrictedGGUF) and smollm2.for_generation(None, None) is smollm2
     ids = smollm2.prompt_ids(PROMPTS[0])
     logits = {}
     for model in (smollm2, restricted):

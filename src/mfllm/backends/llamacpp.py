@@ -137,6 +137,8 @@ class LoadedGGUF:
         self.settings = settings
         self.adapters: dict[str, str] = {}
         self._adapter_handles: dict[str, Any] = {}
+        self._adapter_files: dict[str, Path] = {}
+        self._unrestricted_adapters: set[str] = set()  # adapters the reduced-vocabulary copies could not load
         self._active_adapter: str | None = None
         self._model: Any = None
         self._context: Any = None
@@ -251,6 +253,7 @@ class LoadedGGUF:
         if handle is None:
             raise ValueError(f"llama.cpp could not load the LoRA adapter {gguf_adapter} (converted from {source}) on {self.model_file}")
         self._adapter_handles[name] = handle
+        self._adapter_files[name] = Path(gguf_adapter)
         self.adapters[name] = source
 
     def activate(self, adapter: str | None) -> None:
@@ -403,8 +406,8 @@ class LoadedGGUF:
 
     def for_generation(self, vocabulary: str | None, adapter: str | None) -> LoadedGGUF:
         """The model that generates: this one, or its copy restricted to ``vocabulary``'s tokens when one is
-        asked for, no adapter is active and the architecture allows it (else this one)."""
-        if vocabulary is None or adapter is not None:
+        asked for and the architecture allows it, with ``adapter`` loaded there too (else this one)."""
+        if vocabulary is None or adapter in self._unrestricted_adapters:
             return self
         if vocabulary not in self._restricted:
             try:
@@ -414,7 +417,15 @@ class LoadedGGUF:
                 self._restricted[vocabulary] = self
             else:
                 self._restricted[vocabulary] = RestrictedGGUF(self, reduced)
-        return self._restricted[vocabulary]
+        restricted = self._restricted[vocabulary]
+        if adapter is not None and restricted is not self and adapter not in restricted.adapters:
+            try:
+                restricted.add_adapter(self._adapter_files[adapter], adapter, self.adapters[adapter])
+            except ValueError as why:
+                announce(f"{why}: with this adapter, generating from the whole vocabulary")
+                self._unrestricted_adapters.add(adapter)
+                return self
+        return restricted
 
     def logits(self, batch_index: int) -> np.ndarray:
         """The next-token logits at one output of the last decode (a view, valid until the next decode)."""
