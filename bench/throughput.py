@@ -8,7 +8,8 @@ tokens per action (cut at the first newline afterwards), 200-token mean-field up
 top-p sampler. mfllm (both engines, the LLM mean field ``mf-llm``): stop at the end of the line, the
 step's shared prompt prefix computed once, top-k-then-top-p sampling, and the kind of every action
 chosen from the policy's marker probabilities (a scoring pass the original loop does not make); on
-llama.cpp the model runs from its quantised GGUF file.
+llama.cpp the model runs from its quantised GGUF file and, generating from the language's tokens, scores
+the markers with the model that writes the text, continuing each prompt's cache into its text.
 Prints medians over ``--repeats`` runs and the ratios, then the policy prompt tokens per action for
 64, 256 and 1024 agents (the mean field keeps them flat; a prompt with the full history grows).
 
