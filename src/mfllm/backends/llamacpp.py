@@ -659,8 +659,8 @@ class LlamaCppModel(LanguageModel):
         next :meth:`generate` call, which continues them instead of reading them again. Each prompt's
         options form a prefix tree read path by path (the three kind markers: two paths), every prompt of a
         group in one batch per path, each path reading at least :data:`READ_AGAIN` tokens: the log-probs are
-        the full model's renormalised over the kept tokens. Otherwise (whole vocabulary, an adapter, an
-        option with a token outside the vocabulary): :meth:`score`."""
+        the full model's renormalised over the kept tokens. Otherwise (the whole vocabulary, no reduced
+        model for this language or adapter, an option with a token outside the vocabulary): :meth:`score`."""
         loaded = self.loaded
         runner = loaded.for_generation(vocabulary, self.adapter)
         option_ids = [loaded.tokenize(o, add_special=False) for o in options]
