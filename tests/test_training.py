@@ -339,6 +339,20 @@ def test_split_keeps_test_events_out_of_training() -> None:
         TrainConfig(task="sft", data="d", output_dir="o", test_events=["e1", "e1"])
 
 
+def test_split_keeps_posts_about_one_story_on_one_side(shared_data: Path) -> None:
+    from mfllm.data.loaders import get_reader
+
+    groups = {f"e{i}": f"g{i // 3}" for i in range(12)}  # four stories of three posts each
+    for seed in range(5):
+        split = split_events(list(groups), (0.5, 0.25, 0.25), seed, test_events=["e4"], groups=groups)
+        side = {event_id: name for name, members in split.items() for event_id in members}
+        assert sorted(side) == sorted(groups) and all(len({side[e] for e in groups if groups[e] == g}) == 1 for g in set(groups.values()))
+        assert split["test"][-1] == "e4" and {"e3", "e5"} <= set(split["test"])
+    path = shared_data / "weibo_covid19_rumor"
+    weibo = get_reader(str(path)).event_groups(path)
+    assert weibo["4465002524434627"] == weibo["4465013860959767"] != weibo["4464157032449950"]  # same_event.txt: one story
+
+
 def test_every_named_test_event_is_scored() -> None:
     from types import SimpleNamespace
 
