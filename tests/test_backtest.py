@@ -80,3 +80,12 @@ def test_a_backtest_never_reuses_stale_runs_or_evaluations(demo_event_path: Path
     data.write_text(data.read_text(encoding="utf-8").replace("转发微博", "转发", 1), encoding="utf-8")
     with pytest.raises(sweep.StaleRunError, match="the event data changed since it ran"):
         backtest(config, pool=FixedPool(FakeModel()))
+
+
+def test_policy_adapter_reaches_every_run_but_sft() -> None:
+    config = BacktestConfig(data="d", events=["e1"], methods=["mf", "state", "sft"], seeds=[0], policy_adapter="tuned/policy",
+                            sft_adapter="tuned/sft")
+    adapters = {c.method: c.policy_adapter for c in config.run_configs(config.grid()[0], ["e1"])}
+    assert adapters == {resolve_method("mf"): "tuned/policy", "state": "tuned/policy", "sft": "tuned/sft"}
+    base = BacktestConfig(data="d", events=["e1"], methods=["state"], seeds=[0])
+    assert [c.policy_adapter for c in base.run_configs(base.grid()[0], ["e1"])] == [None]

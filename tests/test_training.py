@@ -304,6 +304,66 @@ def test_an_interrupted_policy_run_resumes_to_the_uninterrupted_result(shared_da
     assert metrics == pytest.approx(json.loads((reference.parent / "metrics.json").read_text()), rel=1e-5)
 
 
+def test_test_events_never_reach_training_and_the_best_validation_step_is_exported(shared_data: Path, tiny_base_model_dir: Path,
+                                                                                   tmp_path: Path) -> None:
+    from safetensors.torch import load_file
+
+    kept = "4465002524434627"  # an event with 1,293 reactions
+    config = _config(shared_data, tiny_base_model_dir, tmp_path / "run", "policy", max_steps=6, save_every=2, learning_rate=3e-2,
+                     test_events=[kept, "no-such-event"])
+    adapter = train(config, progress=False)
+    split = json.loads((tmp_path / "run" / "split.json").read_text())
+    assert kept in split["test"] and kept not in split["train"] + split["validation"]
+    assert split["test_events"] == [kept] and split["test_events_unused"] == ["no-such-event"]
+    assert len(split["train"] + split["validation"] + split["test"]) == 5  # max_events=4 others, plus the test event
+    meta = json.loads((adapter / "mfllm_adapter.json").read_text())
+    assert kept in meta["split"]["test"] and meta["config"]["test_events"] == [kept, "no-such-event"]
+    validation = [json.loads(x) for x in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines() if "validation_loss" in x]
+    assert [v["step"] for v in validation] == [2, 4, 6]
+    best = min(validation, key=lambda v: v["validation_loss"])
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["selected_step"] == best["step"] and metrics["selected_validation_loss"] == pytest.approx(best["validation_loss"])
+    exported, chosen = load_file(str(adapter / "adapter_model.safetensors")), load_file(
+        str(tmp_path / "run" / "checkpoints" / "best" / "policy" / "adapter_model.safetensors"))
+    assert exported.keys() == chosen.keys() and all(torch.equal(exported[k], chosen[k]) for k in exported)
+
+
+def test_split_keeps_test_events_out_of_training() -> None:
+    ids = [f"e{i}" for i in range(10)]
+    split = split_events(ids, (0.8, 0.2, 0.0), seed=3, test_events=["e1", "e7"])
+    assert split["test"] == ["e1", "e7"] and len(split["train"]) + len(split["validation"]) == 8
+    assert not {"e1", "e7"} & set(split["train"] + split["validation"])
+    with pytest.raises(ValueError, match="every event is a test event"):
+        split_events(["e1"], (0.8, 0.2, 0.0), seed=3, test_events=["e1"])
+    with pytest.raises(ValueError, match="distinct"):
+        TrainConfig(task="sft", data="d", output_dir="o", test_events=["e1", "e1"])
+
+
+def test_split_keeps_posts_about_one_story_on_one_side(shared_data: Path) -> None:
+    from mfllm.data.loaders import get_reader
+
+    groups = {f"e{i}": f"g{i // 3}" for i in range(12)}  # four stories of three posts each
+    for seed in range(5):
+        split = split_events(list(groups), (0.5, 0.25, 0.25), seed, test_events=["e4"], groups=groups)
+        side = {event_id: name for name, members in split.items() for event_id in members}
+        assert sorted(side) == sorted(groups) and all(len({side[e] for e in groups if groups[e] == g}) == 1 for g in set(groups.values()))
+        assert split["test"][-1] == "e4" and {"e3", "e5"} <= set(split["test"])
+    path = shared_data / "weibo_covid19_rumor"
+    weibo = get_reader(str(path)).event_groups(path)
+    assert weibo["4465002524434627"] == weibo["4465013860959767"] != weibo["4464157032449950"]  # same_event.txt: one story
+
+
+def test_every_named_test_event_is_scored() -> None:
+    from types import SimpleNamespace
+
+    from mfllm.training.runner import _scored_splits
+
+    events = {name: [SimpleNamespace(event_id=f"{name}{i}") for i in range(5)] for name in ("train", "validation", "test")}
+    scored = _scored_splits(events, 2, ["test3", "test4"])
+    assert {name: [e.event_id for e in group] for name, group in scored.items()} == {
+        "train": ["train0", "train1"], "validation": ["validation0", "validation1"], "test": ["test0", "test1", "test3", "test4"]}
+
+
 class _Recording(FakeModel):
     """The fake model, keeping every prompt it scores."""
 

@@ -58,6 +58,8 @@ class BacktestConfig(ExecutorConfig):
     policy_model: str = Field(default="embedded:gemma-3-270m", description="Policy model spec (also the mean-field model).")
     mean_field_model: str | None = Field(default=None, description="Mean-field model spec; the policy model when omitted.")
     sft_adapter: str | None = Field(default=None, description="Policy adapter of the sft baseline (`mfllm train sft`).")
+    policy_adapter: str | None = Field(default=None, description="Policy adapter of every method but sft (`mfllm train policy`): "
+                                                                 "the tuned simulator; the base policy when omitted.")
     num_agents: int = Field(default=32, ge=1, description="Agents simulated per run after warm-up (ignored with whole_events).")
     whole_events: bool = Field(default=False, description="Replay every reaction after the warm-up: each event's reaction count minus "
                                                           "the warm-up agents per run.")
@@ -107,8 +109,7 @@ class BacktestConfig(ExecutorConfig):
         configs = []
         for method in self.resolved_methods():
             update: dict[str, Any] = {"method": method}
-            if method == "sft":
-                update["policy_adapter"] = self.sft_adapter
+            update["policy_adapter"] = self.sft_adapter if method == "sft" else self.policy_adapter
             if get_method(method).needs_mean_field_model:
                 update["mean_field_model"] = self.mean_field_model
             configs += sweep_configs(SimulationConfig(**{**base.model_dump(), **update}), events, [None], self.seeds)

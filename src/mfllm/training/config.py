@@ -29,6 +29,11 @@ class TrainConfig(YamlConfig):
     min_reactions: int = Field(default=32, ge=2, description="Skip events with fewer reactions.")
     split: tuple[float, float, float] = Field(default=(0.6, 0.2, 0.2), description="Train/validation/test shares, by event (never by reaction).")
     split_seed: int = Field(default=0, description="Seed of the event split.")
+    test_events: list[str] = Field(default_factory=list, description="Event ids kept for testing: always in the test split, never in "
+                                                                   "train or validation (e.g. the events a study evaluates on). They "
+                                                                   "are loaded even when not among events or past max_events; those "
+                                                                   "missing from the data or below min_reactions are listed as "
+                                                                   "test_events_unused in split.json. The shares split the other events.")
     base_model: str = Field(default="embedded:gemma-3-270m", description="Base model spec (embedded:NAME or hf:PATH).")
     mean_field_adapter: str | None = Field(default=None, description="policy task: mean fields come from the base model with this adapter.")
     policy_adapter: str | None = Field(default=None, description="mean-field task: the policy that scores next actions (frozen base when omitted).")
@@ -64,7 +69,8 @@ class TrainConfig(YamlConfig):
     log_every: int = Field(default=1, ge=1, description="Log every N optimizer steps.")
     save_every: int = Field(default=10, ge=1, description="Checkpoint every N optimizer steps (policy/sft: and log the "
                                                                  "validation loss); a resumed run continues from the last one.")
-    eval_events: int = Field(default=4, ge=1, description="Events of each split scored before/after training.")
+    eval_events: int = Field(default=4, ge=1, description="Events of each split scored before/after training (the test split "
+                                                           "also scores every one of test_events).")
     eval_samples: int = Field(default=4, ge=0, description="mean-field: summaries sampled per training context to measure the expected "
                                                            "reward before/after training (same seeds both times); 0 skips it.")
 
@@ -72,6 +78,8 @@ class TrainConfig(YamlConfig):
     def _check(self) -> TrainConfig:
         if abs(sum(self.split) - 1.0) > 1e-6 or min(self.split) < 0 or self.split[0] == 0:
             raise ValueError(f"split must be three non-negative shares summing to 1 with a training share, got {self.split}")
+        if len(set(self.test_events)) != len(self.test_events) or not all(e.strip() for e in self.test_events):
+            raise ValueError(f"test_events must be distinct, non-empty event ids, got {self.test_events}")
         if self.task != "policy" and self.mean_field_adapter:
             raise ValueError("mean_field_adapter is only used by the policy task")
         if self.task != "mean-field" and self.policy_adapter:

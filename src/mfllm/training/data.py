@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from mfllm.data.loaders import get_reader
 from mfllm.data.schema import Event
@@ -23,20 +23,37 @@ from mfllm.simulation.step import Agent, StepContext, real_batches, replay
 from mfllm.training.config import TrainConfig
 
 
-def split_events(event_ids: Sequence[str], shares: tuple[float, float, float], seed: int) -> dict[str, list[str]]:
-    """Deterministic split of whole events into train/validation/test."""
-    ids = sorted(event_ids)
-    random.Random(seed).shuffle(ids)
-    n_train = max(1, round(shares[0] * len(ids)))
-    n_val = round(shares[1] * len(ids)) if len(ids) - n_train > 1 else 0
-    return {"train": ids[:n_train], "validation": ids[n_train:n_train + n_val], "test": ids[n_train + n_val:]}
+def split_events(event_ids: Sequence[str], shares: tuple[float, float, float], seed: int, test_events: Sequence[str] = (),
+                 groups: Mapping[str, str] | None = None) -> dict[str, list[str]]:
+    """Deterministic split of whole events into train/validation/test. Events of one group (``groups``:
+    event id -> group, e.g. posts about one story; each event alone when omitted) stay on one side, and
+    ``shares`` split the groups. The groups of ``test_events`` go to the test split: first the randomly
+    drawn test events, then the other members of those groups, then ``test_events`` themselves."""
+    group_of = {event_id: (groups or {}).get(event_id, event_id) for event_id in event_ids}
+    named = [i for i in event_ids if i in set(test_events)]
+    kept = {group_of[i] for i in named}
+    keys = sorted(set(group_of.values()) - kept)
+    if not keys:
+        raise ValueError("no events left for training: every event is a test event or grouped with one")
+    random.Random(seed).shuffle(keys)
+    n_train = max(1, round(shares[0] * len(keys)))
+    n_val = round(shares[1] * len(keys)) if len(keys) - n_train > 1 else 0
+    members: dict[str, list[str]] = {}
+    for event_id in sorted(event_ids):
+        members.setdefault(group_of[event_id], []).append(event_id)
+    take = lambda chosen: [event_id for key in chosen for event_id in members[key]]  # noqa: E731
+    siblings = [i for key in sorted(kept) for i in members[key] if i not in set(named)]
+    return {"train": take(keys[:n_train]), "validation": take(keys[n_train:n_train + n_val]),
+            "test": take(keys[n_train + n_val:]) + siblings + named}
 
 
 def load_training_events(config: TrainConfig) -> tuple[dict[str, list[Event]], dict[str, list[str]]]:
-    """Events of each split (those with at least ``min_reactions`` reactions), and the split by id."""
+    """Events of each split (those with at least ``min_reactions`` reactions), and the split by id: by the
+    reader's event groups (posts about one story stay together). The config's ``test_events`` are loaded
+    whatever ``events`` and ``max_events`` say, and put in the test split with their groups."""
     reader = get_reader(config.data, config.data_format)
     path = Path(config.data)
-    ids = config.events or reader.list_events(path)
+    ids = [i for i in config.events or reader.list_events(path) if i not in set(config.test_events)]
     events = {}
     for event_id in ids:
         event, _ = reader.load_event(path, event_id)
@@ -44,10 +61,28 @@ def load_training_events(config: TrainConfig) -> tuple[dict[str, list[Event]], d
             events[event_id] = event
         if config.max_events and len(events) >= config.max_events:
             break
+    groups = reader.event_groups(path)
+    test_events = []
+    for event_id in config.test_events:
+        if event_id in groups:
+            event, _ = reader.load_event(path, event_id)
+            if len(event.reactions) >= config.min_reactions:
+                events[event_id] = event
+                test_events.append(event_id)
     if len(events) < 2:
         raise ValueError(f"{config.data}: only {len(events)} events with at least {config.min_reactions} reactions; need 2 or more")
-    split = split_events(list(events), config.split, config.split_seed)
+    split = split_events(list(events), config.split, config.split_seed, test_events, groups)
     return {name: [events[i] for i in members] for name, members in split.items()}, split
+
+
+def split_record(config: TrainConfig, split: dict[str, list[str]]) -> dict[str, list[str]]:
+    """What ``split.json`` holds: the split, plus (when the config names test events) which of them are in
+    the test split and which were not used (missing from the data, or too few reactions)."""
+    if not config.test_events:
+        return dict(split)
+    used = set(split["test"])
+    return {**split, "test_events": [e for e in config.test_events if e in used],
+            "test_events_unused": [e for e in config.test_events if e not in used]}
 
 
 def step_context(config: TrainConfig, event: Event, mean_field_model: LanguageModel | None) -> StepContext:

@@ -1,9 +1,10 @@
 """``mfllm train``: run one training task end to end, with checkpoints, resume, logs and evaluation.
 
 Output directory:
-  config.yaml, split.json             what was trained on (events by split)
+  config.yaml, split.json             what was trained on (events by split; the config's test_events, used or not)
   train_log.jsonl                     one line per logged step (losses, rewards, gradient norms, validation loss)
   checkpoints/latest/                 the last checkpoint: adapter, optimizer, generators, data position
+  checkpoints/best/                   policy/sft: the saved step with the lowest validation loss (best.json), exported as adapter/
   adapter/                            the final LoRA adapter + mfllm_adapter.json (base fingerprint, task, metrics)
   metrics.json                        NLL of real actions per split (train, validation, test) before and after training
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -23,7 +24,7 @@ from mfllm.configuration import read_yaml
 from mfllm.manifest import base_manifest
 from mfllm.simulation.methods import get_method
 from mfllm.training.config import TrainConfig
-from mfllm.training.data import load_training_events, policy_examples
+from mfllm.training.data import load_training_events, policy_examples, split_record
 from mfllm.training.ib_tune import MEAN_FIELD_ADAPTER, POLICY_ADAPTER, MeanFieldTrainer
 from mfllm.training.policy import PolicyTrainer, tokenize_examples
 
@@ -67,7 +68,7 @@ def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> P
     """Train and save the adapter; returns the adapter directory."""
     out = _prepare_output(config, resume)
     events, split = load_training_events(config)
-    (out / "split.json").write_text(json.dumps(split, indent=2), encoding="utf-8")
+    (out / "split.json").write_text(json.dumps(split_record(config, split), indent=2), encoding="utf-8")
     if config.task == "mean-field":
         return _train_mean_field(config, out, events, split, resume, progress)
     return _train_policy(config, out, events, split, resume, progress)
@@ -83,7 +84,7 @@ def _train_mean_field(config: TrainConfig, out: Path, events: dict[str, list[Any
                       progress: bool) -> Path:
     loaded = LoadedCausalLM(local_source(parse_spec(config.base_model)), config.device, config.dtype)
     trainer = MeanFieldTrainer(config, loaded, events["train"])
-    scored = _scored_splits(events, config.eval_events)
+    scored = _scored_splits(events, config.eval_events, config.test_events)
     metrics: dict[str, Any] = {}
     if resume and _has_checkpoint(out):
         state, metrics = _restore_checkpoint(out, loaded, MEAN_FIELD_ADAPTER)
@@ -113,10 +114,15 @@ def _mean_field_metrics(trainer: MeanFieldTrainer, scored: dict[str, list[Any]],
     return metrics
 
 
-def _scored_splits(events: dict[str, list[Any]], per_split: int) -> dict[str, list[Any]]:
+def _scored_splits(events: dict[str, list[Any]], per_split: int, test_events: Sequence[str] = ()) -> dict[str, list[Any]]:
     """The events whose NLL is measured before and after training: up to ``per_split`` of each split
-    (train shows fit, validation and test show generalisation to unseen events)."""
-    return {name: group[:per_split] for name, group in events.items() if group}
+    (train shows fit, validation and test show generalisation to unseen events), and on the test split
+    also every one of ``test_events`` (events kept for testing by name are always measured)."""
+    named = set(test_events)
+    scored = {name: group[:per_split] for name, group in events.items() if group}
+    if named and events.get("test"):
+        scored["test"] = [e for e in events["test"] if e.event_id not in named][:per_split] + [e for e in events["test"] if e.event_id in named]
+    return scored
 
 
 def _logger(out: Path) -> Callable[[dict[str, Any]], None]:
@@ -149,18 +155,43 @@ def _restore_checkpoint(out: Path, loaded: LoadedCausalLM, adapter: str) -> tupl
     """Load ``checkpoints/latest`` into the model's ``adapter``; returns the trainer state and the metrics
     saved with it. Log lines of steps after the checkpoint (an
     interrupted run got further) are dropped: the resumed run writes them again."""
-    from safetensors.torch import load_file
-
     torch = require("torch", "hf")
-    peft = require("peft", "train")
     latest = out / "checkpoints" / "latest"
-    peft.set_peft_model_state_dict(loaded.model, load_file(str(latest / adapter / "adapter_model.safetensors")), adapter_name=adapter)
+    _load_adapter_weights(loaded, latest, adapter)
     state = torch.load(latest / "trainer_state.pt", weights_only=False)
     log = out / "train_log.jsonl"
     if log.is_file():
         kept = [line for line in log.read_text(encoding="utf-8").splitlines() if json.loads(line)["step"] <= state["step"]]
         log.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     return state, json.loads((latest / "metrics.json").read_text())
+
+
+BEST = "best.json"
+
+
+def _best_checkpoint(out: Path) -> dict[str, Any] | None:
+    """Step and validation loss of ``checkpoints/best`` (the saved step with the lowest validation loss), if any."""
+    record = out / "checkpoints" / "best" / BEST
+    return json.loads(record.read_text()) if record.is_file() else None
+
+
+def _save_best(out: Path, loaded: LoadedCausalLM, adapter: str, step: int, validation_loss: float) -> None:
+    """Write the current ``adapter`` weights as ``checkpoints/best`` (beside it first, then moved into place)."""
+    checkpoints = out / "checkpoints"
+    tmp, best = checkpoints / "best_tmp", checkpoints / "best"
+    shutil.rmtree(tmp, ignore_errors=True)
+    loaded.model.save_pretrained(tmp, selected_adapters=[adapter])
+    (tmp / BEST).write_text(json.dumps({"step": step, "validation_loss": validation_loss}))
+    shutil.rmtree(best, ignore_errors=True)
+    tmp.rename(best)
+
+
+def _load_adapter_weights(loaded: LoadedCausalLM, directory: Path, adapter: str) -> None:
+    """Set the model's ``adapter`` to the weights saved under ``directory/adapter``."""
+    from safetensors.torch import load_file
+
+    peft = require("peft", "train")
+    peft.set_peft_model_state_dict(loaded.model, load_file(str(directory / adapter / "adapter_model.safetensors")), adapter_name=adapter)
 
 
 def _export_adapter(out: Path, loaded: LoadedCausalLM, adapter: str) -> Path:
@@ -197,7 +228,7 @@ def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], 
     """Policy (given the mean field's contexts) or SFT (no context), with :class:`PolicyTrainer`."""
     examples = _policy_examples_by_split(config, events)
     scored = {}
-    for name, group in _scored_splits(events, config.eval_events).items():
+    for name, group in _scored_splits(events, config.eval_events, config.test_events).items():
         ids = {event.event_id for event in group}
         scored[name] = [e for e in examples[name] if e.event_id in ids]
     loaded = LoadedCausalLM(local_source(parse_spec(config.base_model)), config.device, config.dtype)
@@ -208,6 +239,7 @@ def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], 
     resuming = resume and _has_checkpoint(out)
     if not resuming:
         (out / "train_log.jsonl").unlink(missing_ok=True)
+        shutil.rmtree(out / "checkpoints" / "best", ignore_errors=True)
         base_view = TransformersModel(loaded, config.base_model)
         metrics.update({f"{name}_nll_before": examples_nll(base_view, e) for name, e in scored.items() if e})
     trainer = PolicyTrainer(config, loaded, train_set)
@@ -218,13 +250,21 @@ def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], 
 
     def save() -> None:
         if validation:
-            log({"step": trainer.step_count, "validation_loss": trainer.evaluate(validation)})
+            loss = trainer.evaluate(validation)
+            log({"step": trainer.step_count, "validation_loss": loss})
+            best = _best_checkpoint(out)
+            if best is None or loss < best["validation_loss"]:
+                _save_best(out, loaded, POLICY_ADAPTER, trainer.step_count, loss)
         _save_checkpoint(out, loaded, POLICY_ADAPTER, trainer.state_dict(), metrics)
 
     bar = _progress_bar(config.max_steps, trainer.step_count, f"{config.task} ({config.method})") if progress else None
     trainer.train(log, save, bar)
     if bar is not None:
         bar.close()
+    best = _best_checkpoint(out)
+    if best is not None:
+        _load_adapter_weights(loaded, out / "checkpoints" / "best", POLICY_ADAPTER)
+        metrics.update({"selected_step": best["step"], "selected_validation_loss": best["validation_loss"]})
     adapter_dir = _export_adapter(out, loaded, POLICY_ADAPTER)
     tuned_view = TransformersModel(loaded, config.base_model, adapter=POLICY_ADAPTER)
     metrics.update({f"{name}_nll_after": examples_nll(tuned_view, e) for name, e in scored.items() if e})

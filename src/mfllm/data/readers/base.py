@@ -489,6 +489,11 @@ class DatasetReader(ABC):
         for event_id in self.list_events(path):
             yield self.load_event(path, event_id)
 
+    def event_groups(self, path: Path) -> dict[str, str]:
+        """The group of each event id: events that are posts about one story, which a split by event
+        keeps on one side. By default every event is its own group."""
+        return {event_id: event_id for event_id in self.list_events(path)}
+
 
 def unknown_event(path: Path, event_id: str) -> KeyError:
     """The error for an event id that ``path`` does not hold."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,21 @@ class WeiboCovid19Reader(DatasetReader):
 
     def list_events(self, path: Path) -> list[str]:
         return list(self._folders(path))
+
+    def event_groups(self, path: Path) -> dict[str, str]:
+        """Rumour microblogs about one story (``final_dataset/same_event.txt``, a JSON list of lists of ids)
+        share a group, named by its first id; every other microblog is its own group."""
+        groups = {event_id: event_id for event_id in self.list_events(path)}
+        listing = subfolder_or_self(path, "final_dataset") / "same_event.txt"
+        if listing.is_file():
+            same = json.loads(listing.read_text(encoding="utf-8"))
+            if not isinstance(same, list) or not all(isinstance(group, list) and group for group in same):
+                raise ValueError(f"{listing}: expected a JSON list of non-empty lists of microblog ids")
+            for group in same:
+                for member in group:
+                    if str(member) in groups:
+                        groups[str(member)] = str(group[0])
+        return groups
 
     @staticmethod
     def _profile(raw: Any, ctx: RecordContext) -> UserProfile:
