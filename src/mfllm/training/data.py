@@ -41,10 +41,13 @@ def split_events(event_ids: Sequence[str], shares: tuple[float, float, float], s
     members: dict[str, list[str]] = {}
     for event_id in sorted(event_ids):
         members.setdefault(group_of[event_id], []).append(event_id)
-    take = lambda chosen: [event_id for key in chosen for event_id in members[key]]  # noqa: E731
-    siblings = [i for key in sorted(kept) for i in members[key] if i not in set(named)]
-    return {"train": take(keys[:n_train]), "validation": take(keys[n_train:n_train + n_val]),
-            "test": take(keys[n_train + n_val:]) + siblings + named}
+
+    def events_of(chosen: Sequence[str]) -> list[str]:
+        return [event_id for key in chosen for event_id in members[key]]
+
+    siblings = [i for i in events_of(sorted(kept)) if i not in named]
+    return {"train": events_of(keys[:n_train]), "validation": events_of(keys[n_train:n_train + n_val]),
+            "test": events_of(keys[n_train + n_val:]) + siblings + named}
 
 
 def load_training_events(config: TrainConfig) -> tuple[dict[str, list[Event]], dict[str, list[str]]]:
