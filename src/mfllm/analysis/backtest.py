@@ -22,6 +22,7 @@ from typing import Any, Literal, Sequence
 from pydantic import Field
 
 from mfllm.data.loaders import events_with_reactions, load_event
+from mfllm.data.schema import Event
 from mfllm.evaluation.aggregate import headlines, paired_comparisons, realism_headline
 from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.dimensions import resolve_dimensions
@@ -200,13 +201,18 @@ def backtest_plans(config: BacktestConfig, pool: Any = None) -> list[tuple[dict[
     the engine's :func:`~mfllm.simulation.engine.estimate` of one of its runs: (grid point, runs, estimate)."""
     from mfllm.backends import ModelPool
 
-    pool = pool or ModelPool(device=config.device, dtype=config.dtype)
-    events = config.resolved_events()
-    loaded = {event_id: load_event(config.data, event_id, config.data_format)[0] for event_id in events}
+    return _plans(config, pool or ModelPool(device=config.device, dtype=config.dtype), _load_events(config))
+
+
+def _load_events(config: BacktestConfig) -> dict[str, Event]:
+    return {event_id: load_event(config.data, event_id, config.data_format)[0] for event_id in config.resolved_events()}
+
+
+def _plans(config: BacktestConfig, pool: Any, loaded: dict[str, Event]) -> list[tuple[dict[str, Any], list[SimulationConfig], dict[str, Any]]]:
     plans = []
     for point in config.grid():
         alike: dict[str, list[SimulationConfig]] = {}
-        for run in config.run_configs(point, events):
+        for run in config.run_configs(point, list(loaded)):
             alike.setdefault(run.model_copy(update={"seed": 0}).model_dump_json(), []).append(run)
         for runs in alike.values():
             plans.append((point, runs, estimate(runs[0], loaded[runs[0].event_id], pool.get(runs[0].policy_model))))
@@ -222,12 +228,15 @@ def backtest_estimate(config: BacktestConfig, pool: Any = None) -> dict[str, Any
     from mfllm.backends import ModelPool
 
     pool = pool or ModelPool(device=config.device, dtype=config.dtype)
+    loaded = _load_events(config)
     methods: dict[str, dict[str, Any]] = {}
-    for _, runs, plan in backtest_plans(config, pool):
+    for _, runs, plan in _plans(config, pool, loaded):
         method = runs[0].method
-        totals = methods.setdefault(method, {"method": method, "runs": 0, "simulated_actions": 0, "policy_calls": 0,
-                                             "mean_field_calls": 0, "policy_prompt_tokens": 0, "mean_field_prompt_tokens": 0,
-                                             "max_generated_tokens": 0, "backend": backend_of(pool.get(runs[0].policy_model).describe())})
+        if method not in methods:
+            methods[method] = {"method": method, "runs": 0, "simulated_actions": 0, "policy_calls": 0, "mean_field_calls": 0,
+                               "policy_prompt_tokens": 0, "mean_field_prompt_tokens": 0, "max_generated_tokens": 0,
+                               "backend": backend_of(pool.get(runs[0].policy_model).describe())}
+        totals = methods[method]
         totals["runs"] += len(runs)
         totals["simulated_actions"] += len(runs) * plan["agents"]
         totals["max_generated_tokens"] += len(runs) * plan["agents"] * plan["max_new_tokens_per_action"]
@@ -238,8 +247,7 @@ def backtest_estimate(config: BacktestConfig, pool: Any = None) -> dict[str, Any
         totals.update(actions_per_second=speed.actions_per_second, speed_source=speed.source,
                       wall_clock_s=wall_clock(totals["simulated_actions"], speed))
     times = [m["wall_clock_s"] for m in methods.values()]
-    events = {event_id: len(load_event(config.data, event_id, config.data_format)[0].reactions) for event_id in config.resolved_events()}
-    return {"events": events, "methods": list(methods.values()), "runs": sum(m["runs"] for m in methods.values()),
+    return {"events": {event_id: len(event.reactions) for event_id, event in loaded.items()}, "methods": list(methods.values()), "runs": sum(m["runs"] for m in methods.values()),
             "simulated_actions": sum(m["simulated_actions"] for m in methods.values()), "wall_clock_s": None if None in times else sum(times)}
 
 
