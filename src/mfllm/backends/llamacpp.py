@@ -286,18 +286,16 @@ class LoadedGGUF:
         :data:`MIN_STORED_TOKENS` tokens, each in a sequence of its own: a template's fixed header, a
         context that did not change) holds it. It was evaluated the same way, on its own, so the values
         are the same wherever they come from. Returns how many prefix tokens were not evaluated."""
-        llama_cpp = llama_cpp_module()
-        memory = self.context.memory
         prefix = list(prefix)
         self._retained = {}
         reused = len(prefix)
         if prefix and prefix == self._prefix:
             self.trim(0, len(prefix))
             for sequence in range(1, self.settings.max_sequences):
-                llama_cpp.llama_memory_seq_rm(memory, sequence, -1, -1)
+                self.trim(sequence, 0)
         else:
             for sequence in range(self.settings.max_sequences):
-                llama_cpp.llama_memory_seq_rm(memory, sequence, -1, -1)
+                self.trim(sequence, 0)
             stored = self._stored.pop(tuple(prefix), None)
             if stored is not None:
                 self.copy_sequence(stored, [0])
@@ -513,6 +511,12 @@ class RestrictedGGUF(LoadedGGUF):
         return self
 
 
+def _log_normaliser(logits: np.ndarray) -> float:
+    """log(sum(exp(logits))), computed stably: subtracted from a logit, the token's log-probability."""
+    top = logits.max()
+    return float(top + np.log(np.exp(logits - top).sum()))
+
+
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
     """How many leading tokens ``a`` and ``b`` share."""
     length = 0
@@ -667,7 +671,8 @@ class LlamaCppModel(LanguageModel):
         if not isinstance(runner, RestrictedGGUF) or any(runner.own_id(t) < 0 for ids in option_ids for t in ids):
             return self.score(prompts, options)
         runner.activate(self.adapter)
-        prompt_ids = [loaded.prompt_ids(p) for p in prompts]
+        ids_of = {prompt: loaded.prompt_ids(prompt) for prompt in dict.fromkeys(prompts)}  # each prompt comes once per option
+        prompt_ids = [ids_of[prompt] for prompt in prompts]
         rows_of: dict[tuple[int, ...], list[int]] = {}
         for row, ids in enumerate(prompt_ids):
             rows_of.setdefault(tuple(ids), []).append(row)
@@ -712,8 +717,7 @@ class LlamaCppModel(LanguageModel):
             def take(entry_index: int, batch_index: int) -> None:
                 k, path, read = contexts[entry_index]
                 logits = runner.logits(batch_index).astype(np.float64)
-                top = logits.max()
-                normaliser = top + np.log(np.exp(logits - top).sum())
+                normaliser = _log_normaliser(logits)
                 for option, values in zip(options[k], logprobs[k]):
                     if len(option) > read and tuple(option[:read]) == path[:read]:
                         values[read] = float(logits[runner.own_id(option[read])] - normaliser)
@@ -748,8 +752,7 @@ class LlamaCppModel(LanguageModel):
 
             def take(entry_index: int, batch_index: int) -> None:
                 logits = loaded.logits(batch_index).astype(np.float64)
-                top = logits.max()
-                normaliser = top + np.log(np.exp(logits - top).sum())
+                normaliser = _log_normaliser(logits)
                 for row, position, token in targets[entry_index]:
                     logprobs[row][position] = float(logits[token] - normaliser)
 
