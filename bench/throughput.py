@@ -44,6 +44,10 @@ from mfllm.simulation.methods.mean_field import MeanField  # noqa: E402
 AGENT_COUNTS = (64, 256, 1024)
 
 
+SAMPLING = {name: SimulationConfig.model_fields[name].default for name in ("temperature", "top_p")}
+"""The original-style loop samples as mfllm runs do by default."""
+
+
 def original_style(model: Any, tokenizer: Any, event: Event, warmup: int, batch: int, agents: int, seed: int) -> tuple[float, float]:
     """Returns (actions/s, share of generated tokens thrown away)."""
     tokenizer.padding_side = "left"
@@ -53,7 +57,7 @@ def original_style(model: Any, tokenizer: Any, event: Event, warmup: int, batch:
         nonlocal generated, kept
         encoded = tokenizer(texts, return_tensors="pt", padding=True)
         with torch.inference_mode():
-            out = model.generate(**encoded, max_new_tokens=new_tokens, do_sample=True, temperature=0.8, top_p=0.95,
+            out = model.generate(**encoded, max_new_tokens=new_tokens, do_sample=True, temperature=SAMPLING["temperature"], top_p=SAMPLING["top_p"],
                                  pad_token_id=tokenizer.pad_token_id)
         new = out[:, encoded.input_ids.shape[1]:]
         generated += int(new.numel())

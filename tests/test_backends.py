@@ -218,6 +218,33 @@ def test_openai_backend_chat_retries_and_scores(monkeypatch: pytest.MonkeyPatch)
     assert seen[-1]["body"]["echo"] is True and seen[-1]["body"]["prompt"] == prompt.completion + "abc"
 
 
+def test_a_floor_reaches_the_server_as_min_tokens_and_only_where_set() -> None:
+    httpx = pytest.importorskip("httpx")
+    from mfllm.backends.openai_http import OpenAICompatibleModel
+
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return httpx.Response(200, json={"choices": [{"text": "fine"}], "usage": {"prompt_tokens": 3, "completion_tokens": 1}})
+
+    model = OpenAICompatibleModel("m", "http://server/v1", chat=False, transport=httpx.MockTransport(handler), max_concurrency=1)
+    model.generate(_prompts(2), SamplingParams(seed=1, max_new_tokens_each=(9, 9), min_new_tokens_each=(4, 0)))
+    assert sorted((b.get("min_tokens", 0), b["max_tokens"]) for b in bodies) == [(0, 9), (4, 9)] and sum("min_tokens" in b for b in bodies) == 1
+
+
+def test_the_cache_tells_floored_calls_apart_and_slices_floors_on_a_partial_hit(tmp_path: Path) -> None:
+    inner = FakeModel()
+    cached = CachingModel(inner, tmp_path / "cache.jsonl")
+    prompts = _prompts(3)
+    free = cached.generate(prompts[:2], SamplingParams(seed=2, max_new_tokens=30))
+    floored = SamplingParams(seed=2, max_new_tokens=30, min_new_tokens_each=(0, 12, 15))
+    held = cached.generate(prompts, floored)
+    assert held[0] == free[0] and held[1] != free[1]  # the unfloored prompt is a hit, the floored one is not
+    assert [inner.count_text_tokens(text) >= floor for text, floor in zip(held, (0, 12, 15))] == [True] * 3  # each miss had its own floor
+    assert cached.generate(prompts, floored) == held and inner.usage.generate_calls == 2
+
+
 def test_openai_backend_fails_fast_on_client_errors() -> None:
     httpx = pytest.importorskip("httpx")
     from mfllm.backends.openai_http import OpenAICompatibleModel

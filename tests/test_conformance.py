@@ -161,6 +161,18 @@ def test_each_prompt_keeps_its_own_bound(backend: LanguageModel) -> None:
     assert len(short.split()) <= 1 and len(other.split()) <= 1 and len(long) > max(len(short), len(other)), (short, long, other)
 
 
+def test_a_floor_holds_back_the_end_until_each_prompts_minimum(backend: LanguageModel, request: pytest.FixtureRequest) -> None:
+    if request.node.callspec.params["backend"] == "openai":
+        pytest.skip("a server gets min_tokens, which llama-cpp-python's server applies to the end of text only, not to stop strings")
+    greedy = SamplingParams(max_new_tokens=10, temperature=0.0, stop=("\n", " "))  # stops most tokens carry: free texts end early
+    free = backend.generate(PROMPTS, greedy)
+    held = backend.generate(PROMPTS, dataclasses.replace(greedy, min_new_tokens_each=(7, 0, 7)))
+    assert held[1] == free[1]
+    # greedy: a held row follows the free row's path until the free row drew an ending token, then goes on
+    assert all(held[i].startswith(free[i]) for i in (0, 2)), (free, held)
+    assert any(len(held[i]) > len(free[i]) for i in (0, 2)), (free, held)
+
+
 def test_usage_counts_calls_and_tokens(backend: LanguageModel) -> None:
     before = backend.usage.as_dict()
     backend.generate(PROMPTS[:2], SamplingParams(max_new_tokens=4, seed=0))

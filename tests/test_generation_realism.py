@@ -45,11 +45,12 @@ class Repeating(FakeModel):
 
     def __init__(self, text: str) -> None:
         super().__init__()
-        self.text, self.bounds = text, []
+        self.text, self.bounds, self.floors = text, [], []
         self.first_seeds = {derive_seed(0, step, "policy") for step in range(20)}
 
     def generate(self, prompts, params):  # type: ignore[no-untyped-def]
         self.bounds.append(params.max_new_tokens_each)
+        self.floors.append(params.min_new_tokens_each)
         if params.seed in self.first_seeds:
             return [self.text] * len(prompts)
         return super().generate(prompts, params)
@@ -77,14 +78,17 @@ def test_without_resampling_the_repeats_stay(demo_event_path: Path, tmp_path: Pa
     assert all(r["sim_text"] == "同样的一句话" and "rejected" not in r for r in written)
 
 
-def test_action_bounds_follow_the_warm_up_lengths(demo_event_path: Path, tmp_path: Path) -> None:
+def test_action_floors_and_bounds_follow_the_warm_up_lengths(demo_event_path: Path, tmp_path: Path) -> None:
     model = Repeating("x")
-    run(demo_event_path, tmp_path, model, length_slack=1.5, max_action_tokens=30)
+    run(demo_event_path, tmp_path, model, length_slack=1.5, length_floor=0.5, max_action_tokens=30)
     event, _ = load_event(demo_event_path)
     lengths = {model.count_text_tokens(r.text) for r in event.reactions[:16] if r.text.strip() and r.text != "转发微博"}
-    allowed = {min(30, math.ceil(1.5 * n) + 1) for n in lengths}
-    bounds = [b for call in model.bounds if call for b in call]
-    assert bounds and set(bounds) <= allowed and len(set(bounds)) > 1
+    allowed = {(min(math.floor(0.5 * n), min(30, math.ceil(1.5 * n) + 1)), min(30, math.ceil(1.5 * n) + 1)) for n in lengths}
+    pairs = [pair for floors, bounds in zip(model.floors, model.bounds) if bounds for pair in zip(floors or (0,) * len(bounds), bounds)]
+    assert pairs and set(pairs) <= allowed and len(set(pairs)) > 1
+    unfloored = Repeating("x")
+    run(demo_event_path, tmp_path / "unfloored", unfloored)
+    assert all(call is None for call in unfloored.floors) and any(unfloored.bounds)
     fixed = Repeating("x")
     run(demo_event_path, tmp_path / "fixed", fixed, action_length="fixed")
     assert all(call is None for call in fixed.bounds)

@@ -208,6 +208,24 @@ def test_a_restricted_vocabulary_gives_the_full_models_logits_on_its_tokens(smol
     assert texts == model.generate(PROMPTS, chinese) and texts != model.generate(PROMPTS, GREEDY)
 
 
+def test_a_floor_holds_back_the_same_tokens_on_the_reduced_vocabulary(smollm2: LoadedGGUF, vocabulary_cache: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MFLLM_CACHE_DIR", str(vocabulary_cache))
+    restricted = smollm2.for_generation("en", None)
+    assert isinstance(restricted, RestrictedGGUF)
+    stops = ("\n", "[reply]")
+    full = set(smollm2.ending_tokens(stops).tolist())
+    assert {smollm2.tokenize("\n", add_special=False)[0], smollm2.tokenize("hi\n\n", add_special=False)[-1]} <= full
+    assert any(smollm2.is_end_of_generation(token) for token in full) and not any(b"\n" in smollm2.piece(t) for t in range(300) if t not in full)
+    kept = set(restricted.vocabulary.full_ids.tolist())
+    assert set(restricted.vocabulary.full_ids[restricted.ending_tokens(stops)].tolist()) == full & kept
+    model = LlamaCppModel(smollm2, "floor")
+    greedy = dataclasses.replace(GREEDY, stop=("\n", " "), vocabulary="en")
+    free = model.generate(PROMPTS, greedy)
+    held = model.generate(PROMPTS, dataclasses.replace(greedy, min_new_tokens_each=(7, 0, 7)))
+    assert held[1] == free[1] and all(held[i].startswith(free[i]) for i in (0, 2)) and any(len(held[i]) > len(free[i]) for i in (0, 2)), (free, held)
+
+
 def test_a_kept_prefix_and_the_thread_count_do_not_change_results(smollm2: LoadedGGUF) -> None:
     model = LlamaCppModel(smollm2, "history")
     sampled = SamplingParams(max_new_tokens=8, temperature=0.9, seed=5, stop=())

@@ -45,7 +45,11 @@ class SamplingParams:
     when negative), then ``l - n * frequency_penalty - presence_penalty`` (llama.cpp's penalties sampler;
     the transformers backend applies the same formula, an OpenAI-compatible server its own
     ``frequency_penalty``/``presence_penalty``). ``max_new_tokens_each`` bounds each prompt's reply on its
-    own (``max_new_tokens`` bounds them all). ``vocabulary`` names the language of the text to write: a
+    own (``max_new_tokens`` bounds them all); ``min_new_tokens_each`` holds each prompt's reply back from
+    ending before that many tokens: until then no token that ends generation, is a control token or writes a
+    ``stop`` string is drawn (stop strings spread over several tokens can still end it; an OpenAI-compatible
+    server is only sent ``min_tokens``, which holds back the end of text). ``vocabulary`` names the
+    language of the text to write: a
     backend that can (llama.cpp) then samples among that language's tokens only, which decodes faster
     (see ``mfllm.backends.vocabulary``); ``None`` samples from the whole vocabulary."""
 
@@ -60,6 +64,7 @@ class SamplingParams:
     presence_penalty: float = 0.0
     penalty_window: int = 64
     max_new_tokens_each: tuple[int, ...] | None = None
+    min_new_tokens_each: tuple[int, ...] | None = None
     vocabulary: str | None = None
 
     def limit(self, index: int) -> int:
@@ -68,12 +73,15 @@ class SamplingParams:
             return self.max_new_tokens
         return min(self.max_new_tokens, self.max_new_tokens_each[index])
 
+    def minimum(self, index: int) -> int:
+        """The fewest tokens prompt ``index`` of a call generates before it may end (0: no floor)."""
+        return 0 if self.min_new_tokens_each is None else min(self.min_new_tokens_each[index], self.limit(index))
+
     def for_prompts(self, indices: Sequence[int]) -> SamplingParams:
         """These settings for a call that sends only the prompts at ``indices`` of this one (their own
-        bounds, and seeds as if sent alone: ``seed + index`` is the caller's business)."""
-        if self.max_new_tokens_each is None:
-            return self
-        return replace(self, max_new_tokens_each=tuple(self.max_new_tokens_each[i] for i in indices))
+        bounds and floors, and seeds as if sent alone: ``seed + index`` is the caller's business)."""
+        return replace(self, max_new_tokens_each=None if self.max_new_tokens_each is None else tuple(self.max_new_tokens_each[i] for i in indices),
+                       min_new_tokens_each=None if self.min_new_tokens_each is None else tuple(self.min_new_tokens_each[i] for i in indices))
 
     @property
     def penalises(self) -> bool:

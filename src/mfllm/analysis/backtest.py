@@ -66,7 +66,9 @@ class BacktestConfig(ExecutorConfig):
                                                           "the warm-up agents per run.")
     warmup: int = Field(default=16, ge=0, description="Real reactions fed to the context before simulation starts.")
     batch_size: int = Field(default=16, ge=1, description="Agents per step.")
-    temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature of the policy (and of the mean field).")
+    temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature of the policy (and of the mean field).")
+    length_floor: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of a drawn real warm-up length an agent writes at "
+                                                                       "least (SimulationConfig.length_floor; 0 = no floor).")
     output_vocabulary: Literal["language", "full"] = Field(default="language", description="language: generate from the event "
                                                            "language's tokens where the backend can (faster on llama.cpp); full: "
                                                            "from the whole vocabulary (see SimulationConfig).")
@@ -106,7 +108,7 @@ class BacktestConfig(ExecutorConfig):
         """Every (method, event, seed) run of a grid point."""
         base = SimulationConfig(data=self.data, data_format=self.data_format, policy_model=self.policy_model, mean_field_model=None,
                                 num_agents=None if self.whole_events else self.num_agents, device=self.device, dtype=self.dtype,
-                                output_vocabulary=self.output_vocabulary, **point)
+                                output_vocabulary=self.output_vocabulary, length_floor=self.length_floor, **point)
         configs = []
         for method in self.resolved_methods():
             update: dict[str, Any] = {"method": method}

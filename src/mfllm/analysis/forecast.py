@@ -81,7 +81,7 @@ class HorizonSettings(YamlConfig):
     policy_model: str = Field(default="embedded:gemma-3-270m", description="Policy model spec (embedded:NAME, hf:PATH, openai:MODEL@URL, fake).")
     mean_field_model: str | None = Field(default=None, description="Mean-field model spec; the policy model when omitted.")
     batch_size: int = Field(default=16, ge=1, description="Agents per step.")
-    temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature.")
+    temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature.")
     max_action_tokens: int = Field(default=48, ge=1, description="Upper bound on an action (tokens).")
     judge_model: str | None = Field(default=None, description="LLM judge for dimensions the offline labellers do not cover.")
     bootstrap: int = Field(default=2000, ge=100, description="Bootstrap resamples of each CI.")

@@ -63,6 +63,7 @@ class LoadedCausalLM:
         self._tokenizer: Any = None
         self._model: Any = None
         self.adapters: dict[str, str] = {}
+        self._ending: dict[tuple[str, ...], list[int]] = {}
 
     @property
     def tokenizer(self) -> Any:
@@ -120,6 +121,17 @@ class LoadedCausalLM:
         else:
             self._model = peft.PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
         self.adapters[name] = str(path)
+
+    def ending_tokens(self, stops: tuple[str, ...]) -> list[int]:
+        """The ids of the tokens that end generation, are special (a chat model's turn markers) or whose text
+        holds one of ``stops``: what a length floor holds back (computed once per stops)."""
+        if stops not in self._ending:
+            tokenizer = self.tokenizer
+            texts = tokenizer.batch_decode([[token] for token in range(len(tokenizer))])
+            ends = self.model.generation_config.eos_token_id
+            held = set(ends if isinstance(ends, list) else [ends]) | {tokenizer.eos_token_id} | set(tokenizer.all_special_ids)
+            self._ending[stops] = sorted(token for token, text in enumerate(texts) if token in held or any(stop in text for stop in stops))
+        return self._ending[stops]
 
     def render(self, prompt: Prompt) -> str:
         if self.is_chat:
@@ -202,6 +214,23 @@ def _top_k_top_p(params: SamplingParams, prompt_length: int) -> Any:
             return filtered.scatter_(-1, indices, values.masked_fill(outside, float("-inf")))
 
     return TopKTopP()
+
+
+def _hold_back(ending: Sequence[int], minimums: Sequence[int], prompt_length: int) -> Any:
+    """A row that has generated fewer tokens than its minimum cannot draw one of the ``ending`` tokens (ids
+    past the logits' width, tokenizer additions the model has no output for, are left out)."""
+    transformers = require("transformers", "hf")
+    torch = require("torch", "hf")
+
+    class HoldBack(transformers.LogitsProcessor):
+        def __call__(self, input_ids: Any, scores: Any) -> Any:
+            rows = [i for i, minimum in enumerate(minimums) if input_ids.shape[1] - prompt_length < minimum]
+            held = torch.tensor([token for token in ending if token < scores.shape[-1]], dtype=torch.long, device=scores.device)
+            if rows and len(held):
+                scores[torch.tensor(rows, device=scores.device).unsqueeze(-1), held] = float("-inf")
+            return scores
+
+    return HoldBack()
 
 
 def shared_prefix_length(token_ids: Sequence[Sequence[int]]) -> int:
@@ -304,7 +333,10 @@ class TransformersModel(LanguageModel):
             torch.manual_seed(params.seed)
         sampling = params.temperature > 0
         transformers = require("transformers", "hf")
-        warper = transformers.LogitsProcessorList([_top_k_top_p(params, prompt_length)]) if sampling or params.penalises else None
+        minimums = [params.minimum(i) for i in range(len(prompts))]
+        processors = [_hold_back(self.loaded.ending_tokens(params.stop), minimums, prompt_length)] if any(minimums) else []
+        processors += [_top_k_top_p(params, prompt_length)] if sampling or params.penalises else []
+        warper = transformers.LogitsProcessorList(processors) if processors else None
         with torch.inference_mode(), adapter_context:
             cache = _prefix_cache(model, input_ids[:1, :shared], len(prompts)) if shared else None
             output = model.generate(

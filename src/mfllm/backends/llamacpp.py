@@ -145,6 +145,7 @@ class LoadedGGUF:
         self._batch: Any = None
         self._formatter: Any = None
         self._pieces: dict[int, bytes] = {}
+        self._ending: dict[tuple[str, ...], np.ndarray] = {}
         self._restricted: dict[str, LoadedGGUF] = {}
         self._threads = 0  # threads the context runs on now (see _use_threads)
         self._prefix: list[int] = []  # what sequence 0 holds from position 0 on, kept for the next group (see begin)
@@ -245,6 +246,29 @@ class LoadedGGUF:
     def is_end_of_generation(self, token: int) -> bool:
         llama_cpp = llama_cpp_module()
         return bool(llama_cpp.llama_vocab_is_eog(self.model.vocab, token))
+
+    def _full_ids(self) -> np.ndarray:
+        """The full model's id of each of this model's tokens (what :meth:`piece` reads)."""
+        return np.arange(self.n_vocab)
+
+    def is_control(self, token: int) -> bool:
+        llama_cpp = llama_cpp_module()
+        return bool(llama_cpp.llama_vocab_is_control(self.model.vocab, token))
+
+    def ending_tokens(self, stops: tuple[str, ...]) -> np.ndarray:
+        """This model's ids of the tokens that end generation, are control tokens (a chat model's turn
+        markers) or whose text holds one of ``stops``: what a length floor holds back (computed once per
+        model and stops)."""
+        if stops not in self._ending:
+            encoded = [stop.encode("utf-8") for stop in stops]
+            self._ending[stops] = np.array([own for own, token in enumerate(self._full_ids().tolist())
+                                            if self.is_end_of_generation(token) or self.is_control(token)
+                                            or any(stop in self.piece(token) for stop in encoded)], dtype=np.int64)
+        return self._ending[stops]
+
+    def hold_back(self, batch_index: int, stops: tuple[str, ...]) -> None:
+        """Keep the next token drawn at output ``batch_index`` from ending the text (:meth:`ending_tokens`)."""
+        self.logits(batch_index)[self.ending_tokens(stops)] = -np.inf
 
     def add_adapter(self, gguf_adapter: str | Path, name: str, source: str) -> None:
         """Load a GGUF LoRA adapter under ``name`` (``source`` is the adapter directory it came from)."""
@@ -507,6 +531,12 @@ class RestrictedGGUF(LoadedGGUF):
     def is_end_of_generation(self, token: int) -> bool:
         return self.full.is_end_of_generation(token)
 
+    def is_control(self, token: int) -> bool:
+        return self.full.is_control(token)
+
+    def _full_ids(self) -> np.ndarray:
+        return self.vocabulary.full_ids
+
     def for_generation(self, vocabulary: str | None, adapter: str | None) -> LoadedGGUF:
         return self
 
@@ -543,6 +573,7 @@ class _Row:
     position: int
     pieces: bytearray
     limit: int
+    minimum: int = 0
     tokens: int = 0
     finished: bool = False
     stopped_by_string: bool = False
@@ -597,7 +628,7 @@ class LlamaCppModel(LanguageModel):
     def _generate_group(self, loaded: LoadedGGUF, token_ids: list[list[int]], indices: list[int], params: SamplingParams,
                         header: int) -> list[str]:
         seeds = [SEED_MODULUS if params.seed is None else (params.seed + i) % SEED_MODULUS for i in indices]
-        rows = [_Row(loaded.sampler(params, seed), len(ids), bytearray(), limit=params.limit(i)) for ids, seed, i in zip(token_ids, seeds, indices)]
+        rows = [_Row(loaded.sampler(params, seed), len(ids), bytearray(), limit=params.limit(i), minimum=params.minimum(i)) for ids, seed, i in zip(token_ids, seeds, indices)]
         placement = loaded.resume(token_ids) if self.prefix_cache else None  # the prompts the kind choice just read (see score_options)
         if placement is None:
             shared = self._shared_or_header(token_ids, header)
@@ -614,6 +645,8 @@ class LlamaCppModel(LanguageModel):
         def take(entry_index: int, batch_index: int) -> None:
             sequence = entries[entry_index].sequence
             row = rows[row_of[sequence]]
+            if row.tokens < row.minimum:
+                loaded.hold_back(batch_index, params.stop)
             token = loaded.sample(row.sampler, batch_index)
             row.tokens += 1
             if loaded.is_end_of_generation(token):

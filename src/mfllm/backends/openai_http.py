@@ -212,6 +212,9 @@ class OpenAICompatibleModel(LanguageModel):
         requests = []
         for i, prompt in enumerate(prompts):
             body = dict(common, max_tokens=params.limit(i), seed=None if params.seed is None else params.seed + i)
+            if params.minimum(i):  # not in the OpenAI API (which refuses it); vLLM and llama-cpp-python's server hold back the end of
+                # text for that many tokens, but not a line end: stops are cut here, after the reply (clean_output)
+                body["min_tokens"] = params.minimum(i)
             if self.chat:
                 messages = [{"role": m.role, "content": m.content} for m in prompt.messages]
                 requests.append(("/chat/completions", dict(body, messages=messages), 1))

@@ -166,8 +166,9 @@ class CachingModel(_Wrapper):
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:
         if params.seed is None:
             return self.inner.generate(prompts, params)
-        shared = {**params.__dict__, "max_new_tokens_each": None}
-        keys = [self._key("generate", prompt.messages, prompt.completion, shared, params.limit(i), i) for i, prompt in enumerate(prompts)]
+        shared = {key: value for key, value in params.__dict__.items() if key != "min_new_tokens_each"} | {"max_new_tokens_each": None}
+        keys = [self._key("generate", prompt.messages, prompt.completion, shared, params.limit(i), i, *([params.minimum(i)] if params.minimum(i) else []))
+                for i, prompt in enumerate(prompts)]
         return self._cached(keys, lambda idx: self.inner.generate([prompts[i] for i in idx], params.for_prompts(idx)))
 
     def score(self, prompts: Sequence[Prompt], continuations: Sequence[str]) -> list[ContinuationScore]:

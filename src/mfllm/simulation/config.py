@@ -32,7 +32,8 @@ class SimulationConfig(YamlConfig):
     context_k: int = Field(default=8, ge=1, description="Actions shown by the recent and popular baselines.")
     popular_window: int = Field(default=64, ge=1, description="Recent actions the popular baseline ranks by engagement.")
     seed: int = Field(default=0, description="Run seed; every model call derives its own seed from it.")
-    temperature: float = Field(default=0.8, ge=0.0, description="Sampling temperature (0 = greedy).")
+    temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature (0 = greedy); 1 samples the model's own "
+                                                                "distribution (see README 'Temperature, length floor and the tuned policy').")
     top_p: float = Field(default=0.95, gt=0.0, le=1.0, description="Nucleus sampling mass.")
     max_action_tokens: int = Field(default=48, ge=1, description="Upper bound on an action (tokens); generation stops at the end of the "
                                                                  "line first, and with action_length=data at the agent's own bound.")
@@ -41,6 +42,11 @@ class SimulationConfig(YamlConfig):
                                                     "event; fixed: max_action_tokens for every agent.")
     length_slack: float = Field(default=2.0, ge=1.0, description="With action_length=data, an agent may write this many times the drawn "
                                                                   "real length (plus one token).")
+    length_floor: float = Field(default=0.0, ge=0.0, le=1.0, description="With action_length=data, an agent may not end its "
+                                                                       "action before this share of the drawn real length (end-of-line and "
+                                                                       "end-of-text tokens are held back until then; 0 = no floor). "
+                                                                       "It lengthens a tuned policy's texts; see README 'Texts that read "
+                                                                       "like reactions'.")
     repetition_penalty: float = Field(default=1.0, gt=0.0, description="Policy: a token already generated in the action has its logit "
                                                                        "divided by this (1 = off); see SamplingParams.")
     frequency_penalty: float = Field(default=0.4, description="Policy: subtracted from a token's logit per earlier use in the action "

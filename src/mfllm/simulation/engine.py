@@ -67,30 +67,33 @@ class Simulator:
         self._taken: set[str] = set()
         self.observed_choices: list[dict[str, Any]] = []
 
-    def _policy_params(self, step: Step, attempt: int, bounds: Sequence[int] | None) -> SamplingParams:
-        """The policy's sampling for an attempt: a retry (``attempt > 0``) has its own seed and samples
-        :data:`RETRY_HEAT` hotter per attempt (at most :data:`MAX_RETRY_TEMPERATURE`), so it can leave the
-        mode that made the rejected text."""
+    def _policy_params(self, step: Step, attempt: int, lengths: Sequence[tuple[int, int]] | None) -> SamplingParams:
+        """The policy's sampling for an attempt, each writing agent within its ``lengths`` (floor, bound; see
+        :meth:`action_lengths`): a retry (``attempt > 0``) has its own seed and samples :data:`RETRY_HEAT`
+        hotter per attempt (at most :data:`MAX_RETRY_TEMPERATURE`), so it can leave the mode that made the
+        rejected text."""
         seed = derive_seed(self.config.seed, step.index, "policy") if attempt == 0 else derive_seed(self.config.seed, step.index, "policy", attempt)
         config = self.config
         temperature = config.temperature if attempt == 0 or config.temperature <= 0 else \
             max(config.temperature, min(MAX_RETRY_TEMPERATURE, config.temperature + RETRY_HEAT * attempt))
+        floors = None if lengths is None or not any(floor for floor, _ in lengths) else tuple(floor for floor, _ in lengths)
         return SamplingParams(config.max_action_tokens, temperature, config.top_p, policy_stops(self.event.language), seed,
                               repetition_penalty=config.repetition_penalty, frequency_penalty=config.frequency_penalty,
                               presence_penalty=config.presence_penalty, penalty_window=config.penalty_window,
-                              max_new_tokens_each=None if bounds is None else tuple(bounds),
-                              vocabulary=output_vocabulary(config, self.event.language))
+                              max_new_tokens_each=None if lengths is None else tuple(bound for _, bound in lengths),
+                              min_new_tokens_each=floors, vocabulary=output_vocabulary(config, self.event.language))
 
     def _warmup_texts(self) -> list[str]:
         """The texts of the real warm-up reactions that wrote words (what action lengths follow)."""
         return [a.real.text for step in self.steps if step.phase == "warmup" for a in self.scenario.agents(step)
                 if a.real is not None and needs_text(action_choice(a.real.kind, a.real.text)) and a.real.text.strip()]
 
-    def action_bounds(self, step: Step, count: int) -> list[int] | None:
-        """Each writing agent's bound on its action, in tokens: ``length_slack`` times the length of a real
-        warm-up reaction drawn at random (seeded by run seed and step), plus one, at most
-        ``max_action_tokens``; None (the fixed bound) with ``action_length=fixed`` or fewer than
-        :data:`MIN_LENGTH_SAMPLES` warm-up texts."""
+    def action_lengths(self, step: Step, count: int) -> list[tuple[int, int]] | None:
+        """Each writing agent's (floor, bound) on its action, in tokens, from the length ``L`` of a real
+        warm-up reaction drawn at random (seeded by run seed and step): it may not end its line before
+        ``length_floor * L`` tokens (rounded down) and writes at most ``length_slack * L`` (rounded up) plus
+        one, at most ``max_action_tokens``; None (the fixed bound) with ``action_length=fixed`` or fewer
+        than :data:`MIN_LENGTH_SAMPLES` warm-up texts."""
         if self.config.action_length == "fixed":
             return None
         if self._length_pool is None:
@@ -98,7 +101,9 @@ class Simulator:
         if len(self._length_pool) < MIN_LENGTH_SAMPLES:
             return None
         rng = random.Random(derive_seed(self.config.seed, step.index, "length"))
-        return [min(self.config.max_action_tokens, math.ceil(self.config.length_slack * rng.choice(self._length_pool)) + 1) for _ in range(count)]
+        drawn = [rng.choice(self._length_pool) for _ in range(count)]
+        bounds = [min(self.config.max_action_tokens, math.ceil(self.config.length_slack * length) + 1) for length in drawn]
+        return [(min(math.floor(self.config.length_floor * length), bound), bound) for length, bound in zip(drawn, bounds)]
 
     def _rejected(self, text: str, taken: set[str]) -> str | None:
         """Why a generated text is asked again (one of :data:`REJECTIONS`): empty, or (with
@@ -120,8 +125,8 @@ class Simulator:
         why earlier ones were ``rejected``. After the last attempt an empty text is a ``failure``, and any
         other text is kept with the reason it would have been rejected (``kept_despite``)."""
         language = self.event.language
-        bounds = self.action_bounds(step, len(prompts))
-        texts = [strip_marker(text, language) for text in self.policy.generate(prompts, self._policy_params(step, 0, bounds))] if prompts else []
+        lengths = self.action_lengths(step, len(prompts))
+        texts = [strip_marker(text, language) for text in self.policy.generate(prompts, self._policy_params(step, 0, lengths))] if prompts else []
         notes: dict[int, dict[str, Any]] = {}
 
         def judge() -> list[int]:
@@ -139,7 +144,7 @@ class Simulator:
         for attempt in range(1, self.config.max_generation_attempts):
             if not again:
                 break
-            params = self._policy_params(step, attempt, None if bounds is None else [bounds[i] for i in again])
+            params = self._policy_params(step, attempt, None if lengths is None else [lengths[i] for i in again])
             for i, text in zip(again, self.policy.generate([prompts[i] for i in again], params)):
                 texts[i] = strip_marker(text, language)
                 notes[i].update(attempts=attempt + 1, seed=params.seed)
@@ -289,7 +294,7 @@ def _manifest(config: SimulationConfig, event: Event, report: LoadReport, simula
                                    "repetition_penalty": policy.repetition_penalty, "frequency_penalty": policy.frequency_penalty,
                                    "presence_penalty": policy.presence_penalty, "penalty_window": policy.penalty_window,
                                    "max_new_tokens": policy.max_new_tokens, "action_length": config.action_length,
-                                   "length_slack": config.length_slack, "resample_copies": config.resample_copies,
+                                   "length_slack": config.length_slack, "length_floor": config.length_floor, "resample_copies": config.resample_copies,
                                    "calibrate_choices": config.calibrate_choices, "output_vocabulary": policy.vocabulary}
     manifest["status"] = "running"
     return manifest
