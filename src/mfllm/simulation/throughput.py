@@ -21,9 +21,9 @@ from typing import Any, Iterable, Mapping
 
 ROLES = ("policy", "mean_field")
 REFERENCE_SPEEDS: dict[tuple[str, str], tuple[float, str]] = {
-    ("embedded:gemma-3-270m", "llamacpp"): (2.622, "the README's reference figure for Gemma-3-270M on llama.cpp (make bench, 2-core "
+    ("embedded:gemma-3-270m", "llamacpp"): (2.820, "the README's reference figure for Gemma-3-270M on llama.cpp (make bench, 2-core "
                                                    "CPU, LLM mean field, 32 agents in batches of 16, Chinese demo event, medians of 3)"),
-    ("embedded:gemma-3-270m", "transformers"): (0.419, "the README's reference figure for Gemma-3-270M on transformers (make bench, 2-core "
+    ("embedded:gemma-3-270m", "transformers"): (0.443, "the README's reference figure for Gemma-3-270M on transformers (make bench, 2-core "
                                                        "CPU, LLM mean field, 32 agents in batches of 16, Chinese demo event, medians of 3)"),
 }
 """Actions per second by (policy model spec, backend), with where the figure comes from: used only when no earlier run was measured."""
