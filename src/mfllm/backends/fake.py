@@ -37,9 +37,10 @@ class FakeModel(LanguageModel):
             rng = random.Random(_digest(prompt.completion, params.seed, i))
             language = detect_language(prompt.completion)
             words = [rng.choice(_WORDS[language]) for _ in range(rng.randint(1, 3))]
-            text = ("，" if language == "zh" else " ").join(words) + f" #{rng.randrange(10_000)}"
+            joiner = "，" if language == "zh" else " "
+            text = joiner.join(words) + f" #{rng.randrange(10_000)}"
             while self.count_text_tokens(text) < params.minimum(i):  # a length floor: more words
-                text += ("，" if language == "zh" else " ") + rng.choice(_WORDS[language])
+                text += joiner + rng.choice(_WORDS[language])
             tokens = text.split() if language == "en" else list(text)
             separator = " " if language == "en" else ""
             limit = params.limit(i)

@@ -223,11 +223,14 @@ def _hold_back(ending: Sequence[int], minimums: Sequence[int], prompt_length: in
     torch = require("torch", "hf")
 
     class HoldBack(transformers.LogitsProcessor):
+        held: Any = None  # the ending tokens as an index tensor, built at the first step (when the width is known)
+
         def __call__(self, input_ids: Any, scores: Any) -> Any:
+            if self.held is None:
+                self.held = torch.tensor([token for token in ending if token < scores.shape[-1]], dtype=torch.long, device=scores.device)
             rows = [i for i, minimum in enumerate(minimums) if input_ids.shape[1] - prompt_length < minimum]
-            held = torch.tensor([token for token in ending if token < scores.shape[-1]], dtype=torch.long, device=scores.device)
-            if rows and len(held):
-                scores[torch.tensor(rows, device=scores.device).unsqueeze(-1), held] = float("-inf")
+            if rows and len(self.held):
+                scores[torch.tensor(rows, device=scores.device).unsqueeze(-1), self.held] = float("-inf")
             return scores
 
     return HoldBack()
