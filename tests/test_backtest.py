@@ -82,6 +82,17 @@ def test_a_backtest_never_reuses_stale_runs_or_evaluations(demo_event_path: Path
         backtest(config, pool=FixedPool(FakeModel()))
 
 
+def test_a_backtest_without_nll_scores_no_real_action_and_is_evaluated_again_with_it(demo_event_path: Path, tmp_path: Path) -> None:
+    config = BacktestConfig(data=str(demo_event_path), methods=["mf", "state"], seeds=[0], policy_model="fake", num_agents=8, warmup=8,
+                            batch_size=4, dimensions=["behaviour"], information_gain=False, nll=False, output=str(tmp_path))
+    without = backtest(config, pool=FixedPool(FakeModel()))
+    assert {r["metric"] for r in without["points"][0]["paired"]} == {"mean_kl"}
+    evaluations = [json.loads(p.read_text())["evaluation"] for p in (tmp_path / "runs").rglob("evaluation.json")]
+    assert len(evaluations) == 2 and all(e["nll"] is None for e in evaluations)
+    with_nll = backtest(config.model_copy(update={"nll": True}), pool=FixedPool(FakeModel()))
+    assert {r["metric"] for r in with_nll["points"][0]["paired"]} == {"mean_kl", "nll"}
+
+
 def test_policy_adapter_reaches_every_run_but_sft() -> None:
     config = BacktestConfig(data="d", events=["e1"], methods=["mf", "state", "sft"], seeds=[0], policy_adapter="tuned/policy",
                             sft_adapter="tuned/sft")

@@ -76,6 +76,8 @@ class BacktestConfig(ExecutorConfig):
     window: str = Field(default="step", description="Comparison windows: step (the simulation batch), count:N (N agents each; "
                                                     "larger windows lower the KL noise floor) or time:SECONDS.")
     judge_model: str | None = Field(default=None, description="LLM judge for dimensions the offline labellers do not cover.")
+    nll: bool = Field(default=True, description="Score the real actions under the policy given each run's simulated context (NLL; "
+                                                "most of an evaluation's time on a CPU).")
     information_gain: bool = Field(default=True, description="Measure each run's information gain (loads the mean-field model).")
     grid_warmup: list[int] | None = Field(default=None, description="Sensitivity: repeat the backtest for each of these warm-ups.")
     grid_batch_size: list[int] | None = Field(default=None, description="Sensitivity: ... for each of these batch sizes.")
@@ -167,7 +169,7 @@ def backtest(config: BacktestConfig, pool: Any = None, progress: ProgressFactory
     if not executor.parallel:
         pool = pool or ModelPool(**pool_options)
     events, methods = config.resolved_events(), config.resolved_methods()
-    evaluation = EvaluationConfig(dimensions=config.dimensions, window=config.window, judge_model=config.judge_model, nll=True,
+    evaluation = EvaluationConfig(dimensions=config.dimensions, window=config.window, judge_model=config.judge_model, nll=config.nll,
                                   information_gain=config.information_gain, device=config.device)
     points: list[dict[str, Any]] = []
     grid = config.grid()
