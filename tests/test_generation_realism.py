@@ -16,7 +16,7 @@ from mfllm.manifest import derive_seed
 from mfllm.simulation import RunStore, SimulationConfig, simulate
 from mfllm.simulation.methods.recent import RecentK
 from mfllm.simulation.step import choice_distribution, fit_choice_calibration
-from mfllm.text import is_degenerate, normalise, repeated_piece
+from mfllm.text import copied, is_degenerate, normalise, repeated_piece
 
 from pools import FixedPool
 
@@ -70,6 +70,31 @@ def test_repeated_texts_are_asked_again_and_recorded(demo_event_path: Path, tmp_
     assert again and all(r["rejected"][0] == "repeat" and r["attempts"] >= 2 for r in again)
     kept = [normalise(r["sim_text"]) for r in written if "kept_despite" not in r]
     assert len(kept) == len(set(kept))
+
+
+class Copying(FakeModel):
+    """On a call's first attempt, writes a piece of each agent's own prompt: the end of its topic line."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first_seeds = {derive_seed(0, step, "policy") for step in range(20)}
+
+    def generate(self, prompts, params):  # type: ignore[no-untyped-def]
+        if params.seed in self.first_seeds:
+            return [p.completion.split("\n")[0][-12:] for p in prompts]
+        return super().generate(prompts, params)
+
+
+def test_texts_copied_from_the_agents_own_prompt_are_asked_again(demo_event_path: Path, tmp_path: Path) -> None:
+    event, _ = load_event(demo_event_path)
+    rows = run(demo_event_path, tmp_path, Copying())
+    written = [r for r in rows if r["sim_choice"] != "repost"]
+    again = [r for r in written if "rejected" in r]
+    assert again and all(r["rejected"][0] == "copied" and r["attempts"] >= 2 for r in again)
+    kept = [r["sim_text"] for r in written if "kept_despite" not in r]
+    assert kept and not any(copied(text, event.source.text, event.language) for text in kept)
+    plain = run(demo_event_path, tmp_path / "plain", Copying(), resample_copies=False)
+    assert sum(copied(r["sim_text"], event.source.text, event.language) for r in plain if r["sim_choice"] != "repost") >= len(again)
 
 
 def test_without_resampling_the_repeats_stay(demo_event_path: Path, tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from mfllm.cli import main
 from mfllm.evaluation import RunEvaluation
 from mfllm.evaluation.aggregate import method_table, realism_headline, realism_table
 from mfllm.evaluation.evaluate import contexts_by_step, run_realism, shown_prompts
-from mfllm.evaluation.realism import REALISM_METRICS, copied, discriminator_accuracy, distinct_n, duplicate_share, realism, tokens
+from mfllm.evaluation.realism import REALISM_METRICS, discriminator_accuracy, distinct_n, duplicate_share, realism
+from mfllm.text import copied, tokens
 from mfllm.evaluation.report import realism_headline_text
 from mfllm.simulation import RunStore, SimulationConfig, simulate
 from mfllm.simulation.methods import resolve_method

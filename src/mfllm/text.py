@@ -1,7 +1,8 @@
-"""Rules about action texts that simulation and evaluation share: when two texts are the same, and when
-a text is degenerate (a repetition loop or no words at all).
+"""Rules about action texts that simulation and evaluation share: how a text's length is counted, when
+two texts are the same, when a text is degenerate (a repetition loop or no words at all) and when it is
+copied from the prompt its agent was shown.
 
-Simulation keeps degenerate and repeated texts out of what the next agents are shown; evaluation
+Simulation keeps degenerate, repeated and copied texts out of what the next agents are shown; evaluation
 reports how many a run has, real beside simulated, by the same rules.
 """
 
@@ -10,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections import Counter
+from difflib import SequenceMatcher
 
 TIMESTAMP = re.compile(r"\d{1,4}[-/.年]\d{1,2}[-/.月]\d{1,4}日?|\d{1,2}:\d{2}(:\d{2})?")
 """Dates and clock times (``2017-12-03``, ``10/12/2020``, ``21:49:53``), removed before looking for words."""
@@ -23,6 +25,21 @@ MIN_DISTINCT = 0.3
 """Below this share of distinct units (characters, or words in spaced text) among at least
 :data:`DISTINCT_FROM` units, a text is a loop of a few units (``咳嗽，咳，咳嗽，咳嗽，咳，咳，咳``)."""
 DISTINCT_FROM = 8
+COPY_MIN_CHARACTERS, COPY_MIN_WORDS = 6, 4
+"""Shortest text counted as copied, in :func:`tokens` (characters for zh, words otherwise): short phrases
+occur in any prompt."""
+COPY_COVERAGE = 0.8
+"""Share of a text's (normalised) characters its longest common substring with the prompt must cover."""
+
+_WORD = re.compile(r"\w+(?:['’]\w+)*")
+
+
+def tokens(text: str, language: str) -> list[str]:
+    """What length and diversity count: the text's characters without blanks (zh) or its lower-cased words
+    (any other language)."""
+    if language == "zh":
+        return [c for c in text if not c.isspace()]
+    return _WORD.findall(text.lower())
 
 
 def normalise(text: str) -> str:
@@ -93,3 +110,16 @@ def is_degenerate(text: str) -> bool:
     """A text no person writes as a reaction: it has no words (a timestamp, a numbered list, digits and
     punctuation), or a piece of it repeats :data:`REPEATS` times (:func:`repeated_piece`)."""
     return not has_words(text) or repeated_piece(text) is not None
+
+
+def copied(text: str, prompt: str, language: str) -> bool:
+    """Whether a text of at least :data:`COPY_MIN_CHARACTERS` (zh) or :data:`COPY_MIN_WORDS` is taken from
+    ``prompt`` (the one its agent was shown): its longest common substring with the prompt, both
+    normalised, covers at least :data:`COPY_COVERAGE` of it."""
+    if len(tokens(text, language)) < (COPY_MIN_CHARACTERS if language == "zh" else COPY_MIN_WORDS):
+        return False
+    a, b = normalise(text), normalise(prompt)
+    if a in b:
+        return True
+    match = SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
+    return match.size >= COPY_COVERAGE * len(a)

@@ -36,10 +36,11 @@ from mfllm.evaluation.aggregate import bootstrap_mean, circular_by_event
 from mfllm.evaluation.dimensions import Dimension
 from mfllm.evaluation.evaluate import RunEvaluation, evaluated_rows
 from mfllm.evaluation.metrics import compare_streams
-from mfllm.evaluation.realism import duplicate_flags, tokens
+from mfllm.evaluation.realism import duplicate_flags
 from mfllm.prompts import action_choice, needs_text
 from mfllm.simulation.methods import mean_field_names
 from mfllm.simulation.store import RunStore
+from mfllm.text import tokens
 
 THIRDS = ("first third", "middle third", "last third")
 HOURS_BINS = ((0.0, 1.0), (1.0, 3.0), (3.0, 12.0), (12.0, 48.0), (48.0, math.inf))

@@ -10,8 +10,9 @@ kind shares. Definitions (also in the README, "Evaluating fidelity", Realism):
 - ``degenerate_*``: the share of texts :func:`mfllm.text.is_degenerate` flags (the rule simulation uses).
 - ``duplicate_*``: the share of texts equal (:func:`mfllm.text.normalise`) to an earlier one of the same
   side of the run.
-- ``copied_sim``: the share of simulated texts of at least :data:`COPY_MIN_TOKENS` whose longest common
-  substring with the agent's own prompt (normalised) covers at least :data:`COPY_COVERAGE` of the text.
+- ``copied_sim``: the share of simulated texts :func:`mfllm.text.copied` flags (the rule simulation uses): of
+  at least :data:`~mfllm.text.COPY_MIN_CHARACTERS` (zh) or :data:`~mfllm.text.COPY_MIN_WORDS`, their longest common substring with the agent's own prompt
+  (normalised) covers at least :data:`~mfllm.text.COPY_COVERAGE` of the text.
 - ``distinct1_*``/``distinct2_*``: distinct n-grams per n-gram, both sides on the same number of n-grams.
 - ``share_<choice>_*``: shares of comments, reposts with words and bare reposts.
 """
@@ -19,20 +20,13 @@ kind shares. Definitions (also in the README, "Evaluating fidelity", Realism):
 from __future__ import annotations
 
 import math
-import re
-from difflib import SequenceMatcher
 from typing import Any, Sequence
 
 import numpy as np
 from scipy.stats import wasserstein_distance
 
 from mfllm.prompts import ACTION_CHOICES, action_choice, needs_text
-from mfllm.text import is_degenerate, normalise
-
-COPY_MIN_TOKENS = {"zh": 6, "en": 4}
-"""Shortest text (characters for zh, words otherwise) counted as copied: short phrases occur in any prompt."""
-COPY_COVERAGE = 0.8
-"""Share of a text's (normalised) characters its longest common substring with the prompt must cover."""
+from mfllm.text import copied, is_degenerate, normalise, tokens
 DIVERSITY_BUDGET = 200
 """Distinct-n is measured on this many n-grams of each side (the smaller side's count when fewer)."""
 DIVERSITY_DRAWS = 10
@@ -41,21 +35,6 @@ FOLDS = 5
 DISCRIMINATOR_REPEATS = 4
 MIN_PER_CLASS = 10
 """Texts needed on each side for the discriminator."""
-
-_WORD = re.compile(r"\w+(?:['’]\w+)*")
-
-
-def _unit(language: str) -> str:
-    """``zh`` (characters) or ``en`` (words): how a language is measured."""
-    return "zh" if language == "zh" else "en"
-
-
-def tokens(text: str, language: str) -> list[str]:
-    """What length and diversity count: the text's characters without blanks (zh) or its lower-cased words."""
-    if _unit(language) == "zh":
-        return [c for c in text if not c.isspace()]
-    return _WORD.findall(text.lower())
-
 
 def discriminator_accuracy(real: Sequence[str], simulated: Sequence[str], seed: int = 0) -> float | None:
     """Cross-validated accuracy of a classifier telling ``real`` from ``simulated`` texts:
@@ -97,18 +76,6 @@ def duplicate_flags(texts: Sequence[str]) -> list[bool]:
 def duplicate_share(texts: Sequence[str]) -> float | None:
     """Share of texts equal (normalised) to an earlier one."""
     return sum(duplicate_flags(texts)) / len(texts) if texts else None
-
-
-def copied(text: str, prompt: str, language: str) -> bool:
-    """Whether a text of at least :data:`COPY_MIN_TOKENS` is taken from ``prompt``: its longest common
-    substring with the prompt, both normalised, covers at least :data:`COPY_COVERAGE` of it."""
-    if len(tokens(text, language)) < COPY_MIN_TOKENS[_unit(language)]:
-        return False
-    a, b = normalise(text), normalise(prompt)
-    if a in b:
-        return True
-    match = SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
-    return match.size >= COPY_COVERAGE * len(a)
 
 
 def _ngrams(texts: Sequence[str], language: str, n: int) -> list[list[tuple[str, ...]]]:

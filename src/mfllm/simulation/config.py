@@ -57,7 +57,8 @@ class SimulationConfig(YamlConfig):
                                                                "look at.")
     resample_copies: bool = Field(default=True, description="Ask an agent again (new seed, up to max_generation_attempts) when its "
                                                             "text repeats an earlier text of the run (warm-up, source post or another "
-                                                            "agent's) or is degenerate (mfllm.text); the last attempt is kept and marked.")
+                                                            "agent's), is degenerate or is copied from its own prompt (mfllm.text); "
+                                                            "the last attempt is kept and marked.")
     calibrate_choices: bool = Field(default=True, description="Calibrate the kind choice on the warm-up: a scale and per-choice offsets "
                                                               "of the policy's marker log-probs, fitted by maximum likelihood to what the "
                                                               "real warm-up reactors did (see README 'Agents choose what to do'); else "

@@ -26,13 +26,13 @@ from mfllm.simulation.methods.mean_field import mean_field_sampling, output_voca
 from mfllm.simulation.interventions import Scheduled, file_digest, schedule_interventions
 from mfllm.simulation.scenario import Intervened, Replay, Scenario
 from mfllm.simulation.step import Agent, Step, StepContext, action_row, fit_choice_calibration, sample_choices
-from mfllm.text import is_degenerate, normalise
+from mfllm.text import copied, is_degenerate, normalise
 from mfllm.simulation.store import RunStore
 from mfllm.simulation.throughput import run_throughput
 
 ProgressFactory = Callable[[int, str], Any]
 FAILED_EMPTY = "no text after a marker that needs one"
-REJECTIONS = ("empty", "repeat", "degenerate")
+REJECTIONS = ("empty", "repeat", "degenerate", "copied")
 """Why a generated text is asked again (see :meth:`Simulator._rejected`)."""
 RETRY_HEAT = 0.2
 """Temperature added per retry of a rejected text."""
@@ -105,10 +105,11 @@ class Simulator:
         bounds = [min(self.config.max_action_tokens, math.ceil(self.config.length_slack * length) + 1) for length in drawn]
         return [(min(math.floor(self.config.length_floor * length), bound), bound) for length, bound in zip(drawn, bounds)]
 
-    def _rejected(self, text: str, taken: set[str]) -> str | None:
+    def _rejected(self, text: str, taken: set[str], prompt: Prompt) -> str | None:
         """Why a generated text is asked again (one of :data:`REJECTIONS`): empty, or (with
         ``resample_copies``) a repeat of a text in ``taken`` (the run's earlier texts and the step's texts so
-        far) or degenerate (:func:`mfllm.text.is_degenerate`)."""
+        far), degenerate (:func:`mfllm.text.is_degenerate`) or copied from the agent's own ``prompt``
+        (:func:`mfllm.text.copied`: its context, the topic or its profile)."""
         if not text.strip():
             return "empty"
         if self.config.resample_copies:
@@ -116,6 +117,8 @@ class Simulator:
                 return "repeat"
             if is_degenerate(text):
                 return "degenerate"
+            if copied(text, prompt.completion, self.event.language):
+                return "copied"
         return None
 
     def _generate(self, step: Step, prompts: list[Prompt]) -> tuple[list[str], dict[int, dict[str, Any]]]:
@@ -132,7 +135,7 @@ class Simulator:
         def judge() -> list[int]:
             taken, again = set(self._taken), []
             for i, text in enumerate(texts):
-                reason = self._rejected(text, taken)
+                reason = self._rejected(text, taken, prompts[i])
                 if reason is None:
                     taken.add(normalise(text))
                 else:
