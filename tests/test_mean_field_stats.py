@@ -80,6 +80,12 @@ def test_the_hybrid_adds_one_mean_field_call_per_step_and_folds_statements_into_
     before = hybrid.points.text
     hybrid.accept("- [评论] 真的吗")  # a copied reaction line is no summary: the points stay
     assert hybrid.points.text == before
+    for loop in ("1 病毒携带者： 2 病毒携带者： 3 病毒携带者： 4 病毒携带者： 5 病毒携带者：", "1."):  # degenerate: the points stay
+        hybrid.accept(loop)
+        assert hybrid.points.text == before
+    hybrid.accept("怀疑真假；求官方消息")
+    assert hybrid.points.text == "怀疑真假；求官方消息"
+    hybrid.accept(before)
     hybrid.add_statement("官方已辟谣")  # a statement to everyone joins the points at once
     assert hybrid.context().endswith(hybrid.render(f"{before} 官方已辟谣").split("\n")[-1]) and "官方已辟谣" in hybrid.context()
 

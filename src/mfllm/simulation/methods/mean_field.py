@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 from mfllm.interfaces import AgentAction, LanguageModel, LLMMeanField, Prompt, SamplingParams
 from mfllm.prompts import MEAN_FIELD_STOP, TEMPLATES, mean_field_prompt
 from mfllm.simulation.methods import register
+from mfllm.text import is_degenerate
 
 if TYPE_CHECKING:
     from mfllm.data.schema import Event
@@ -35,10 +36,12 @@ def clip_points(text: str, language: str, max_chars: int) -> str:
 
 
 def usable_points(update: str, language: str) -> str | None:
-    """A sampled update as points, or None when it is not one: empty, or a copied reaction line (a list
-    item or a kind marker) rather than a summary of them."""
+    """A sampled update as points, or None when it is not one: empty, a copied reaction line (a list item
+    or a kind marker) rather than a summary of them, or degenerate (:func:`mfllm.text.is_degenerate`: a
+    loop or no words, which every agent would be shown)."""
     update = update.strip()
-    if not update or update.startswith(("-", "#")) or any(m in update for m in TEMPLATES[language].markers.values()):
+    if not update or update.startswith(("-", "#")) or any(m in update for m in TEMPLATES[language].markers.values()) \
+            or is_degenerate(update):
         return None
     return update
 
