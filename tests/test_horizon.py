@@ -79,10 +79,12 @@ def test_kl_and_realism_by_horizon_equal_an_evaluation_of_the_same_actions_alone
         for name, metrics in subset.dimensions.items():
             for metric in ("kl", "kl_floor", "pooled_kl"):
                 assert record[f"{name}.{metric}"] == pytest.approx(getattr(metrics, metric), abs=1e-12), (record["part"], name, metric)
-        for metric in ("length_w1", "median_length_real", "median_length_sim", "share_repost_real", "share_repost_sim"):
+        for metric in ("length_w1", "median_length_real", "median_length_sim", "share_repost_real", "share_repost_sim", "common_opening_real",
+                       "common_opening_sim"):
             assert record[metric] == pytest.approx(subset.realism[metric]), (record["part"], metric)
         if record["part"] == THIRDS[1]:  # its copies repeat a text of the first third: duplicates of the run, not of the part alone
             assert record["duplicate_sim"] > subset.realism["duplicate_sim"] > 0
+            assert record["common_opening_sim"] >= 3 / record["agents"]  # the copies open alike
     # duplicates count repeats of any earlier text of the run: the parts' counts add up to the run's
     generated = [row for row in rows if "failure" not in row]
     texts = sum(1 for row in generated if row["sim_choice"] != "repost" and row["sim_text"].strip())

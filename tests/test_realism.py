@@ -17,7 +17,7 @@ from mfllm.evaluation import RunEvaluation
 from mfllm.evaluation.aggregate import method_table, realism_headline, realism_table
 from mfllm.evaluation.evaluate import contexts_by_step, run_realism, shown_prompts
 from mfllm.evaluation.realism import REALISM_METRICS, discriminator_accuracy, distinct_n, duplicate_share, realism
-from mfllm.text import copied, tokens
+from mfllm.text import common_opening_share, copied, opening, tokens
 from mfllm.evaluation.report import realism_headline_text
 from mfllm.simulation import RunStore, SimulationConfig, simulate
 from mfllm.simulation.methods import resolve_method
@@ -60,6 +60,17 @@ def test_english_counts_words_and_kinds() -> None:
     # a run recorded before agents chose a kind: the simulated kind and text tell the choice
     older = [{"step": 2, "real_kind": "comment", "real_text": "真的吗", "sim_kind": "repost", "sim_text": "转发微博"}]
     assert realism(older, None, "zh")["share_repost_sim"] == 1.0
+
+
+def test_a_population_in_a_template_shares_its_opening_though_no_two_texts_are_equal() -> None:
+    real = ["真的假的", "求官方消息", "已经辟谣了", "赶紧囤水吧", "服务好就支持", "涨价太离谱", "哈哈哈笑死", "谁信谁傻"]
+    template = [f"大家好，我是中国人，我在{place}" for place in ("上海", "北京", "武汉", "广州", "深圳", "杭州", "成都")] + ["疫情过去了吗"]
+    measured = realism(rows(real, template), None, "zh")
+    assert measured["duplicate_sim"] == 0 and measured["common_opening_sim"] == pytest.approx(7 / 8)
+    assert measured["common_opening_real"] == pytest.approx(1 / 8)
+    assert opening("大家好！我是", "zh") == ("大", "家", "好") and opening("好的", "zh") is None  # punctuation aside; too short
+    assert opening("I think so, really", "en") == ("i", "think", "so")
+    assert common_opening_share(["短", "也短"], "zh") is None
 
 
 def test_tokens_are_characters_for_chinese_and_words_otherwise() -> None:

@@ -12,6 +12,7 @@ import re
 import unicodedata
 from collections import Counter
 from difflib import SequenceMatcher
+from typing import Sequence
 
 TIMESTAMP = re.compile(r"\d{1,4}[-/.年]\d{1,2}[-/.月]\d{1,4}日?|\d{1,2}:\d{2}(:\d{2})?")
 """Dates and clock times (``2017-12-03``, ``10/12/2020``, ``21:49:53``), removed before looking for words."""
@@ -30,6 +31,8 @@ COPY_MIN_CHARACTERS, COPY_MIN_WORDS = 6, 4
 occur in any prompt."""
 COPY_COVERAGE = 0.8
 """Share of a text's (normalised) characters its longest common substring with the prompt must cover."""
+OPENING_UNITS = 3
+"""How many units (:func:`tokens` of the normalised text) make a text's opening (:func:`common_opening_share`)."""
 
 _WORD = re.compile(r"\w+(?:['’]\w+)*")
 
@@ -123,3 +126,18 @@ def copied(text: str, prompt: str, language: str) -> bool:
         return True
     match = SequenceMatcher(None, a, b, autojunk=False).find_longest_match(0, len(a), 0, len(b))
     return match.size >= COPY_COVERAGE * len(a)
+
+
+def opening(text: str, language: str) -> tuple[str, ...] | None:
+    """A text's first :data:`OPENING_UNITS` units (characters for zh, words otherwise) once normalised
+    (:func:`normalise`: no punctuation, lower case); None for a shorter text."""
+    units = tokens(normalise(text), language) if language == "zh" else tokens(text, language)
+    return tuple(units[:OPENING_UNITS]) if len(units) >= OPENING_UNITS else None
+
+
+def common_opening_share(texts: Sequence[str], language: str) -> float | None:
+    """The share of texts (those long enough to have an :func:`opening`) that begin with their most common
+    opening: a population whose replies all start alike (``大家好，我是…``) has fallen into a template even
+    when no two texts are equal. None without any such text."""
+    openings = [o for o in (opening(t, language) for t in texts) if o is not None]
+    return Counter(openings).most_common(1)[0][1] / len(openings) if openings else None

@@ -13,8 +13,8 @@ evaluation weights them), its noise floor and the pooled KL are computed from th
 rollout; ``(mean)`` averages the dimensions left after the circular ones are removed per event (as the
 method table's ``(mean)`` row). Realism where it has a meaning on a part of a run: the duplicate share
 (texts equal to an earlier text of the same side of the whole run, so a late part is not credited for
-forgetting the early ones), the length distance with its medians, and the bare-repost share, real beside
-simulated. Each is aggregated per method like the pooled table: mean over events of the mean over seeds,
+forgetting the early ones), the common-opening share within the part (a template the part fell into), the
+length distance with its medians, and the bare-repost share, real beside simulated. Each is aggregated per method like the pooled table: mean over events of the mean over seeds,
 with the two-level bootstrap 95% CI.
 """
 
@@ -40,7 +40,7 @@ from mfllm.evaluation.realism import duplicate_flags
 from mfllm.prompts import action_choice, needs_text
 from mfllm.simulation.methods import mean_field_names
 from mfllm.simulation.store import RunStore
-from mfllm.text import tokens
+from mfllm.text import common_opening_share, tokens
 
 THIRDS = ("first third", "middle third", "last third")
 HOURS_BINS = ((0.0, 1.0), (1.0, 3.0), (3.0, 12.0), (12.0, 48.0), (48.0, math.inf))
@@ -49,8 +49,8 @@ HOURS_LABELS = ("0–1 h", "1–3 h", "3–12 h", "12–48 h", "> 48 h")
 AXES = {"third": THIRDS, "hours": HOURS_LABELS}
 """Each horizon axis with its parts, in order."""
 DIMENSION_METRICS = ("kl", "kl_floor", "pooled_kl")
-REALISM_METRICS = ("duplicate_real", "duplicate_sim", "length_w1", "median_length_real", "median_length_sim", "share_repost_real",
-                   "share_repost_sim")
+REALISM_METRICS = ("duplicate_real", "duplicate_sim", "common_opening_real", "common_opening_sim", "length_w1", "median_length_real",
+                   "median_length_sim", "share_repost_real", "share_repost_sim")
 
 
 def third_of(index: int, count: int) -> str:
@@ -96,6 +96,7 @@ def _part_realism(rows: Sequence[dict[str, Any]], duplicates: dict[tuple[str, in
         texts = _texts(rows, side)
         lengths[side] = [len(tokens(text, language)) for _, text in texts]
         out[f"duplicate_{side}"] = float(np.mean([duplicates[side, p] for p, _ in texts])) if texts else None
+        out[f"common_opening_{side}"] = common_opening_share([text for _, text in texts], language)
         out[f"median_length_{side}"] = float(np.median(lengths[side])) if texts else None
         out[f"share_repost_{side}"] = float(np.mean([_choice(r, side) == "repost" for r in rows])) if rows else None
     out["length_w1"] = float(wasserstein_distance(np.log1p(lengths["real"]), np.log1p(lengths["sim"]))) \

@@ -14,6 +14,9 @@ kind shares. Definitions (also in the README, "Evaluating fidelity", Realism):
   at least :data:`~mfllm.text.COPY_MIN_CHARACTERS` (zh) or :data:`~mfllm.text.COPY_MIN_WORDS`, their longest common substring with the agent's own prompt
   (normalised) covers at least :data:`~mfllm.text.COPY_COVERAGE` of the text.
 - ``distinct1_*``/``distinct2_*``: distinct n-grams per n-gram, both sides on the same number of n-grams.
+- ``common_opening_*``: the share of texts that begin like the side's most common opening (its first 3
+  characters or words once normalised; :func:`mfllm.text.common_opening_share`), a template no exact
+  duplicate shows.
 - ``share_<choice>_*``: shares of comments, reposts with words and bare reposts.
 """
 
@@ -26,7 +29,7 @@ import numpy as np
 from scipy.stats import wasserstein_distance
 
 from mfllm.prompts import ACTION_CHOICES, action_choice, needs_text
-from mfllm.text import copied, is_degenerate, normalise, tokens
+from mfllm.text import common_opening_share, copied, is_degenerate, normalise, tokens
 DIVERSITY_BUDGET = 200
 """Distinct-n is measured on this many n-grams of each side (the smaller side's count when fewer)."""
 DIVERSITY_DRAWS = 10
@@ -132,6 +135,7 @@ def realism(rows: Sequence[dict[str, Any]], prompts: Sequence[str] | None, langu
     for side, texts in (("real", real), ("sim", simulated)):
         out[f"degenerate_{side}"] = _share([is_degenerate(t) for t in texts])
         out[f"duplicate_{side}"] = duplicate_share(texts)
+        out[f"common_opening_{side}"] = common_opening_share(texts, language)
     if prompts is not None:
         out["copied_sim"] = _share([copied(rows[i]["sim_text"], prompts[i], language) for i in sim_slots])
     for n in (1, 2):
@@ -143,12 +147,13 @@ def realism(rows: Sequence[dict[str, Any]], prompts: Sequence[str] | None, langu
 
 
 REALISM_METRICS = ("discriminator_accuracy", "length_w1", "median_length_real", "median_length_sim", "degenerate_real", "degenerate_sim",
-                   "duplicate_real", "duplicate_sim", "copied_sim", "distinct1_real", "distinct1_sim", "distinct2_real", "distinct2_sim",
+                   "duplicate_real", "duplicate_sim", "copied_sim", "common_opening_real", "common_opening_sim", "distinct1_real", "distinct1_sim",
+                   "distinct2_real", "distinct2_sim",
                    *(f"share_{c}_{side}" for c in ACTION_CHOICES for side in ("real", "sim")))
 """The measures of every evaluation (the method table's ``(realism)`` rows), in order."""
 
-REALISM_COLUMNS = ("discriminator_accuracy", "length_w1", "median_length", "degenerate", "duplicate", "copied", "distinct1", "distinct2",
-                   *(f"share_{c}" for c in ACTION_CHOICES))
+REALISM_COLUMNS = ("discriminator_accuracy", "length_w1", "median_length", "degenerate", "duplicate", "copied", "common_opening", "distinct1",
+                   "distinct2", *(f"share_{c}" for c in ACTION_CHOICES))
 """The realism table's columns: those with ``_real``/``_sim`` measures are shown real beside simulated, the
 others (comparisons of the two sides, or simulated only) for the simulated side."""
 
