@@ -10,8 +10,9 @@ event lost one reaction, so its size and data hash changed); the popular runs wh
 only the responses recorded before the step (issue 21); and all were regenerated when generation got
 repetition penalties, data-following action bounds, resampling of repeats and loops, a calibrated kind
 choice, and contexts stopped showing repeats (issue 19); and again when texts copied from the agent's own
-prompt began to be asked again and a degenerate mean-field update began to keep the previous points (issue
-19; written at the defaults of then, temperature 1.0 among them): behaviour changed there by design.
+prompt began to be asked again, a degenerate mean-field update began to keep the previous points and
+contexts stopped showing two texts that open alike (issue 19; written at the defaults of then, temperature
+1.0 among them): behaviour changed there by design.
 Any other difference is a regression."""
 
 from __future__ import annotations

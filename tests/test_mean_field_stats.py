@@ -94,7 +94,7 @@ def test_representative_actions_favour_recent_steps_but_keep_earlier_ones() -> N
     stats = StatisticsMeanField("topic", "en", LabellerChain([KindLabeller()]), shown=4, forgetting=0.7)
     ages: list[int] = []
     for step in range(1, 13):
-        stats.observe([AgentAction("p", f"step {step} reply {i}", "comment") for i in range(4)], seed=step)
+        stats.observe([AgentAction("p", f"{i} {step} reply", "comment") for i in range(4)], seed=step)
         ages += [step - int(a.text.split()[1]) for a in stats.representative()]
         assert stats.representative() == stats.representative()  # a function of the state
     recent, older = sum(age <= 1 for age in ages), sum(age >= 3 for age in ages)

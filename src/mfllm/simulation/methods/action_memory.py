@@ -8,23 +8,28 @@ from typing import Any, Iterable, Sequence
 
 from mfllm.interfaces import AgentAction, ContextProvider
 from mfllm.prompts import action_choice, needs_text
-from mfllm.text import is_degenerate, normalise
+from mfllm.text import is_degenerate, normalise, opening
 
 
-def showable(actions: Iterable[AgentAction], shown: Iterable[AgentAction] = ()) -> list[AgentAction]:
+def showable(actions: Iterable[AgentAction], language: str, shown: Iterable[AgentAction] = ()) -> list[AgentAction]:
     """The ``actions`` a context may show next to ``shown``: a bare repost always; an action with words unless
-    its text is degenerate (:func:`mfllm.text.is_degenerate`) or repeats (:func:`mfllm.text.normalise`) a
-    text already shown or earlier in ``actions``. Real users do not repeat each other word for word; a
-    context that showed the simulated population's repeats and loops would teach the next agents to copy
-    them."""
-    taken = {normalise(a.text) for a in shown if needs_text(action_choice(a.kind, a.text))}
+    its text is degenerate (:func:`mfllm.text.is_degenerate`), repeats (:func:`mfllm.text.normalise`) a text
+    already shown or earlier in ``actions``, or opens (:func:`mfllm.text.opening`) like one of them. Real
+    users do not repeat each other word for word, and seldom begin alike; a context that showed the
+    simulated population's repeats, loops and templates (``大家好，我是…`` again and again) would teach the next
+    agents to copy them."""
+    writing = [a for a in shown if needs_text(action_choice(a.kind, a.text))]
+    taken = {normalise(a.text) for a in writing}
+    openings = {opening(a.text, language) for a in writing} - {None}
     kept = []
     for action in actions:
         if needs_text(action_choice(action.kind, action.text)):
-            key = normalise(action.text)
-            if key in taken or is_degenerate(action.text):
+            key, start = normalise(action.text), opening(action.text, language)
+            if key in taken or start in openings or is_degenerate(action.text):
                 continue
             taken.add(key)
+            if start is not None:
+                openings.add(start)
         kept.append(action)
     return kept
 
@@ -38,7 +43,7 @@ class ActionMemory(ContextProvider):
         self.memory: list[AgentAction] = []
 
     def observe(self, actions: Sequence[AgentAction], seed: int) -> None:
-        self.memory = (self.memory + showable(actions, self.memory))[-self.capacity:]
+        self.memory = (self.memory + showable(actions, self.language, self.memory))[-self.capacity:]
 
     def state_dict(self) -> dict[str, Any]:
         return {"memory": [asdict(a) for a in self.memory]}

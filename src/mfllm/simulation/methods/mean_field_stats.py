@@ -109,7 +109,7 @@ class StatisticsMeanField(ContextProvider):
         self.steps += 1
         sentiments = labels.get("sentiment", [None] * len(actions))
         labelled = [AgentAction(a.persona, a.text, a.kind, extra={"sentiment": s, "step": self.steps}) for a, s in zip(actions, sentiments)]
-        self.recent = [*self.recent, *showable(labelled, self.recent)][-RECENT_POOL * self.shown:]
+        self.recent = [*self.recent, *showable(labelled, self.language, self.recent)][-RECENT_POOL * self.shown:]
 
     def representative(self) -> list[AgentAction]:
         """``shown`` actions that represent the population as its shares do: split between the choices
@@ -121,7 +121,8 @@ class StatisticsMeanField(ContextProvider):
         are likelier but earlier ones, the warm-up's real reactions included, stay possible; the draw is
         seeded by the history's length, so the context is a function of the state. Shown in the order they
         happened. The pool holds the last ``RECENT_POOL * shown`` showable actions
-        (:func:`~mfllm.simulation.methods.action_memory.showable`: no repeats, no degenerate texts)."""
+        (:func:`~mfllm.simulation.methods.action_memory.showable`: no repeats, no degenerate texts, no two alike
+        openings)."""
         rng = random.Random(self.seen)
         made = [action_choice(a.kind, a.text) for a in self.recent]
         counts = _apportion(self.weights.get("choice", {}), self.shown, {c: made.count(c) for c in set(made)})
