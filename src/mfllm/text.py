@@ -1,9 +1,9 @@
 """Rules about action texts that simulation and evaluation share: how a text's length is counted, when
-two texts are the same, when a text is degenerate (a repetition loop or no words at all) and when it is
-copied from the prompt its agent was shown.
+two texts are the same, when a text is degenerate (a repetition loop or no words at all), when it is
+copied from the prompt its agent was shown, and how it opens.
 
-Simulation keeps degenerate, repeated and copied texts out of what the next agents are shown; evaluation
-reports how many a run has, real beside simulated, by the same rules.
+Simulation keeps degenerate, repeated and copied texts out of what the next agents are shown, and shows no
+two that open alike; evaluation reports how many a run has, real beside simulated, by the same rules.
 """
 
 from __future__ import annotations

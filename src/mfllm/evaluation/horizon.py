@@ -14,8 +14,8 @@ rollout; ``(mean)`` averages the dimensions left after the circular ones are rem
 method table's ``(mean)`` row). Realism where it has a meaning on a part of a run: the duplicate share
 (texts equal to an earlier text of the same side of the whole run, so a late part is not credited for
 forgetting the early ones), the common-opening share within the part (a template the part fell into), the
-length distance with its medians, and the bare-repost share, real beside simulated. Each is aggregated per method like the pooled table: mean over events of the mean over seeds,
-with the two-level bootstrap 95% CI.
+length distance with its medians, and the bare-repost share, real beside simulated. Each is aggregated per
+method like the pooled table: mean over events of the mean over seeds, with the two-level bootstrap 95% CI.
 """
 
 from __future__ import annotations

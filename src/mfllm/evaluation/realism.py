@@ -10,9 +10,10 @@ kind shares. Definitions (also in the README, "Evaluating fidelity", Realism):
 - ``degenerate_*``: the share of texts :func:`mfllm.text.is_degenerate` flags (the rule simulation uses).
 - ``duplicate_*``: the share of texts equal (:func:`mfllm.text.normalise`) to an earlier one of the same
   side of the run.
-- ``copied_sim``: the share of simulated texts :func:`mfllm.text.copied` flags (the rule simulation uses): of
-  at least :data:`~mfllm.text.COPY_MIN_CHARACTERS` (zh) or :data:`~mfllm.text.COPY_MIN_WORDS`, their longest common substring with the agent's own prompt
-  (normalised) covers at least :data:`~mfllm.text.COPY_COVERAGE` of the text.
+- ``copied_sim``: the share of simulated texts :func:`mfllm.text.copied` flags (the rule simulation uses):
+  texts of at least :data:`~mfllm.text.COPY_MIN_CHARACTERS` (zh) or :data:`~mfllm.text.COPY_MIN_WORDS` whose
+  longest common substring with the agent's own prompt (normalised) covers at least
+  :data:`~mfllm.text.COPY_COVERAGE` of the text.
 - ``distinct1_*``/``distinct2_*``: distinct n-grams per n-gram, both sides on the same number of n-grams.
 - ``common_opening_*``: the share of texts that begin like the side's most common opening (its first 3
   characters or words once normalised; :func:`mfllm.text.common_opening_share`), a template no exact
@@ -30,6 +31,7 @@ from scipy.stats import wasserstein_distance
 
 from mfllm.prompts import ACTION_CHOICES, action_choice, needs_text
 from mfllm.text import common_opening_share, copied, is_degenerate, normalise, tokens
+
 DIVERSITY_BUDGET = 200
 """Distinct-n is measured on this many n-grams of each side (the smaller side's count when fewer)."""
 DIVERSITY_DRAWS = 10
