@@ -271,3 +271,11 @@ def test_the_transformers_penalties_follow_llama_cpps_formula() -> None:
     # the window holds the last 4 generated tokens: 10, 11, 99, 12
     expected = [4.0 / 2 - 0.5 - 0.25, -2.0 * 2 - 0.5 - 0.25, 1.0 / 2 - 0.5 - 0.25, 3.0]
     assert penalise(values, indices, generated, params).tolist() == [pytest.approx(expected)]
+
+
+def test_local_models_load_without_hub_kernels(tiny_base_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """transformers 5 swaps layers for kernels fetched from the Hugging Face hub by default (on CUDA at the
+    first training step, which fails offline); mfllm loads every local model with that switched off."""
+    monkeypatch.setenv("USE_HUB_KERNELS", "YES")
+    loaded = LoadedCausalLM(ModelSource(str(tiny_base_model_dir)), "cpu", "fp32")
+    assert loaded.model.use_kernels is False

@@ -304,6 +304,31 @@ def test_an_interrupted_policy_run_resumes_to_the_uninterrupted_result(shared_da
     assert metrics == pytest.approx(json.loads((reference.parent / "metrics.json").read_text()), rel=1e-5)
 
 
+def test_a_policy_run_out_of_time_stops_with_a_checkpoint_and_resumes_to_the_uninterrupted_result(
+        shared_data: Path, tiny_base_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from itertools import count
+
+    from safetensors.torch import load_file
+
+    import mfllm.training.loop as loop
+
+    def run(out: Path, **extra: object) -> TrainConfig:
+        return _config(shared_data, tiny_base_model_dir, out, "policy", max_steps=5, save_every=4, train_batch_size=6, learning_rate=1e-2,
+                       **extra)
+
+    reference = train(run(tmp_path / "whole"), progress=False)
+    clock = count(0, 50)  # each reading of the clock is 50 s after the last
+    monkeypatch.setattr(loop.time, "monotonic", lambda: float(next(clock)))
+    train(run(tmp_path / "budget", max_minutes=2.0), progress=False)  # the deadline (120 s) has passed after the 3rd step
+    log = [json.loads(x) for x in (tmp_path / "budget" / "train_log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in log] == [1, 2, 3, 3]  # steps, then the validation loss of the checkpoint at the last one
+    monkeypatch.undo()
+    resumed = train(run(tmp_path / "budget"), resume=True, progress=False)
+    assert [json.loads(x)["step"] for x in (resumed.parent / "train_log.jsonl").read_text().splitlines()] == [1, 2, 3, 3, 4, 4, 5, 5]
+    a, b = load_file(str(reference / "adapter_model.safetensors")), load_file(str(resumed / "adapter_model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6) for k in a)
+
+
 def test_test_events_never_reach_training_and_the_best_validation_step_is_exported(shared_data: Path, tiny_base_model_dir: Path,
                                                                                    tmp_path: Path) -> None:
     from safetensors.torch import load_file

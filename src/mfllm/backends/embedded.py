@@ -95,10 +95,10 @@ def embedded_model_dir(name: str) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=target.parent, prefix=f".{name}-") as tmp:
         work = Path(tmp)
-        gguf = _gguf_path(model, work)
+        gguf = embedded_gguf_file(name)
         print(f"mfllm: converting embedded model {name} from {gguf.name} to safetensors (once) ...", flush=True)
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        weights = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        weights = transformers.AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, use_kernels=False)
         weights.hf_quantizer = None  # de-quantised tensors are saved as plain weights
         if hasattr(weights.config, "quantization_config"):
             del weights.config.quantization_config

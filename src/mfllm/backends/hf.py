@@ -83,8 +83,8 @@ class LoadedCausalLM:
             transformers = require("transformers", "hf")
             kwargs = {"gguf_file": self.source.gguf_file} if self.source.gguf_file else {}
             model = transformers.AutoModelForCausalLM.from_pretrained(
-                self.source.path, dtype=resolve_dtype(self.dtype_name, self.device), **kwargs
-            )
+                self.source.path, dtype=resolve_dtype(self.dtype_name, self.device), use_kernels=False, **kwargs
+            )  # use_kernels: no kernel code fetched from a hub at run time (transformers 5 does so on CUDA by default)
             self._model = model.to(self.device).eval()
         return self._model
 

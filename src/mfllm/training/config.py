@@ -46,6 +46,9 @@ class TrainConfig(YamlConfig):
     target_modules: list[str] | str = Field(default="all-linear", description="Modules that get LoRA weights.")
     learning_rate: float = Field(default=2e-4, gt=0, description="Optimizer learning rate.")
     max_steps: int = Field(default=20, ge=1, description="Optimizer steps (policy/sft: the learning rate decays linearly to 0 there).")
+    max_minutes: float | None = Field(default=None, gt=0, description="Stop after this many minutes of training in this process "
+                                                                       "(saving a checkpoint there) even before max_steps; --resume "
+                                                                       "continues. The learning-rate schedule still runs to max_steps.")
     train_batch_size: int = Field(default=8, ge=1, description="policy/sft: sequences per optimizer step, batched by length.")
     num_samples: int = Field(default=4, ge=2, description="mean-field: K summaries sampled per context (leave-one-out baseline).")
     beta: float = Field(default=0.05, ge=0.0, description="mean-field: weight of KL(q || p0), p0 = base model prompted without history.")

@@ -125,11 +125,11 @@ def policy_examples(events: Sequence[Event], config: TrainConfig, mean_field_mod
     context of the config's mean field (model-written ones sampled with simulation's seeds), or no
     context (sft). A model-written mean field has nothing to say before the first batch, so that batch
     is left out, as in simulation, where agents act only after warm-up. ``progress``: a progress bar's
-    description (shown while a mean-field model writes)."""
+    description (none when omitted)."""
     from tqdm.auto import tqdm
 
     examples = []
-    for event in tqdm(events, desc=progress, unit="event", disable=progress is None or mean_field_model is None):
+    for event in tqdm(events, desc=progress, unit="event", disable=progress is None):
         step = step_context(config, event, mean_field_model)
         for t, batch in replay(step, history(config, event), simulation_mean_field_seed(config)):
             if step.provider.needs_mean_field_model and t == 0:

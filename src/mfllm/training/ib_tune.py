@@ -33,7 +33,7 @@ from mfllm.prompts import MEAN_FIELD_STOP
 from mfllm.simulation.step import Agent, StepContext
 from mfllm.training.config import TrainConfig
 from mfllm.training.data import history, mean_field_seed, step_context
-from mfllm.training.loop import after_step
+from mfllm.training.loop import Budget, after_step
 
 MEAN_FIELD_ADAPTER = "mean_field"
 POLICY_ADAPTER = "policy"
@@ -203,12 +203,16 @@ class MeanFieldTrainer:
         return event, t, state
 
     def train(self, log: Callable[[dict[str, Any]], None], save: Callable[[], None], progress: Any = None) -> None:
+        budget = Budget(self.config)
         while self.step_count < self.config.max_steps:
             event, t, state = self.next_context()
             stats, after = self.step(event, t, state)
             self.chains[event.event_id] = (t + 1, after)
-            after_step(self.config, self.step_count, stats, log, save, progress, reward=f"{stats['reward_mean']:.1f}",
+            last = budget.last_step(self.step_count)
+            after_step(self.config, self.step_count, stats, log, save, progress, last, reward=f"{stats['reward_mean']:.1f}",
                        grad=f"{stats['grad_norm']:.2g}")
+            if last:
+                break
 
     # -------------------------------------------------------------- evaluation and state
 

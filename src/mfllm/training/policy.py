@@ -24,7 +24,7 @@ from mfllm.manifest import derive_seed
 from mfllm.training.config import TrainConfig
 from mfllm.training.data import PolicyExample, completion_target
 from mfllm.training.ib_tune import POLICY_ADAPTER, lora_config
-from mfllm.training.loop import after_step
+from mfllm.training.loop import Budget, after_step
 
 
 @dataclass(frozen=True)
@@ -178,10 +178,14 @@ class PolicyTrainer:
                 "target_tokens": tokens, "sequence_tokens": sum(len(e) for e in examples)}
 
     def train(self, log: Callable[[dict[str, Any]], None], save: Callable[[], None], progress: Any = None) -> None:
-        """Steps until ``max_steps``, logging every ``log_every`` and saving every ``save_every`` steps and at the end."""
+        """Steps until ``max_steps`` (or ``max_minutes``), logging every ``log_every`` and saving every ``save_every`` steps and at the end."""
+        budget = Budget(self.config)
         while self.step_count < self.config.max_steps:
             stats = self.step(self.next_batch())
-            after_step(self.config, self.step_count, stats, log, save, progress, loss=f"{stats['loss']:.3f}", epoch=str(self.epoch))
+            last = budget.last_step(self.step_count)
+            after_step(self.config, self.step_count, stats, log, save, progress, last, loss=f"{stats['loss']:.3f}", epoch=str(self.epoch))
+            if last:
+                break
 
     def evaluate(self, examples: Sequence[TokenizedExample]) -> float:
         """Mean NLL per target token of ``examples`` under the current adapter, in batches of similar length."""

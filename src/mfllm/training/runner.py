@@ -29,7 +29,7 @@ from mfllm.training.ib_tune import MEAN_FIELD_ADAPTER, POLICY_ADAPTER, MeanField
 from mfllm.training.policy import PolicyTrainer, tokenize_examples
 
 
-RESUMABLE_CHANGES = {"max_steps", "save_every", "log_every"}
+RESUMABLE_CHANGES = {"max_steps", "max_minutes", "save_every", "log_every"}
 """Settings a resumed run may change: when to stop and how often to log and save, nothing that alters
 the steps already taken or what is measured before and after."""
 
@@ -57,11 +57,23 @@ def _adapter_meta(config: TrainConfig, loaded: LoadedCausalLM, split: dict[str, 
     return meta
 
 
-def examples_nll(view: TransformersModel, examples: list[Any]) -> float:
-    """Token-weighted NLL of real actions (action tokens only) under ``view``."""
-    scores = view.score([e.prompt for e in examples], [e.action for e in examples])
-    tokens = sum(s.num_tokens for s in scores)
-    return -sum(s.logprob for s in scores) / max(tokens, 1)
+SCORED_PER_UPDATE = 64
+"""Examples scored between two updates of the scoring progress bar."""
+
+
+def examples_nll(view: TransformersModel, examples: list[Any], progress: str | None = None) -> float:
+    """Token-weighted NLL of real actions (action tokens only) under ``view``; ``progress``: the description
+    of a progress bar (none when omitted)."""
+    from tqdm.auto import tqdm
+
+    logprob, tokens = 0.0, 0
+    with tqdm(total=len(examples), desc=progress, unit="example", disable=progress is None) as bar:
+        for start in range(0, len(examples), SCORED_PER_UPDATE):
+            chunk = examples[start:start + SCORED_PER_UPDATE]
+            scores = view.score([e.prompt for e in chunk], [e.action for e in chunk])
+            logprob, tokens = logprob + sum(s.logprob for s in scores), tokens + sum(s.num_tokens for s in scores)
+            bar.update(len(chunk))
+    return -logprob / max(tokens, 1)
 
 
 def train(config: TrainConfig, resume: bool = False, progress: bool = True) -> Path:
@@ -212,21 +224,21 @@ def _finish(config: TrainConfig, loaded: LoadedCausalLM, split: dict[str, list[s
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
 
 
-def _policy_examples_by_split(config: TrainConfig, events: dict[str, list[Any]]) -> dict[str, list[Any]]:
+def _policy_examples_by_split(config: TrainConfig, events: dict[str, list[Any]], progress: bool) -> dict[str, list[Any]]:
     """Each split's (prompt, real action) examples; a mean-field model that writes their mean fields (where
     the method has one) is loaded here and released on return, before the model to train is loaded."""
     mean_field_model = None
     if get_method(config.method).needs_mean_field_model:
         pool = ModelPool(config.device, config.dtype)
         mean_field_model = pool.get(config.base_model, adapter=config.mean_field_adapter, role="mean_field")
-    return {name: policy_examples(group, config, mean_field_model, progress=f"mean fields over {name} events")
+    return {name: policy_examples(group, config, mean_field_model, progress=f"examples of {name} events" if progress else None)
             for name, group in events.items()}
 
 
 def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], split: dict[str, list[str]], resume: bool,
                   progress: bool) -> Path:
     """Policy (given the mean field's contexts) or SFT (no context), with :class:`PolicyTrainer`."""
-    examples = _policy_examples_by_split(config, events)
+    examples = _policy_examples_by_split(config, events, progress)
     scored = {}
     for name, group in _scored_splits(events, config.eval_events, config.test_events).items():
         ids = {event.event_id for event in group}
@@ -241,7 +253,8 @@ def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], 
         (out / "train_log.jsonl").unlink(missing_ok=True)
         shutil.rmtree(out / "checkpoints" / "best", ignore_errors=True)
         base_view = TransformersModel(loaded, config.base_model)
-        metrics.update({f"{name}_nll_before": examples_nll(base_view, e) for name, e in scored.items() if e})
+        metrics.update({f"{name}_nll_before": examples_nll(base_view, e, f"score {name} (before)" if progress else None)
+                        for name, e in scored.items() if e})
     trainer = PolicyTrainer(config, loaded, train_set)
     if resuming:
         state, metrics = _restore_checkpoint(out, loaded, POLICY_ADAPTER)
@@ -267,6 +280,7 @@ def _train_policy(config: TrainConfig, out: Path, events: dict[str, list[Any]], 
         metrics.update({"selected_step": best["step"], "selected_validation_loss": best["validation_loss"]})
     adapter_dir = _export_adapter(out, loaded, POLICY_ADAPTER)
     tuned_view = TransformersModel(loaded, config.base_model, adapter=POLICY_ADAPTER)
-    metrics.update({f"{name}_nll_after": examples_nll(tuned_view, e) for name, e in scored.items() if e})
+    metrics.update({f"{name}_nll_after": examples_nll(tuned_view, e, f"score {name} (after)" if progress else None)
+                    for name, e in scored.items() if e})
     _finish(config, loaded, split, metrics, out, adapter_dir)
     return adapter_dir
