@@ -125,9 +125,13 @@ def test_contexts_show_no_repeat_and_no_loop() -> None:
                     AgentAction("p", "转发微博", "repost"), AgentAction("p", "转发微博", "repost")], seed=0)
     recent.observe([AgentAction("p", "真的吗", "comment"), AgentAction("p", "求证", "comment")], seed=1)
     assert recent.context() == "- [评论] 真的吗\n- [转发]\n- [转发]\n- [评论] 求证"
-    recent.observe([AgentAction("p", "大家好，我是中国人", "comment"), AgentAction("p", "大家好！我在上海", "comment"),
-                    AgentAction("p", "大家都别信", "comment")], seed=2)  # a template's second text is not shown; another opening is
+    recent.observe([AgentAction("p", "大家好，我是中国人", "comment", simulated=True), AgentAction("p", "大家好！我在上海", "comment", simulated=True),
+                    AgentAction("p", "大家都别信", "comment", simulated=True)], seed=2)  # a template's second text is not shown; another opening is
     assert recent.context().endswith("- [评论] 求证\n- [评论] 大家好，我是中国人\n- [评论] 大家都别信")
+    recent.observe([AgentAction("p", "哈哈哈哈笑死", "comment"), AgentAction("p", "哈哈哈哈哈信了", "comment")], seed=3)
+    assert recent.context().endswith("- [评论] 哈哈哈哈笑死\n- [评论] 哈哈哈哈哈信了")  # recorded reactions keep shared openings
+    recent.observe([AgentAction("p", "哈哈哈哈，我也是", "comment", simulated=True)], seed=4)
+    assert "我也是" not in recent.context()  # a simulated text opening like them is not shown
 
 
 def test_the_calibration_matches_the_warm_up_mix_and_keeps_what_predicts() -> None:

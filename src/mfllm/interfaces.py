@@ -177,6 +177,8 @@ class AgentAction:
     engagement: int = 0
     position: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    simulated: bool = False
+    """Written by the simulated population (not a recorded reaction or an injected post)."""
 
 
 class ContextProvider(ABC):

@@ -231,7 +231,7 @@ class Simulator:
                 row["moderated"] = moderation
             rows.append(row)
         self._taken.update(normalise(row["sim_text"]) for row in rows if needs_text(row["sim_choice"]) and "failure" not in row)
-        actions = [self.step_context.action(agent, row["sim_text"], row["sim_kind"])
+        actions = [self.step_context.action(agent, row["sim_text"], row["sim_kind"], simulated=True)
                    for agent, row in zip(agents, rows) if "failure" not in row and "moderated" not in row]
         self.step_context.observe([*injected, *actions], mean_field_seed)
         return rows

@@ -212,9 +212,9 @@ class StepContext:
         """The id of the moderation in effect that removes ``agent``'s action, or None."""
         return next((s.id for s in active if s.removes(agent.user, text, kind)), None)
 
-    def action(self, agent: Agent, text: str, kind: str) -> AgentAction:
-        """An action as the context provider takes it in."""
-        return AgentAction(self.persona(agent, short=True), text, kind, agent.engagement, agent.position)
+    def action(self, agent: Agent, text: str, kind: str, simulated: bool = False) -> AgentAction:
+        """An action as the context provider takes it in (``simulated``: one the policy wrote)."""
+        return AgentAction(self.persona(agent, short=True), text, kind, agent.engagement, agent.position, simulated=simulated)
 
     def real_actions(self, agents: Sequence[Agent]) -> list[AgentAction]:
         """The recorded actions of agents that have one."""

@@ -13,11 +13,12 @@ from mfllm.text import is_degenerate, normalise, opening
 
 def showable(actions: Iterable[AgentAction], language: str, shown: Iterable[AgentAction] = ()) -> list[AgentAction]:
     """The ``actions`` a context may show next to ``shown``: a bare repost always; an action with words unless
-    its text is degenerate (:func:`mfllm.text.is_degenerate`), repeats (:func:`mfllm.text.normalise`) a text
-    already shown or earlier in ``actions``, or opens (:func:`mfllm.text.opening`) like one of them. Real
-    users do not repeat each other word for word, and seldom begin alike; a context that showed the
-    simulated population's repeats, loops and templates (``大家好，我是…`` again and again) would teach the next
-    agents to copy them."""
+    its text is degenerate (:func:`mfllm.text.is_degenerate`) or repeats (:func:`mfllm.text.normalise`) a text
+    already shown or earlier in ``actions``, and, for a simulated action, unless it opens
+    (:func:`mfllm.text.opening`) like one of them. Real users do not repeat each other word for word; a
+    context that showed the simulated population's repeats, loops and templates (``大家好，我是…`` again and
+    again) would teach the next agents to copy them. Recorded reactions keep their shared openings
+    (``哈哈哈``, ``//@``): they are how people write, which the context is there to show."""
     writing = [a for a in shown if needs_text(action_choice(a.kind, a.text))]
     taken = {normalise(a.text) for a in writing}
     openings = {opening(a.text, language) for a in writing} - {None}
@@ -25,7 +26,7 @@ def showable(actions: Iterable[AgentAction], language: str, shown: Iterable[Agen
     for action in actions:
         if needs_text(action_choice(action.kind, action.text)):
             key, start = normalise(action.text), opening(action.text, language)
-            if key in taken or start in openings or is_degenerate(action.text):
+            if key in taken or (action.simulated and start in openings) or is_degenerate(action.text):
                 continue
             taken.add(key)
             if start is not None:

@@ -108,7 +108,8 @@ class StatisticsMeanField(ContextProvider):
         self.seen += len(actions)
         self.steps += 1
         sentiments = labels.get("sentiment", [None] * len(actions))
-        labelled = [AgentAction(a.persona, a.text, a.kind, extra={"sentiment": s, "step": self.steps}) for a, s in zip(actions, sentiments)]
+        labelled = [AgentAction(a.persona, a.text, a.kind, extra={"sentiment": s, "step": self.steps}, simulated=a.simulated)
+                    for a, s in zip(actions, sentiments)]
         self.recent = [*self.recent, *showable(labelled, self.language, self.recent)][-RECENT_POOL * self.shown:]
 
     def representative(self) -> list[AgentAction]:
@@ -182,13 +183,13 @@ class StatisticsMeanField(ContextProvider):
 
     def state_dict(self) -> dict[str, Any]:
         return {"weights": self.weights, "seen": self.seen, "steps": self.steps,
-                "recent": [{"persona": a.persona, "text": a.text, "kind": a.kind, **a.extra} for a in self.recent]}
+                "recent": [{"persona": a.persona, "text": a.text, "kind": a.kind, "simulated": a.simulated, **a.extra} for a in self.recent]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.weights = {name: dict(w) for name, w in state["weights"].items()}
         self.seen, self.steps = state["seen"], state.get("steps", 0)
-        self.recent = [AgentAction(c["persona"], c["text"], c["kind"], extra={k: c.get(k) for k in ("sentiment", "step") if k in c})
-                       for c in state["recent"]]
+        self.recent = [AgentAction(c["persona"], c["text"], c["kind"], extra={k: c.get(k) for k in ("sentiment", "step") if k in c},
+                                   simulated=c.get("simulated", False)) for c in state["recent"]]
 
 
 def _apportion(weights: dict[Any, float], total: int, available: dict[Any, int], refill: bool = False) -> dict[Any, int]:
