@@ -212,8 +212,8 @@ def headline_text(top: dict[str, Any]) -> str:
 
 
 REALISM_HEADERS = {"discriminator_accuracy": "discriminator accuracy", "length_w1": "length W1 (log)", "median_length": "median length",
-                   "degenerate": "degenerate", "duplicate": "duplicates", "copied": "copied from prompt",
-                   "common_opening": "common opening", "distinct1": "distinct-1", "distinct2": "distinct-2", "share_comment": "comments", "share_repost_with_text": "reposts with words",
+                   "degenerate": "degenerate", "duplicate": "duplicates", "copied": "copied from prompt", "common_opening": "common opening",
+                   "distinct1": "distinct-1", "distinct2": "distinct-2", "share_comment": "comments", "share_repost_with_text": "reposts with words",
                    "share_repost": "bare reposts"}
 REALISM_HEADLINE = ("discriminator_accuracy", "duplicate", "degenerate", "copied", "median_length", "share_repost")
 """The realism measures the headline line shows."""

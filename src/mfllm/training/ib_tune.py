@@ -208,10 +208,8 @@ class MeanFieldTrainer:
             event, t, state = self.next_context()
             stats, after = self.step(event, t, state)
             self.chains[event.event_id] = (t + 1, after)
-            last = budget.last_step(self.step_count)
-            after_step(self.config, self.step_count, stats, log, save, progress, last, reward=f"{stats['reward_mean']:.1f}",
-                       grad=f"{stats['grad_norm']:.2g}")
-            if last:
+            if after_step(budget, self.step_count, stats, log, save, progress, reward=f"{stats['reward_mean']:.1f}",
+                          grad=f"{stats['grad_norm']:.2g}"):
                 break
 
     # -------------------------------------------------------------- evaluation and state

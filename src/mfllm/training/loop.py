@@ -24,9 +24,11 @@ class Budget:
         return step >= self.config.max_steps or self.out_of_time()
 
 
-def after_step(config: TrainConfig, step: int, stats: dict[str, Any], log: Callable[[dict[str, Any]], None], save: Callable[[], None],
-               progress: Any, last: bool, **postfix: str) -> None:
-    """Log every ``log_every`` steps, save every ``save_every`` steps and at the ``last`` one, and show ``postfix``."""
+def after_step(budget: Budget, step: int, stats: dict[str, Any], log: Callable[[dict[str, Any]], None], save: Callable[[], None],
+               progress: Any, **postfix: str) -> bool:
+    """Log every ``log_every`` steps, save every ``save_every`` steps and at the run's last in this process
+    (:meth:`Budget.last_step`), and show ``postfix``; returns whether the step was that last one."""
+    config, last = budget.config, budget.last_step(step)
     if step % config.log_every == 0:
         log(stats)
     if step % config.save_every == 0 or last:
@@ -34,3 +36,4 @@ def after_step(config: TrainConfig, step: int, stats: dict[str, Any], log: Calla
     if progress is not None:
         progress.update(1)
         progress.set_postfix(**postfix)
+    return last

@@ -182,9 +182,7 @@ class PolicyTrainer:
         budget = Budget(self.config)
         while self.step_count < self.config.max_steps:
             stats = self.step(self.next_batch())
-            last = budget.last_step(self.step_count)
-            after_step(self.config, self.step_count, stats, log, save, progress, last, loss=f"{stats['loss']:.3f}", epoch=str(self.epoch))
-            if last:
+            if after_step(budget, self.step_count, stats, log, save, progress, loss=f"{stats['loss']:.3f}", epoch=str(self.epoch)):
                 break
 
     def evaluate(self, examples: Sequence[TokenizedExample]) -> float:
