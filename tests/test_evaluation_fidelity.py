@@ -15,7 +15,7 @@ from mfllm.data.readers.rumoureval import RumourEvalReader
 from mfllm.evaluation import BUILTIN_DIMENSIONS, KindLabeller, LabellerChain, LexiconLabeller, RunEvaluation, evaluate_run, headline, method_table
 from mfllm.evaluation.aggregate import labeller_variants
 from mfllm.evaluation.information_gain import information_gain
-from mfllm.evaluation.labellers import LabelItem, default_labellers, shipped_labellers
+from mfllm.evaluation.labellers import default_labellers, shipped_labellers
 from mfllm.evaluation.metrics import DimensionMetrics, compare_streams, kl_divergence, smoothed
 from mfllm.evaluation.report import headline_text
 from mfllm.evaluation.validate import rumoureval_sdqc

@@ -428,3 +428,19 @@ def test_policy_training_prompts_are_the_prompts_simulation_shows(method: str, d
         assert "评论区概况" in examples[-1].prompt.completion and len(examples) == 20  # the statistics context; every batch is used
     else:
         assert len(examples) == 16  # no mean field before the first batch
+
+
+def test_wrapping_and_loading_adapters_prints_no_library_warnings(trained: dict[str, Path], tiny_base_model_dir: Path) -> None:
+    import warnings
+
+    from mfllm.backends.registry import local_source, parse_spec
+    from mfllm.training.ib_tune import lora_config
+
+    loaded = LoadedCausalLM(local_source(parse_spec(f"hf:{tiny_base_model_dir}")), "cpu", "fp32")
+    config = _config(Path("."), tiny_base_model_dir, Path("."), "policy")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        loaded.add_trainable_adapter(lora_config(config), "trainable")
+        loaded.add_adapter(str(trained["policy"]), "policy")
+    assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))] == []
+    assert set(loaded.model.peft_config) == {"trainable", "policy"}

@@ -6,11 +6,11 @@ stays cheap and a missing extra gives an actionable error.
 
 from __future__ import annotations
 
-import inspect
-
 import importlib
+import inspect
 import json
-from contextlib import nullcontext
+import warnings
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -24,6 +24,15 @@ def require(module: str, extra: str) -> Any:
         return importlib.import_module(module)
     except ImportError as exc:
         raise ImportError(f"{module} is needed for this feature: pip install 'mfllm[{extra}]'") from exc
+
+
+@contextmanager
+def _peft_quietly() -> Any:
+    """peft (0.21) reads transformers' deprecated ``is_gradient_checkpointing`` whenever it wraps a model,
+    which printed a FutureWarning in every training run and adapter load; this silences exactly that one."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def resolve_device(device: str) -> str:
@@ -88,9 +97,13 @@ class LoadedCausalLM:
             self._model = model.to(self.device).eval()
         return self._model
 
-    def replace_model(self, model: Any) -> None:
-        """Swap in a wrapped model (e.g. a new trainable PeftModel) that every view then uses."""
-        self._model = model
+    def add_trainable_adapter(self, lora_config: Any, name: str) -> Any:
+        """Wrap the model in a new trainable LoRA adapter ``name`` (a peft ``LoraConfig``), which every view
+        then uses; returns the PeftModel."""
+        peft = require("peft", "train")
+        with _peft_quietly():
+            self._model = peft.get_peft_model(self.model, lora_config, adapter_name=name)
+        return self._model
 
     @property
     def is_chat(self) -> bool:
@@ -116,10 +129,11 @@ class LoadedCausalLM:
             base = Path(config.base_model_name_or_path or "").name
             if base and base != Path(self.source.path).name:
                 raise ValueError(f"adapter {path} was trained on base model {config.base_model_name_or_path!r}, not {self.source.path!r}")
-        if isinstance(self.model, peft.PeftModel):
-            self._model.load_adapter(str(path), adapter_name=name)
-        else:
-            self._model = peft.PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
+        with _peft_quietly():
+            if isinstance(self.model, peft.PeftModel):
+                self._model.load_adapter(str(path), adapter_name=name)
+            else:
+                self._model = peft.PeftModel.from_pretrained(self.model, str(path), adapter_name=name).eval()
         self.adapters[name] = str(path)
 
     def ending_tokens(self, stops: tuple[str, ...]) -> list[int]:
@@ -278,8 +292,10 @@ def _pad_after_prefix(token_ids: Sequence[Sequence[int]], shared: int, pad_id: i
 
 def cache_argument(model: Any) -> str:
     """The keyword a model takes its KV cache by: ``cache`` in transformers 5 (``past_key_values`` is
-    deprecated there), ``past_key_values`` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    deprecated there), ``past_key_values`` before. A peft wrapper passes either through, so the wrapped
+    model's signature decides."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(inner.forward).parameters else "past_key_values"
 
 
 def _prefix_cache(model: Any, prefix_ids: Any, batch: int) -> Any:

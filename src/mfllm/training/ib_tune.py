@@ -62,12 +62,10 @@ class MeanFieldTrainer:
     """Trains a LoRA adapter on the mean-field model; the policy scoring next actions stays frozen."""
 
     def __init__(self, config: TrainConfig, loaded: LoadedCausalLM, train_events: Sequence[Event]):
-        peft = require("peft", "train")
         torch = require("torch", "hf")
         self.config, self.loaded, self.events = config, loaded, list(train_events)
         torch.manual_seed(config.seed)
-        model = peft.get_peft_model(loaded.model, lora_config(config), adapter_name=MEAN_FIELD_ADAPTER)
-        loaded.replace_model(model)
+        model = loaded.add_trainable_adapter(lora_config(config), MEAN_FIELD_ADAPTER)
         if config.policy_adapter:
             loaded.add_adapter(config.policy_adapter, POLICY_ADAPTER)
         if config.gradient_checkpointing:

@@ -118,14 +118,12 @@ class PolicyTrainer:
     """Trains a LoRA adapter on the policy by the NLL of real actions (see the module docstring)."""
 
     def __init__(self, config: TrainConfig, loaded: LoadedCausalLM, train_set: Sequence[TokenizedExample]):
-        peft = require("peft", "train")
         torch = require("torch", "hf")
         if not train_set:
             raise ValueError(f"{config.data}: no training examples (too few reactions per event for batch_size={config.batch_size}?)")
         self.config, self.loaded, self.train_set = config, loaded, list(train_set)
         torch.manual_seed(config.seed)
-        self.model = peft.get_peft_model(loaded.model, lora_config(config), adapter_name=POLICY_ADAPTER)
-        loaded.replace_model(self.model)
+        self.model = loaded.add_trainable_adapter(lora_config(config), POLICY_ADAPTER)
         if config.gradient_checkpointing:
             self.model.gradient_checkpointing_enable()
             self.model.enable_input_require_grads()
