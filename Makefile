@@ -6,7 +6,7 @@ STAMP := $(VENV)/.mfllm-installed
 NO_AMX := -mno-amx-tile -mno-amx-int8 -mno-amx-bf16
 LLAMA_CMAKE_ARGS := -DLLAVA_BUILD=OFF $(if $(filter x86_64,$(shell uname -m)),-DCMAKE_C_FLAGS='$(NO_AMX)' -DCMAKE_CXX_FLAGS='$(NO_AMX)')
 
-.PHONY: setup chromium demo test test-fast bench clean
+.PHONY: setup chromium demo test test-fast bench adapter clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +42,12 @@ test: $(STAMP) chromium
 
 test-fast: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m "not slow"
+
+# The shipped policy adapter, trained from the shared Weibo data (../shared beside the clone; hours on a
+# 2-core CPU, resumable: rerun with --resume after an interruption) and installed into the package.
+adapter: $(STAMP)
+	$(BIN)/mfllm train policy --config configs/train-policy.yaml
+	$(BIN)/python scripts/ship_adapter.py runs/train/policy/adapter
 
 bench: $(STAMP)
 	$(BIN)/python bench/throughput.py

@@ -48,7 +48,7 @@ def local_data(name: str, shared: Path) -> str:
 
 def fixture_config(name: str, shared: Path) -> SimulationConfig:
     config = json.loads((FIXTURES / "runs" / name / "manifest.json").read_text(encoding="utf-8"))["config"]
-    return SimulationConfig(**{**config, "data": local_data(name, shared)})
+    return SimulationConfig.recorded({**config, "data": local_data(name, shared)})
 
 
 def assert_same_run(new: Path, old: Path, volatile: set[str] = VOLATILE) -> None:

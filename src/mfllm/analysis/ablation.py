@@ -22,8 +22,10 @@ class AblationConfig(YamlConfig):
     data_format: str | None = Field(default=None, description="Reader name; detected from the path when omitted.")
     events: list[str] = Field(description="Held-out event ids (not used in training).")
     base_model: str = Field(default="embedded:gemma-3-270m", description="Base model the adapters were trained on.")
-    policy_adapter: str | None = Field(default=None, description="Policy adapter from `mfllm train policy`.")
-    mean_field_adapter: str | None = Field(default=None, description="Mean-field adapter from `mfllm train mean-field`.")
+    policy_adapter: str | None = Field(default=None, description="Policy adapter from `mfllm train policy` (default: the one "
+                                                                 "shipped for an embedded base model, if any).")
+    mean_field_adapter: str | None = Field(default=None, description="Mean-field adapter from `mfllm train mean-field` (default: "
+                                                                     "the one shipped for an embedded base model, if any).")
     sft_adapter: str | None = Field(default=None, description="SFT adapter from `mfllm train sft` (adds the sft baseline).")
     method: str = Field(default="mf-hybrid", description="The mean field the adapters were trained for (one with a model part: "
                                                         "mf-hybrid or mf-llm).")
@@ -36,19 +38,26 @@ class AblationConfig(YamlConfig):
     output: str = Field(default="runs/ablation", description="Root of the variants' run directories and the report.")
 
     def variants(self) -> dict[str, dict[str, Any]]:
-        """Variant name -> the settings that make it (each adapter alone, both together, sft, state)."""
+        """Variant name -> the settings that make it (each adapter alone, both together, sft, state without and
+        with the tuned policy). Only the adapters named here are used (no variant falls back on a shipped one)."""
+        from mfllm.backends.embedded import shipped_adapter
+
         name = self.method
+        policy = self.policy_adapter or shipped_adapter(self.base_model, "policy")
+        mean_field = self.mean_field_adapter or shipped_adapter(self.base_model, "mean_field")
         variants: dict[str, dict[str, Any]] = {f"{name} (untuned)": {}}
-        if self.policy_adapter:
-            variants[f"{name} + tuned policy"] = {"policy_adapter": self.policy_adapter}
-        if self.mean_field_adapter:
-            variants[f"{name} + tuned mean field"] = {"mean_field_adapter": self.mean_field_adapter}
-        if self.policy_adapter and self.mean_field_adapter:
-            variants[f"{name} + both tuned"] = {"policy_adapter": self.policy_adapter, "mean_field_adapter": self.mean_field_adapter}
+        if policy:
+            variants[f"{name} + tuned policy"] = {"policy_adapter": policy}
+        if mean_field:
+            variants[f"{name} + tuned mean field"] = {"mean_field_adapter": mean_field}
+        if policy and mean_field:
+            variants[f"{name} + both tuned"] = {"policy_adapter": policy, "mean_field_adapter": mean_field}
         if self.sft_adapter:
             variants["sft"] = {"method": "sft", "policy_adapter": self.sft_adapter}
         variants["state"] = {"method": "state"}
-        return variants
+        if policy:
+            variants["state + tuned policy"] = {"method": "state", "policy_adapter": policy}
+        return {variant: {"adapter": False, **settings} for variant, settings in variants.items()}
 
 
 def ablate(config: AblationConfig, pool: Any = None, resume: bool = False, progress: ProgressFactory | None = None) -> Path:

@@ -59,8 +59,10 @@ class BacktestConfig(ExecutorConfig):
     policy_model: str = Field(default="embedded:gemma-3-270m", description="Policy model spec (also the mean-field model).")
     mean_field_model: str | None = Field(default=None, description="Mean-field model spec; the policy model when omitted.")
     sft_adapter: str | None = Field(default=None, description="Policy adapter of the sft baseline (`mfllm train sft`).")
-    policy_adapter: str | None = Field(default=None, description="Policy adapter of every method but sft (`mfllm train policy`): "
-                                                                 "the tuned simulator; the base policy when omitted.")
+    policy_adapter: str | None = Field(default=None, description="Policy adapter of every method but sft (`mfllm train policy`); "
+                                                                 "the one shipped for an embedded model when omitted (see adapter).")
+    adapter: bool = Field(default=True, description="Roles without an adapter directory use the adapters mfllm ships for an embedded "
+                                                    "model (SimulationConfig.adapter); --no-adapter: the base model.")
     num_agents: int = Field(default=32, ge=1, description="Agents simulated per run after warm-up (ignored with whole_events).")
     whole_events: bool = Field(default=False, description="Replay every reaction after the warm-up: each event's reaction count minus "
                                                           "the warm-up agents per run.")
@@ -110,7 +112,7 @@ class BacktestConfig(ExecutorConfig):
         """Every (method, event, seed) run of a grid point."""
         base = SimulationConfig(data=self.data, data_format=self.data_format, policy_model=self.policy_model, mean_field_model=None,
                                 num_agents=None if self.whole_events else self.num_agents, device=self.device, dtype=self.dtype,
-                                output_vocabulary=self.output_vocabulary, length_floor=self.length_floor, **point)
+                                output_vocabulary=self.output_vocabulary, length_floor=self.length_floor, adapter=self.adapter, **point)
         configs = []
         for method in self.resolved_methods():
             update: dict[str, Any] = {"method": method}

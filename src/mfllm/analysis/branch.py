@@ -51,7 +51,7 @@ class BranchConfig(ExecutorConfig):
 def branch_plan(config: BranchConfig) -> list[tuple[str, SimulationConfig, Path, BranchPoint]]:
     """(arm, run config, run directory, branch point) of every run of the branch."""
     parent = RunStore(config.run).manifest()
-    base = SimulationConfig(**parent["config"])
+    base = SimulationConfig.recorded(parent["config"])
     if config.data:
         base = base.model_copy(update={"data": config.data})
     added = [str(Path(f)) for f in config.interventions]

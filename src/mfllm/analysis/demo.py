@@ -35,6 +35,8 @@ class DemoConfig(YamlConfig):
     """The demo's model and schedule."""
 
     model: str = Field(default="embedded:gemma-3-270m", description="Policy and mean-field model spec.")
+    adapter: bool = Field(default=True, description="Use the LoRA adapters mfllm ships for an embedded model (the tuned "
+                                                    "simulator, SimulationConfig.adapter); --no-adapter: the base model.")
     output: str | None = Field(default=None, description="Run root (default: runs/demo/<timestamp>).")
     num_agents: int = Field(default=48, ge=1, description="Agents simulated after warm-up.")
     warmup: int = Field(default=32, ge=0, description="Real reactions fed to the context before simulation starts.")
@@ -77,7 +79,8 @@ def run_demo(config: DemoConfig, resume: bool = False, progress: ProgressFactory
     labellers and the policy's NLL of the real actions) and write the report; one model pool."""
     output = Path(config.output) if config.output else Path("runs") / "demo" / datetime.now().strftime("%Y%m%d-%H%M%S")
     base = SimulationConfig(data=str(demo_data_path()), policy_model=config.model, num_agents=config.num_agents, warmup=config.warmup,
-                            batch_size=config.batch_size, seed=config.seed, device=config.device, engine=config.engine)
+                            batch_size=config.batch_size, seed=config.seed, device=config.device, engine=config.engine,
+                            adapter=config.adapter)
     plan = sweep_plan(sweep_configs(base, methods=DEMO_METHODS), output)
     evaluation = EvaluationConfig(dimensions=["sentiment", "emotion", "behaviour"], nll=True, device=config.device)
     evaluations, dimensions = simulate_and_evaluate(plan, evaluation, resume=resume, progress=progress)

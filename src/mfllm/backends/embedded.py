@@ -42,6 +42,8 @@ EMBEDDED_MODELS = {
 }
 DEFAULT_EMBEDDED_MODEL = "gemma-3-270m"
 CACHE_MARKER = "mfllm-cache.json"
+SHIPPED_ADAPTERS = Path(__file__).parent / "adapters"
+"""LoRA adapters shipped with mfllm: ``SHIPPED_ADAPTERS/<model>/<role>`` (see its ATTRIBUTION.md)."""
 
 
 def cache_root() -> Path:
@@ -68,6 +70,16 @@ def _embedded(name: str) -> EmbeddedModel:
     if name not in EMBEDDED_MODELS:
         raise ValueError(f"unknown embedded model {name!r}; choose from {', '.join(EMBEDDED_MODELS)}")
     return EMBEDDED_MODELS[name]
+
+
+def shipped_adapter(spec: str, role: str) -> str | None:
+    """The directory of the LoRA adapter mfllm ships for ``role`` (``policy`` or ``mean_field``) of model
+    ``spec``, or None: only ``embedded:NAME`` models have them (README "The tuned simulator")."""
+    kind, _, name = spec.partition(":")
+    if kind != "embedded":
+        return None
+    directory = SHIPPED_ADAPTERS / _embedded(name).name / role
+    return str(directory) if (directory / "adapter_config.json").is_file() else None
 
 
 def embedded_gguf_file(name: str) -> Path:

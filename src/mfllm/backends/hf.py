@@ -117,7 +117,7 @@ class LoadedCausalLM:
 
     def add_adapter(self, path: str | Path, name: str) -> None:
         """Attach a LoRA adapter, refusing one trained on a different base model."""
-        peft = require("peft", "train")
+        peft = require("peft", "hf")
         meta_file = Path(path) / ADAPTER_META
         if meta_file.is_file():
             meta = json.loads(meta_file.read_text(encoding="utf-8"))

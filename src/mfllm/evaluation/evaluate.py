@@ -164,7 +164,7 @@ def shown_prompts(store: RunStore, config: SimulationConfig, event: Event, rows:
 def run_realism(store: RunStore, event: Event | None = None, rows: Sequence[dict[str, Any]] | None = None) -> dict[str, Any]:
     """Realism of ``rows`` (default: the run's :func:`evaluated_rows`), the copied share against the
     prompts the agents were shown (:func:`shown_prompts`)."""
-    config = SimulationConfig(**store.manifest()["config"])
+    config = SimulationConfig.recorded(store.manifest()["config"])
     if event is None:
         event, _ = load_event(config.data, config.event_id, config.data_format)
     rows = evaluated_rows(store.actions()) if rows is None else rows
@@ -178,7 +178,7 @@ def policy_nll(store: RunStore, policy: LanguageModel, event: Event | None = Non
     writes it (kind marker, then text), so the kind is predicted too. Only the action's tokens count;
     rows without a real reaction are skipped."""
     manifest = store.manifest()
-    config = SimulationConfig(**manifest["config"])
+    config = SimulationConfig.recorded(manifest["config"])
     if event is None:
         event, _ = load_event(config.data, config.event_id, config.data_format)
     contexts = contexts_by_step(store, config, event)
@@ -249,5 +249,5 @@ def evaluate_run(run_dir: str | Path, labeller: Labeller, dimensions: Sequence[D
     if policy is not None:
         evaluation.nll, evaluation.nll_per_action = policy_nll(store, policy, event)
     if gain_models is not None:
-        evaluation.information_gain = information_gain(SimulationConfig(**config), event, *gain_models)
+        evaluation.information_gain = information_gain(SimulationConfig.recorded(config), event, *gain_models)
     return evaluation

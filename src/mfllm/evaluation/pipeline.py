@@ -49,7 +49,7 @@ def evaluate_task(pool: Any, run: Path, config: EvaluationConfig) -> RunEvaluati
         labellers[key] = build_labeller(config, pool)
     policy, mean_field_model = None, None
     if config.nll or config.information_gain:
-        run_config = SimulationConfig(**RunStore(run).manifest()["config"])
+        run_config = SimulationConfig.recorded(RunStore(run).manifest()["config"])
         policy, mean_field_model = build_models(run_config, pool)
     return evaluate_run(run, labellers[key], dimensions, config.window, config.alpha, policy if config.nll else None,
                         (policy, mean_field_model) if policy is not None and config.information_gain else None)

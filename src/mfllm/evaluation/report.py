@@ -271,9 +271,16 @@ def throughput_rows(evaluations: Sequence[RunEvaluation]) -> list[dict[str, Any]
         if pooled is not None:
             backends = sorted({str(backend_of(m["models"].get(role))) for m in manifests for role in ("policy", "mean_field")
                                if m.get("models", {}).get(role)})
-            rows.append({"method": method, "model": ", ".join(sorted({m["config"]["policy_model"] for m in manifests})),
+            rows.append({"method": method, "model": ", ".join(sorted({_policy_label(m) for m in manifests})),
                          "backend": ", ".join(backends), **pooled})
     return rows
+
+
+def _policy_label(manifest: dict[str, Any]) -> str:
+    """The run's policy model, with the last two parts of its LoRA adapter's directory where it had one."""
+    adapter = (manifest.get("models", {}).get("policy") or {}).get("adapter")
+    model = manifest["config"]["policy_model"]
+    return f"{model} + LoRA {Path(adapter).parent.name}/{Path(adapter).name}" if adapter else model
 
 
 HORIZON_CELLS = (("(mean)", "kl"), ("(mean)", "kl_floor"), ("(realism)", "duplicate_sim"), ("(realism)", "duplicate_real"),

@@ -24,8 +24,13 @@ class SimulationConfig(YamlConfig):
                                                   "default mean field, recorded resolved.")
     policy_model: str = Field(default="embedded:gemma-3-270m", description="Policy model spec (embedded:NAME, hf:PATH, openai:MODEL@URL, fake).")
     mean_field_model: str | None = Field(default=None, description="Mean-field model spec; the policy model when omitted.")
-    policy_adapter: str | None = Field(default=None, description="LoRA adapter directory for the policy.")
-    mean_field_adapter: str | None = Field(default=None, description="LoRA adapter directory for the mean-field model.")
+    policy_adapter: str | None = Field(default=None, description="LoRA adapter directory for the policy (default: the adapter "
+                                                                 "shipped for an embedded model, see adapter).")
+    mean_field_adapter: str | None = Field(default=None, description="LoRA adapter directory for the mean-field model (default: "
+                                                                     "the adapter shipped for an embedded model, see adapter).")
+    adapter: bool = Field(default=True, description="A role without an adapter directory uses the LoRA adapter mfllm ships for an "
+                                                    "embedded model where there is one (the tuned simulator; README 'The tuned "
+                                                    "simulator'; the sft baseline excepted); --no-adapter: the base model.")
     num_agents: int | None = Field(default=None, ge=1, description="Agents to simulate after warm-up; all remaining reactions when omitted.")
     warmup: int = Field(default=32, ge=0, description="Real reactions fed to the context before simulation starts (cut-off per reaction).")
     batch_size: int = Field(default=16, ge=1, description="Agents per step; they act together, then the context updates.")
@@ -114,3 +119,23 @@ class SimulationConfig(YamlConfig):
     @property
     def resolved_mean_field_model(self) -> str:
         return self.mean_field_model or self.policy_model
+
+    def resolved_adapter(self, role: Literal["policy", "mean_field"]) -> str | None:
+        """The LoRA adapter of ``role``: the directory given, else (with ``adapter``) the one shipped for its
+        embedded model, else None (the base model). The sft baseline's policy is never given the shipped one."""
+        given = self.policy_adapter if role == "policy" else self.mean_field_adapter
+        if given or not self.adapter or (role == "policy" and self.method == "sft"):
+            return given
+        from mfllm.backends.embedded import shipped_adapter
+
+        return shipped_adapter(self.policy_model if role == "policy" else self.resolved_mean_field_model, role)
+
+    @classmethod
+    def recorded(cls, values: dict[str, Any]) -> SimulationConfig:
+        """The config a manifest recorded. Fields added since take their defaults, except those whose default
+        would change what the run did: a run recorded before ``adapter`` existed ran without a shipped adapter."""
+        return cls(**{**RECORDED_BEFORE, **values})
+
+
+RECORDED_BEFORE: dict[str, Any] = {"adapter": False}
+"""What a recorded config without these fields ran with (see :meth:`SimulationConfig.recorded`)."""

@@ -311,7 +311,7 @@ checked separately) and where intervention files live (their content is compared
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
     """A recorded config as the current code reads it (fields added since take their defaults, credentials
     redacted as in the manifest), less the :data:`RUNTIME_FIELDS`."""
-    return {k: v for k, v in redacted(SimulationConfig(**config).model_dump()).items() if k not in RUNTIME_FIELDS}
+    return {k: v for k, v in redacted(SimulationConfig.recorded(config).model_dump()).items() if k not in RUNTIME_FIELDS}
 
 
 LEGACY_BACKENDS = {"TransformersModel": "transformers", "FakeModel": "fake", "OpenAICompatibleModel": "openai"}
@@ -327,21 +327,26 @@ def backend_of(description: dict[str, Any] | None) -> str | None:
 
 def _check_backends(output_dir: str | Path, recorded: dict[str, Any], models: dict[str, LanguageModel | None]) -> None:
     """A resumed run must continue on the backends it started on (an old run must not silently move to
-    another engine): the backend of each role is compared with the manifest's."""
+    another engine), with a LoRA adapter where it had one and none where it had none."""
     for role, model in models.items():
-        before = backend_of(recorded.get(role))
-        now = backend_of(model.describe()) if model is not None else None
+        description = model.describe() if model is not None else None
+        before, now = backend_of(recorded.get(role)), backend_of(description)
         if before != now:
             raise ValueError(f"{output_dir}: the run's {role} model ran on {before}, this one would run on {now}; cannot resume "
                              "(choose the same engine, e.g. --engine transformers)")
+        had, has = (recorded.get(role) or {}).get("adapter"), (description or {}).get("adapter")
+        if bool(had) != bool(has):
+            raise ValueError(f"{output_dir}: the run's {role} model ran {f'with adapter {had}' if had else 'without an adapter'}, this "
+                             f"one would run {f'with adapter {has}' if has else 'without one'}; cannot resume "
+                             f"({'--no-adapter' if has else 'give the same adapter'})")
 
 
 def build_models(config: SimulationConfig, pool: Any) -> tuple[LanguageModel, LanguageModel | None]:
     """The policy and (for methods that need one) the mean-field backend, sharing weights when they share a base model."""
-    policy = pool.get(config.policy_model, adapter=config.policy_adapter, role="policy")
+    policy = pool.get(config.policy_model, adapter=config.resolved_adapter("policy"), role="policy")
     mean_field = None
     if get_method(config.method).needs_mean_field_model:
-        mean_field = pool.get(config.resolved_mean_field_model, adapter=config.mean_field_adapter, role="mean_field")
+        mean_field = pool.get(config.resolved_mean_field_model, adapter=config.resolved_adapter("mean_field"), role="mean_field")
     return policy, mean_field
 
 

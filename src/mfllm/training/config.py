@@ -105,12 +105,12 @@ class TrainConfig(YamlConfig):
 
     def simulation_config(self) -> SimulationConfig:
         """The simulator settings that shape a step (method, batch, mean-field prompt and sampling), so
-        training builds its steps exactly as simulation does."""
+        training builds its steps exactly as simulation does; training starts from the base model (no shipped adapter)."""
         method = self.method
         mean_field = {} if method == "sft" else {"mean_field_temperature": self.mean_field_temperature, "mean_field_top_p": self.mean_field_top_p}
         return SimulationConfig(data=self.data, data_format=self.data_format, method=method, policy_model=self.base_model,
                                 batch_size=self.batch_size, max_action_tokens=self.max_action_tokens, max_mean_field_tokens=self.max_mean_field_tokens,
-                                mean_field_max_chars=self.mean_field_max_chars, seed=self.seed, **mean_field)
+                                mean_field_max_chars=self.mean_field_max_chars, seed=self.seed, adapter=False, **mean_field)
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:

@@ -1,0 +1,62 @@
+"""Install a trained LoRA adapter as the one mfllm ships for an embedded model's role (README "The tuned simulator").
+
+The adapter of a finished `mfllm train` run (with its mfllm_adapter.json: split, metrics, fingerprint) is copied
+into src/mfllm/backends/adapters/<model>/<role>, its weights stored in fp16 (half the size; every backend loads
+them in its own precision).
+
+Usage: python scripts/ship_adapter.py RUN/adapter [--role policy] [--model gemma-3-270m]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file, save_file
+
+from mfllm.backends.embedded import EMBEDDED_MODELS
+from mfllm.backends.hf import ADAPTER_META
+
+PACKAGE_ADAPTERS = Path(__file__).resolve().parents[1] / "src" / "mfllm" / "backends" / "adapters"
+TASK_OF_ROLE = {"policy": "policy", "mean_field": "mean-field"}
+
+
+def ship(adapter: Path, role: str, model: str) -> Path:
+    meta_file = adapter / ADAPTER_META
+    if not meta_file.is_file():
+        raise SystemExit(f"{adapter}: no {ADAPTER_META}; ship the adapter of a finished `mfllm train` run")
+    meta = json.loads(meta_file.read_text(encoding="utf-8"))
+    if meta["task"] != TASK_OF_ROLE[role] or meta["base_model"] != f"embedded:{model}":
+        raise SystemExit(f"{adapter}: a {meta['task']} adapter of {meta['base_model']}, not a {role} adapter of embedded:{model}")
+    config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = model
+    target = PACKAGE_ADAPTERS / model / role
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
+        staged = Path(tmp) / role
+        staged.mkdir()
+        weights = load_file(str(adapter / "adapter_model.safetensors"))
+        save_file({name: tensor.half().contiguous() for name, tensor in weights.items()}, str(staged / "adapter_model.safetensors"))
+        (staged / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+        shutil.copy(meta_file, staged / ADAPTER_META)
+        shutil.rmtree(target, ignore_errors=True)
+        staged.rename(target)
+    return target
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("adapter", type=Path, help="the adapter directory of a finished `mfllm train` run")
+    parser.add_argument("--role", choices=sorted(TASK_OF_ROLE), default="policy")
+    parser.add_argument("--model", choices=sorted(EMBEDDED_MODELS), default="gemma-3-270m")
+    args = parser.parse_args()
+    target = ship(args.adapter, args.role, args.model)
+    size = sum(f.stat().st_size for f in target.iterdir())
+    print(f"shipped {args.adapter} as the {args.role} adapter of embedded:{args.model}: {target} ({size / 2**20:.1f} MiB)")
+
+
+if __name__ == "__main__":
+    main()
