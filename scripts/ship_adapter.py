@@ -17,33 +17,41 @@ from pathlib import Path
 
 from safetensors.torch import load_file, save_file
 
-from mfllm.backends.embedded import EMBEDDED_MODELS
+from mfllm.backends.embedded import EMBEDDED_MODELS, embedded_gguf_file
 from mfllm.backends.hf import ADAPTER_META
+from mfllm.backends.lora_gguf import convert_peft_lora
 
 PACKAGE_ADAPTERS = Path(__file__).resolve().parents[1] / "src" / "mfllm" / "backends" / "adapters"
 TASK_OF_ROLE = {"policy": "policy", "mean_field": "mean-field"}
 
 
-def ship(adapter: Path, role: str, model: str) -> Path:
+def check_trained(adapter: Path, role: str, model: str) -> None:
+    """Refuse anything but the adapter of a finished `mfllm train` run of ``role`` on ``embedded:model``."""
     meta_file = adapter / ADAPTER_META
     if not meta_file.is_file():
         raise SystemExit(f"{adapter}: no {ADAPTER_META}; ship the adapter of a finished `mfllm train` run")
     meta = json.loads(meta_file.read_text(encoding="utf-8"))
     if meta["task"] != TASK_OF_ROLE[role] or meta["base_model"] != f"embedded:{model}":
         raise SystemExit(f"{adapter}: a {meta['task']} adapter of {meta['base_model']}, not a {role} adapter of embedded:{model}")
+
+
+def ship(adapter: Path, target: Path, model: str, base_gguf: Path | None = None) -> Path:
+    """Write ``adapter`` (weights in fp16) to ``target``, replacing what is there only once the copy is whole
+    and, given the base model's ``base_gguf``, converts for llama.cpp."""
     config = json.loads((adapter / "adapter_config.json").read_text(encoding="utf-8"))
     config["base_model_name_or_path"] = model
-    target = PACKAGE_ADAPTERS / model / role
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        staged = Path(tmp) / role
+    with tempfile.TemporaryDirectory() as tmp:
+        staged = Path(tmp) / target.name
         staged.mkdir()
         weights = load_file(str(adapter / "adapter_model.safetensors"))
         save_file({name: tensor.half().contiguous() for name, tensor in weights.items()}, str(staged / "adapter_model.safetensors"))
         (staged / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        shutil.copy(meta_file, staged / ADAPTER_META)
+        shutil.copy(adapter / ADAPTER_META, staged / ADAPTER_META)
+        if base_gguf is not None:
+            convert_peft_lora(staged, base_gguf, Path(tmp) / "check.gguf")
         shutil.rmtree(target, ignore_errors=True)
-        staged.rename(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copytree(staged, target)
     return target
 
 
@@ -53,7 +61,8 @@ def main() -> None:
     parser.add_argument("--role", choices=sorted(TASK_OF_ROLE), default="policy")
     parser.add_argument("--model", choices=sorted(EMBEDDED_MODELS), default="gemma-3-270m")
     args = parser.parse_args()
-    target = ship(args.adapter, args.role, args.model)
+    check_trained(args.adapter, args.role, args.model)
+    target = ship(args.adapter, PACKAGE_ADAPTERS / args.model / args.role, args.model, embedded_gguf_file(args.model))
     size = sum(f.stat().st_size for f in target.iterdir())
     print(f"shipped {args.adapter} as the {args.role} adapter of embedded:{args.model}: {target} ({size / 2**20:.1f} MiB)")
 

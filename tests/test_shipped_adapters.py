@@ -5,15 +5,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from mfllm.analysis.ablation import AblationConfig
 from mfllm.backends.embedded import SHIPPED_ADAPTERS, shipped_adapter
+from mfllm.backends.fake import FakeModel
+from mfllm.backends.hf import adapter_digest
 from mfllm.cli import main
+from mfllm.manifest import package_versions
 from mfllm.simulation import RunStore, SimulationConfig
-from mfllm.simulation.engine import _check_backends, comparable_config
+from mfllm.simulation.engine import adapter_mismatches, build_models
+from mfllm.simulation.sweep import StaleRunError, check_fresh
 
 
 def _ship(monkeypatch: pytest.MonkeyPatch, root: Path, role: str = "policy") -> str:
@@ -34,8 +37,10 @@ def test_a_run_takes_the_adapter_shipped_for_its_embedded_model_unless_told_othe
     assert SimulationConfig(data="d", policy_model="fake").resolved_adapter("policy") is None
     assert SimulationConfig(data="d", method="mf-llm").resolved_adapter("mean_field") is None  # none shipped for that role
     assert shipped_adapter("embedded:gemma-3-270m", "mean_field") is None
-    with pytest.raises(ValueError, match="unknown embedded model"):
-        shipped_adapter("embedded:nope", "policy")
+    assert shipped_adapter("embedded:", "policy") == shipped  # the default embedded model
+    assert shipped_adapter("llamacpp:gemma-3-270m", "policy") == shipped
+    assert shipped_adapter("embedded:/models/gemma-3-270m.gguf", "policy") is None  # a file is not the shipped model
+    assert shipped_adapter("embedded:nope", "policy") is None
 
 
 def test_no_adapter_on_the_command_line_is_recorded_in_the_manifest(demo_event_path: Path, tmp_path: Path) -> None:
@@ -51,25 +56,50 @@ def test_runs_recorded_before_shipped_adapters_are_read_as_runs_without_one() ->
     old = SimulationConfig(data="d").model_dump()
     del old["adapter"]
     assert SimulationConfig.recorded(old).adapter is False
-    assert comparable_config(old) != comparable_config(SimulationConfig(data="d").model_dump())  # never reused as a tuned run
-    assert comparable_config(old) == comparable_config(SimulationConfig(data="d", adapter=False).model_dump())
+    assert SimulationConfig.recorded({**old, "adapter": True}).adapter is True
 
 
-class _Described:
-    def __init__(self, adapter: str | None):
-        self.adapter = adapter
+def _weights(directory: Path, value: float) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "adapter_config.json").write_text("{}", encoding="utf-8")
+    (directory / "adapter_model.safetensors").write_bytes(bytes([int(value)]) * 64)
+    return str(directory)
 
-    def describe(self) -> dict[str, Any]:
-        return {"backend": "llamacpp", "adapter": self.adapter}
+
+def test_a_run_is_never_continued_reused_or_scored_on_other_adapter_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    shipped = _ship(monkeypatch, tmp_path / "package")
+    _weights(Path(shipped), 1)
+    config = SimulationConfig(data="d", method="mf-stats")
+    base = {"models": {"policy": {"backend": "llamacpp", "adapter": None, "adapter_sha256": None}}}
+    tuned = {"models": {"policy": {"backend": "llamacpp", "adapter": shipped, "adapter_sha256": adapter_digest(shipped)}}}
+    before_digests = {"models": {"policy": {"backend": "llamacpp", "adapter": None}}}  # recorded before adapters had digests
+    assert adapter_mismatches(tuned, config) == []
+    assert adapter_mismatches(base, config.model_copy(update={"adapter": False})) == []
+    [reason] = adapter_mismatches(base, config)
+    assert "ran without an adapter, this config would load" in reason and "--no-adapter" in reason
+    assert adapter_mismatches(before_digests, config) == [reason]
+    assert "would load none" in adapter_mismatches(tuned, config.model_copy(update={"adapter": False}))[0]
+    _weights(Path(shipped), 2)  # re-shipped: same directory, other weights
+    assert "whose weights differ" in adapter_mismatches(tuned, config)[0]
+    with pytest.raises(StaleRunError, match="whose weights differ"):
+        check_fresh("run", {**tuned, "versions": {"mfllm": package_versions().get("mfllm")}, "data_hash": "h"}, "h", config)
 
 
-def test_a_run_resumes_only_with_an_adapter_where_it_had_one() -> None:
-    without = {"policy": {"backend": "llamacpp", "adapter": None}}
-    _check_backends("run", without, {"policy": _Described(None)})
-    with pytest.raises(ValueError, match="ran without an adapter, this one would run with adapter /a.*--no-adapter"):
-        _check_backends("run", without, {"policy": _Described("/a")})
-    with pytest.raises(ValueError, match="ran with adapter /a, this one would run without one"):
-        _check_backends("run", {"policy": {"backend": "llamacpp", "adapter": "/a"}}, {"policy": _Described(None)})
+class _RecordingPool:
+    def __init__(self) -> None:
+        self.got: list[tuple[str, str | None, str]] = []
+
+    def get(self, spec: str, adapter: str | None = None, role: str = "model") -> FakeModel:
+        self.got.append((spec, adapter, role))
+        return FakeModel("fake")
+
+
+def test_the_models_of_a_run_are_built_with_the_adapters_it_resolves(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    shipped = _ship(monkeypatch, tmp_path)
+    for adapter, expected in ((True, shipped), (False, None)):
+        pool = _RecordingPool()
+        build_models(SimulationConfig(data="d", method="mf-llm", adapter=adapter), pool)
+        assert pool.got == [("embedded:gemma-3-270m", expected, "policy"), ("embedded:gemma-3-270m", None, "mean_field")]
 
 
 def test_the_ablation_names_every_adapter_it_uses(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:

@@ -444,3 +444,30 @@ def test_wrapping_and_loading_adapters_prints_no_library_warnings(trained: dict[
         loaded.add_adapter(str(trained["policy"]), "policy")
     assert [str(w.message) for w in caught if issubclass(w.category, (FutureWarning, DeprecationWarning))] == []
     assert set(loaded.model.peft_config) == {"trainable", "policy"}
+
+
+def test_a_shipped_copy_of_an_adapter_loads_to_the_same_model_in_half_the_bytes(trained: dict[str, Path], tiny_base_model_dir: Path,
+                                                                                tmp_path: Path) -> None:
+    import importlib.util
+
+    torch = pytest.importorskip("torch")
+    from mfllm.backends.registry import local_source, parse_spec
+
+    spec = importlib.util.spec_from_file_location("ship_adapter", Path(__file__).resolve().parents[1] / "scripts" / "ship_adapter.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)  # type: ignore[union-attr]
+    with pytest.raises(SystemExit, match="not a policy adapter of embedded:gemma-3-270m"):
+        script.check_trained(trained["policy"], "policy", "gemma-3-270m")  # trained on the tiny model
+    shipped = script.ship(trained["policy"], tmp_path / "policy", "tiny")
+    size = (trained["policy"] / "adapter_model.safetensors").stat().st_size
+    assert (shipped / "adapter_model.safetensors").stat().st_size < 0.6 * size and (shipped / "mfllm_adapter.json").is_file()
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    logits = {}
+    for name, directory in (("original", trained["policy"]), ("shipped", shipped)):
+        loaded = LoadedCausalLM(local_source(parse_spec(f"hf:{tiny_base_model_dir}")), "cpu", "fp32")
+        loaded.add_adapter(str(directory), "policy")
+        with torch.inference_mode():
+            logits[name] = loaded.model(input_ids=ids).logits
+    assert torch.allclose(logits["original"], logits["shipped"], atol=1e-3)
+    assert not torch.allclose(logits["original"], LoadedCausalLM(local_source(parse_spec(f"hf:{tiny_base_model_dir}")), "cpu", "fp32")
+                              .model(input_ids=ids).logits, atol=1e-3)  # the adapter changes the model

@@ -13,6 +13,7 @@ from mfllm.evaluation.config import EvaluationConfig
 from mfllm.evaluation.report import write_report
 from mfllm.simulation.config import SimulationConfig
 from mfllm.simulation.engine import ProgressFactory
+from mfllm.simulation.methods import get_method
 
 
 class AblationConfig(YamlConfig):
@@ -44,7 +45,9 @@ class AblationConfig(YamlConfig):
 
         name = self.method
         policy = self.policy_adapter or shipped_adapter(self.base_model, "policy")
-        mean_field = self.mean_field_adapter or shipped_adapter(self.base_model, "mean_field")
+        mean_field = None
+        if get_method(self.method).needs_mean_field_model:
+            mean_field = self.mean_field_adapter or shipped_adapter(self.base_model, "mean_field")
         variants: dict[str, dict[str, Any]] = {f"{name} (untuned)": {}}
         if policy:
             variants[f"{name} + tuned policy"] = {"policy_adapter": policy}

@@ -74,11 +74,14 @@ def _embedded(name: str) -> EmbeddedModel:
 
 def shipped_adapter(spec: str, role: str) -> str | None:
     """The directory of the LoRA adapter mfllm ships for ``role`` (``policy`` or ``mean_field``) of model
-    ``spec``, or None: only ``embedded:NAME`` models have them (README "The tuned simulator")."""
-    kind, _, name = spec.partition(":")
-    if kind != "embedded":
+    ``spec``, or None: only embedded models named by name (``embedded:NAME``, ``llamacpp:NAME``) have them
+    (README "The tuned simulator")."""
+    from mfllm.backends.registry import parse_spec
+
+    parsed = parse_spec(spec)
+    if parsed.kind not in ("embedded", "llamacpp") or parsed.name not in EMBEDDED_MODELS:
         return None
-    directory = SHIPPED_ADAPTERS / _embedded(name).name / role
+    directory = SHIPPED_ADAPTERS / parsed.name / role
     return str(directory) if (directory / "adapter_config.json").is_file() else None
 
 

@@ -6,6 +6,8 @@ stays cheap and a missing extra gives an actionable error.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
 import inspect
 import json
@@ -52,6 +54,26 @@ def resolve_dtype(dtype: str, device: str) -> Any:
 
 
 ADAPTER_META = "mfllm_adapter.json"
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+"""What a LoRA adapter directory holds that makes it this adapter (its :func:`adapter_digest`)."""
+
+
+def adapter_digest(directory: str | Path | None) -> str | None:
+    """The content digest (16 hex digits of sha256) of a LoRA adapter directory's config and weights, what
+    manifests record so that a run is never continued, reused or scored with other weights; None for none."""
+    if directory is None:
+        return None
+    files = [Path(directory) / name for name in ADAPTER_FILES]
+    return _files_digest(tuple((str(f.resolve()), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file()))
+
+
+@functools.lru_cache(maxsize=64)
+def _files_digest(files: tuple[tuple[str, int, int], ...]) -> str:
+    hasher = hashlib.sha256()
+    for path, _, _ in files:
+        hasher.update(Path(path).name.encode("utf-8"))
+        hasher.update(Path(path).read_bytes())
+    return hasher.hexdigest()[:16]
 
 
 @dataclass(frozen=True)
@@ -335,6 +357,7 @@ class TransformersModel(LanguageModel):
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "class": type(self).__name__, "backend": "transformers", "path": self.loaded.source.path,
                 "gguf_file": self.loaded.source.gguf_file, "adapter": self.loaded.adapters.get(self.adapter or "", None),
+                "adapter_sha256": adapter_digest(self.loaded.adapters.get(self.adapter or "")),
                 "device": self.loaded.device, "dtype": self.loaded.dtype_name, "chat": self.loaded.is_chat}
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[str]:

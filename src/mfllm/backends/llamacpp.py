@@ -22,7 +22,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from mfllm.backends.embedded import cache_root
-from mfllm.backends.hf import clean_output, prefix_to_share, require, stop_position
+from mfllm.backends.hf import adapter_digest, clean_output, prefix_to_share, require, stop_position
 from mfllm.backends.vocabulary import InputEmbeddings, ReducedVocabulary, UnsupportedVocabulary, reduced_gguf
 from mfllm.interfaces import ContinuationScore, LanguageModel, Prompt, SamplingParams, UsageStats
 
@@ -597,7 +597,8 @@ class LlamaCppModel(LanguageModel):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "class": type(self).__name__, "backend": "llamacpp", **self.loaded.describe(),
-                "adapter": self.loaded.adapters.get(self.adapter or ""), "chat": self.loaded.is_chat}
+                "adapter": self.loaded.adapters.get(self.adapter or ""), "adapter_sha256": adapter_digest(self.loaded.adapters.get(self.adapter or "")),
+                "chat": self.loaded.is_chat}
 
     def _shared(self, token_ids: Sequence[Sequence[int]]) -> int:
         return prefix_to_share(token_ids) if self.prefix_cache else 0

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from mfllm.backends.hf import require
+from mfllm.backends.hf import adapter_digest, require
 
 PEFT_PREFIX = "base_model.model."
 
@@ -98,11 +98,7 @@ def convert_peft_lora(adapter_dir: str | Path, model_file: str | Path, output: s
 def cached_gguf_adapter(adapter_dir: str | Path, model_file: str | Path, cache_dir: Path) -> Path:
     """The GGUF LoRA of ``adapter_dir`` for ``model_file``, converted once and cached by content."""
     adapter_dir = Path(adapter_dir)
-    files = sorted(p for p in adapter_dir.iterdir() if p.name in ("adapter_config.json", "adapter_model.safetensors"))
-    hasher = hashlib.sha256(str(Path(model_file).resolve()).encode("utf-8"))
-    for path in files:
-        hasher.update(path.read_bytes())
-    key = hasher.hexdigest()[:16]
+    key = hashlib.sha256(f"{Path(model_file).resolve()}:{adapter_digest(adapter_dir)}".encode("utf-8")).hexdigest()[:16]
     target = cache_dir / "adapters" / f"{adapter_dir.name}-{key}.gguf"
     if target.is_file():
         return target

@@ -12,7 +12,7 @@ from mfllm.evaluation.evaluate import RunEvaluation, evaluate_run
 from mfllm.evaluation.labellers import Labeller, LabellerChain, LLMJudgeLabeller, default_labellers
 from mfllm.executors import ExecutorConfig, Task, check_outcomes, on_values, run_tasks
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.engine import build_models
+from mfllm.simulation.engine import adapter_mismatches, build_models
 from mfllm.simulation.store import MANIFEST, RunStore
 
 
@@ -49,7 +49,10 @@ def evaluate_task(pool: Any, run: Path, config: EvaluationConfig) -> RunEvaluati
         labellers[key] = build_labeller(config, pool)
     policy, mean_field_model = None, None
     if config.nll or config.information_gain:
-        run_config = SimulationConfig.recorded(RunStore(run).manifest()["config"])
+        manifest = RunStore(run).manifest()
+        run_config = SimulationConfig.recorded(manifest["config"])
+        if reasons := adapter_mismatches(manifest, run_config):
+            raise ValueError(f"{run}: cannot score the run with the models it ran on: {'; '.join(reasons)}")
         policy, mean_field_model = build_models(run_config, pool)
     return evaluate_run(run, labellers[key], dimensions, config.window, config.alpha, policy if config.nll else None,
                         (policy, mean_field_model) if policy is not None and config.information_gain else None)

@@ -309,9 +309,35 @@ checked separately) and where intervention files live (their content is compared
 
 
 def comparable_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A recorded config as the current code reads it (fields added since take their defaults, credentials
-    redacted as in the manifest), less the :data:`RUNTIME_FIELDS`."""
-    return {k: v for k, v in redacted(SimulationConfig.recorded(config).model_dump()).items() if k not in RUNTIME_FIELDS}
+    """A recorded config as the current code reads it (:meth:`SimulationConfig.recorded`, credentials redacted as
+    in the manifest), less the :data:`RUNTIME_FIELDS` and ``adapter``, whose effect (the adapters a run loads)
+    :func:`adapter_mismatches` compares by content."""
+    return {k: v for k, v in redacted(SimulationConfig.recorded(config).model_dump()).items() if k not in (*RUNTIME_FIELDS, "adapter")}
+
+
+def adapter_mismatches(manifest: dict[str, Any], config: SimulationConfig) -> list[str]:
+    """Why ``config`` would not run on the LoRA adapters the run of ``manifest`` ran on, compared by content
+    (:func:`~mfllm.backends.hf.adapter_digest`): one line per role that differs, none when they agree. A run
+    recorded before digests were recorded had only the adapter directories its config names."""
+    from mfllm.backends.hf import adapter_digest
+
+    reasons = []
+    for role in ("policy", "mean_field") if get_method(config.method).needs_mean_field_model else ("policy",):
+        recorded, now = manifest.get("models", {}).get(role) or {}, config.resolved_adapter(role)
+        had = recorded.get("adapter")
+        if "adapter_sha256" in recorded:
+            same = recorded["adapter_sha256"] == adapter_digest(now)
+        else:
+            same = (had is None) == (now is None)
+        if same:
+            continue
+        if had is None:
+            reasons.append(f"its {role} model ran without an adapter, this config would load {now} (--no-adapter: the base model)")
+        elif now is None:
+            reasons.append(f"its {role} model ran with the adapter {had}, this config would load none")
+        else:
+            reasons.append(f"its {role} model ran with the adapter {had}, whose weights differ from those of {now} now")
+    return reasons
 
 
 LEGACY_BACKENDS = {"TransformersModel": "transformers", "FakeModel": "fake", "OpenAICompatibleModel": "openai"}
@@ -327,18 +353,13 @@ def backend_of(description: dict[str, Any] | None) -> str | None:
 
 def _check_backends(output_dir: str | Path, recorded: dict[str, Any], models: dict[str, LanguageModel | None]) -> None:
     """A resumed run must continue on the backends it started on (an old run must not silently move to
-    another engine), with a LoRA adapter where it had one and none where it had none."""
+    another engine): the backend of each role is compared with the manifest's."""
     for role, model in models.items():
-        description = model.describe() if model is not None else None
-        before, now = backend_of(recorded.get(role)), backend_of(description)
+        before = backend_of(recorded.get(role))
+        now = backend_of(model.describe()) if model is not None else None
         if before != now:
             raise ValueError(f"{output_dir}: the run's {role} model ran on {before}, this one would run on {now}; cannot resume "
                              "(choose the same engine, e.g. --engine transformers)")
-        had, has = (recorded.get(role) or {}).get("adapter"), (description or {}).get("adapter")
-        if bool(had) != bool(has):
-            raise ValueError(f"{output_dir}: the run's {role} model ran {f'with adapter {had}' if had else 'without an adapter'}, this "
-                             f"one would run {f'with adapter {has}' if has else 'without one'}; cannot resume "
-                             f"({'--no-adapter' if has else 'give the same adapter'})")
 
 
 def build_models(config: SimulationConfig, pool: Any) -> tuple[LanguageModel, LanguageModel | None]:
@@ -395,6 +416,8 @@ def _check_branch(config: SimulationConfig, branch: BranchPoint, event: Event, s
     if recorded != mine:
         changed = sorted(k for k in recorded if recorded[k] != mine.get(k))
         raise ValueError(f"{branch.parent}: a branch keeps its parent's config except seed and interventions (changed: {', '.join(changed)})")
+    if reasons := adapter_mismatches(manifest, config):
+        raise ValueError(f"{branch.parent}: a branch runs on its parent's adapters: {'; '.join(reasons)}")
     own = [f for f in config.interventions if f not in set(branch.added)]
     if own != list(manifest["config"].get("interventions", [])):
         raise ValueError(f"{branch.parent}: a branch keeps its parent's intervention files ({manifest['config'].get('interventions', [])})")
@@ -425,6 +448,8 @@ def simulate(config: SimulationConfig, output_dir: str | Path, pool: Any = None,
                 new = comparable_config(config.model_dump())
                 changed = sorted(k for k, v in comparable_config(previous["config"]).items() if new.get(k) != v)
                 raise ValueError(f"{output_dir}: cannot resume with a different config (changed: {', '.join(changed)})")
+            if reasons := adapter_mismatches(previous, config):
+                raise ValueError(f"{output_dir}: cannot resume: {'; '.join(reasons)}")
             if previous.get("branch") != (branch.describe() if branch else None):
                 raise ValueError(f"{output_dir}: cannot resume with a different branch point (the run has {previous.get('branch')})")
         event, report = load_event(config.data, config.event_id, config.data_format)

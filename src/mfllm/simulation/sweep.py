@@ -10,7 +10,7 @@ from mfllm.data.schema import Event
 from mfllm.executors import ExecutorConfig, Task, on_values, run_tasks
 from mfllm.manifest import package_versions
 from mfllm.simulation.config import SimulationConfig
-from mfllm.simulation.engine import BranchPoint, ProgressFactory, backend_of, comparable_config, estimate, simulate
+from mfllm.simulation.engine import BranchPoint, ProgressFactory, adapter_mismatches, backend_of, comparable_config, estimate, simulate
 from mfllm.simulation.scenario import Scenario
 from mfllm.simulation.store import RunStore
 from mfllm.simulation.throughput import measured_speed, wall_clock
@@ -68,7 +68,7 @@ def completed_run(directory: str | Path, config: SimulationConfig, branch: Branc
     if not store.exists():
         return False
     manifest = store.manifest()
-    check_fresh(directory, manifest, data_hash or load_event(config.data, config.event_id, config.data_format)[0].content_hash())
+    check_fresh(directory, manifest, data_hash or load_event(config.data, config.event_id, config.data_format)[0].content_hash(), config)
     return (manifest.get("status") == "completed" and manifest.get("branch") == (branch.describe() if branch else None)
             and comparable_config(manifest["config"]) == comparable_config(config.model_dump()))
 
@@ -77,12 +77,14 @@ class StaleRunError(ValueError):
     """A run directory holds a run made by another mfllm version or on other data."""
 
 
-def check_fresh(directory: str | Path, manifest: dict[str, Any], data_hash: str) -> None:
-    """Refuse a run (:class:`StaleRunError`, one line saying why) that this mfllm on this data would not make."""
+def check_fresh(directory: str | Path, manifest: dict[str, Any], data_hash: str, config: SimulationConfig) -> None:
+    """Refuse a run (:class:`StaleRunError`, one line saying why) that this mfllm on this data, with the adapters
+    ``config`` loads, would not make."""
     made, now = manifest.get("versions", {}).get("mfllm"), package_versions().get("mfllm")
     reasons = [f"it was made by mfllm {made}, this is {now}"] if made != now else []
     if manifest.get("data_hash") != data_hash:
         reasons.append("the event data changed since it ran")
+    reasons += adapter_mismatches(manifest, config)
     if reasons:
         raise StaleRunError(f"{directory}: cannot reuse or resume this run: {'; '.join(reasons)}; write to a fresh output folder "
                             "(or move the run away) so old and new results are not mixed")
