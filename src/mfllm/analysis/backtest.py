@@ -71,6 +71,8 @@ class BacktestConfig(ExecutorConfig):
     temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature of the policy (and of the mean field).")
     length_floor: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of a drawn real warm-up length an agent writes at "
                                                                        "least (SimulationConfig.length_floor; 0 = no floor).")
+    length_slack: float = Field(default=2.0, ge=1.0, description="An agent may write this many times a drawn real warm-up length "
+                                                                  "(SimulationConfig.length_slack).")
     output_vocabulary: Literal["language", "full"] = Field(default="language", description="language: generate from the event "
                                                            "language's tokens where the backend can (faster on llama.cpp); full: "
                                                            "from the whole vocabulary (see SimulationConfig).")
@@ -112,7 +114,8 @@ class BacktestConfig(ExecutorConfig):
         """Every (method, event, seed) run of a grid point."""
         base = SimulationConfig(data=self.data, data_format=self.data_format, policy_model=self.policy_model, mean_field_model=None,
                                 num_agents=None if self.whole_events else self.num_agents, device=self.device, dtype=self.dtype,
-                                output_vocabulary=self.output_vocabulary, length_floor=self.length_floor, adapter=self.adapter, **point)
+                                output_vocabulary=self.output_vocabulary, length_floor=self.length_floor, length_slack=self.length_slack,
+                                adapter=self.adapter, **point)
         configs = []
         for method in self.resolved_methods():
             update: dict[str, Any] = {"method": method}
