@@ -52,6 +52,8 @@ def ship(adapter: Path, target: Path, model: str, base_gguf: Path | None = None)
         shutil.rmtree(target, ignore_errors=True)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(staged, target)
+    for path in target.iterdir():
+        path.chmod(0o644)  # package data every user can read (safetensors writes its files private)
     return target
 
 

@@ -100,5 +100,5 @@ def test_policy_adapter_reaches_every_run_but_sft() -> None:
     assert adapters == {resolve_method("mf"): "tuned/policy", "state": "tuned/policy", "sft": "tuned/sft"}
     base = BacktestConfig(data="d", events=["e1"], methods=["state"], seeds=[0])
     assert [c.policy_adapter for c in base.run_configs(base.grid()[0], ["e1"])] == [None]
-    untuned = BacktestConfig(data="d", events=["e1"], methods=["state", "mf"], seeds=[0], adapter=False, length_slack=3.0)
-    assert [(c.adapter, c.length_slack) for c in untuned.run_configs(untuned.grid()[0], ["e1"])] == [(False, 3.0)] * 2
+    untuned = BacktestConfig(data="d", events=["e1"], methods=["state", "mf"], seeds=[0], adapter=False, length_slack=2.5)
+    assert [(c.adapter, c.length_slack) for c in untuned.run_configs(untuned.grid()[0], ["e1"])] == [(False, 2.5)] * 2

@@ -71,7 +71,8 @@ class BacktestConfig(ExecutorConfig):
     temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature of the policy (and of the mean field).")
     length_floor: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of a drawn real warm-up length an agent writes at "
                                                                        "least (SimulationConfig.length_floor; 0 = no floor).")
-    length_slack: float = Field(default=2.0, ge=1.0, description="An agent may write this many times a drawn real warm-up length "
+    length_slack: float = Field(default=SimulationConfig.model_fields["length_slack"].default, ge=1.0,
+                                description="An agent may write this many times a drawn real warm-up length "
                                                                   "(SimulationConfig.length_slack).")
     output_vocabulary: Literal["language", "full"] = Field(default="language", description="language: generate from the event "
                                                            "language's tokens where the backend can (faster on llama.cpp); full: "

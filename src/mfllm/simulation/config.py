@@ -45,8 +45,9 @@ class SimulationConfig(YamlConfig):
     action_length: Literal["data", "fixed"] = Field(default="data", description="data: each agent's bound is length_slack times the "
                                                     "length of a real warm-up reaction drawn at random (seeded), so lengths follow the "
                                                     "event; fixed: max_action_tokens for every agent.")
-    length_slack: float = Field(default=2.0, ge=1.0, description="With action_length=data, an agent may write this many times the drawn "
-                                                                  "real length (plus one token).")
+    length_slack: float = Field(default=3.0, ge=1.0, description="With action_length=data, an agent may write this many times the drawn "
+                                                                  "real length (plus one token); warm-up reactions run shorter than later "
+                                                                  "ones (README 'The tuned simulator (measured)').")
     length_floor: float = Field(default=0.0, ge=0.0, le=1.0, description="With action_length=data, an agent may not end its "
                                                                        "action before this share of the drawn real length (end-of-line and "
                                                                        "end-of-text tokens are held back until then; 0 = no floor). "
