@@ -24,6 +24,9 @@ def test_demo_produces_chinese_comments_and_a_complete_run(tmp_path: Path, capsy
     assert len(rows) == 16
     assert sum(bool(re.search(r"[\u4e00-\u9fff]", r["sim_text"])) for r in rows) >= 8
     assert store.mean_field_history() and store.manifest()["status"] == "completed"
+    assert "shipped tuned policy adapter" in out  # the default embedded model runs tuned
+    policy = store.manifest()["models"]["policy"]
+    assert policy["adapter"].endswith("gemma-3-270m/policy") and len(policy["adapter_sha256"]) == 16
     assert (embedded_model_dir("gemma-3-270m") / CACHE_MARKER).is_file()  # cached as safetensors
     assert list(embedded_model_dir("gemma-3-270m").glob("*.safetensors"))
 

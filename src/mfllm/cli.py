@@ -328,12 +328,13 @@ def _cmd_fields(args: argparse.Namespace) -> int:
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mfllm.analysis import run_demo
-
+    from mfllm.backends.embedded import shipped_adapter
     from mfllm.simulation.methods import resolve_method
 
     config = DemoConfig.from_sources(None, DemoConfig.overrides(args))
     mean_field = resolve_method("mf")
-    print(f"mfllm demo: a real Weibo event ({demo_data_path().name}), simulated with {config.model} (the default mean field, "
+    tuned = " and its shipped tuned policy adapter (--no-adapter: the base model)" if config.adapter and shipped_adapter(config.model, "policy") else ""
+    print(f"mfllm demo: a real Weibo event ({demo_data_path().name}), simulated with {config.model}{tuned} (the default mean field, "
           f"{mean_field}, and the state baseline)")
     result = run_demo(config, resume=args.resume, progress=_progress)
     print(f"\nrun directories: {', '.join(map(str, result.runs))}  (manifest.json, actions.jsonl, mean_field.jsonl)")
