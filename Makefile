@@ -44,7 +44,8 @@ test-fast: $(STAMP) chromium
 	$(BIN)/python -m pytest -q -m "not slow"
 
 # The shipped policy adapter, trained from the shared Weibo data (../shared beside the clone; hours on a
-# 2-core CPU, resumable: rerun with --resume after an interruption) and installed into the package.
+# 2-core CPU; after an interruption, `mfllm train policy --config configs/train-policy.yaml --resume`
+# continues it) and installed into the package.
 adapter: $(STAMP)
 	$(BIN)/mfllm train policy --config configs/train-policy.yaml
 	$(BIN)/python scripts/ship_adapter.py runs/train/policy/adapter
