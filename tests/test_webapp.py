@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -177,10 +178,16 @@ def test_stop_a_run_reload_and_resume_it(server: dict[str, Any], browser: Any) -
     page = Page(browser, server["url"])
     job = _launch(page, "simulate", {"num_agents": "64", "warmup": "16", "batch_size": "1", "method": "mf-hybrid"})
     deadline = time.time() + 60
-    while _get(f"{server['url']}/api/jobs/{job}")["done"] < 3:  # stop inside the run, after some steps are committed
+    pid = _get(f"{server['url']}/api/jobs/{job}")["job"]["launches"][-1]["pid"]
+    os.killpg(pid, signal.SIGSTOP)  # a fake run takes a fraction of a second: it runs in 10 ms slices until some steps are committed,
+    while _get(f"{server['url']}/api/jobs/{job}")["done"] < 3:  # and is held while the page stops it
         assert time.time() < deadline
-        time.sleep(0.05)
+        os.killpg(pid, signal.SIGCONT)
+        time.sleep(0.01)
+        os.killpg(pid, signal.SIGSTOP)
     page.tab.click("#stop")
+    time.sleep(0.5)
+    os.killpg(pid, signal.SIGCONT)  # the stop's SIGTERM, pending meanwhile, ends it
     _wait_state(page, "stopped")
     stopped = _get(f"{server['url']}/api/jobs/{job}")
     assert 3 <= stopped["done"] < 64 and stopped["job"]["state"] == "stopped"
