@@ -61,8 +61,7 @@ class BacktestConfig(ExecutorConfig):
     sft_adapter: str | None = Field(default=None, description="Policy adapter of the sft baseline (`mfllm train sft`).")
     policy_adapter: str | None = Field(default=None, description="Policy adapter of every method but sft (`mfllm train policy`); "
                                                                  "the one shipped for an embedded model when omitted (see adapter).")
-    adapter: bool = Field(default=True, description="Roles without an adapter directory use the adapters mfllm ships for an embedded "
-                                                    "model (SimulationConfig.adapter); --no-adapter: the base model.")
+    adapter: bool = Field(default=True, description=SimulationConfig.model_fields["adapter"].description)
     num_agents: int = Field(default=32, ge=1, description="Agents simulated per run after warm-up (ignored with whole_events).")
     whole_events: bool = Field(default=False, description="Replay every reaction after the warm-up: each event's reaction count minus "
                                                           "the warm-up agents per run.")

@@ -35,8 +35,7 @@ class DemoConfig(YamlConfig):
     """The demo's model and schedule."""
 
     model: str = Field(default="embedded:gemma-3-270m", description="Policy and mean-field model spec.")
-    adapter: bool = Field(default=True, description="Use the LoRA adapters mfllm ships for an embedded model (the tuned "
-                                                    "simulator, SimulationConfig.adapter); --no-adapter: the base model.")
+    adapter: bool = Field(default=True, description=SimulationConfig.model_fields["adapter"].description)
     output: str | None = Field(default=None, description="Run root (default: runs/demo/<timestamp>).")
     num_agents: int = Field(default=48, ge=1, description="Agents simulated after warm-up.")
     warmup: int = Field(default=32, ge=0, description="Real reactions fed to the context before simulation starts.")

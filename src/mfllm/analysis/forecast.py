@@ -80,8 +80,7 @@ class HorizonSettings(YamlConfig):
     method: str = Field(default="mf", description="What agents see of the population (`mfllm methods`).")
     policy_model: str = Field(default="embedded:gemma-3-270m", description="Policy model spec (embedded:NAME, hf:PATH, openai:MODEL@URL, fake).")
     mean_field_model: str | None = Field(default=None, description="Mean-field model spec; the policy model when omitted.")
-    adapter: bool = Field(default=True, description="Use the LoRA adapters mfllm ships for an embedded model (the tuned "
-                                                    "simulator, SimulationConfig.adapter); --no-adapter: the base model.")
+    adapter: bool = Field(default=True, description=SimulationConfig.model_fields["adapter"].description)
     batch_size: int = Field(default=16, ge=1, description="Agents per step.")
     temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature.")
     max_action_tokens: int = Field(default=48, ge=1, description="Upper bound on an action (tokens).")
