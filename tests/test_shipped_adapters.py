@@ -15,7 +15,8 @@ from mfllm.backends.hf import adapter_digest
 from mfllm.cli import main
 from mfllm.manifest import package_versions
 from mfllm.simulation import RunStore, SimulationConfig
-from mfllm.simulation.engine import adapter_mismatches, build_models
+from mfllm.data import load_event
+from mfllm.simulation.engine import Simulator, adapter_mismatches, build_models, simulate
 from mfllm.simulation.sweep import StaleRunError, check_fresh
 
 
@@ -54,9 +55,37 @@ def test_no_adapter_on_the_command_line_is_recorded_in_the_manifest(demo_event_p
 
 def test_runs_recorded_before_shipped_adapters_are_read_as_runs_without_one() -> None:
     old = SimulationConfig(data="d").model_dump()
-    del old["adapter"]
+    del old["adapter"], old["length_floor"]
     assert SimulationConfig.recorded(old).adapter is False
     assert SimulationConfig.recorded({**old, "adapter": True}).adapter is True
+    assert SimulationConfig.recorded({**old, "adapter": True}).resolved_length_floor() == 0.0  # before the floor existed
+
+
+def test_a_run_takes_the_length_floor_its_policy_adapter_was_measured_with(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                                           demo_event_path: Path) -> None:
+    shipped = Path(_ship(monkeypatch, tmp_path / "package"))
+    (shipped / "mfllm_adapter.json").write_text(json.dumps({"task": "policy", "generation": {"length_floor": 0.25}}), encoding="utf-8")
+    assert SimulationConfig(data="d").resolved_length_floor() == 0.25
+    assert SimulationConfig(data="d", adapter=False).resolved_length_floor() == 0.0  # the base model: no floor
+    assert SimulationConfig(data="d", length_floor=0.0).resolved_length_floor() == 0.0  # told otherwise
+    assert SimulationConfig(data="d", policy_adapter=_weights(tmp_path / "mine", 1)).resolved_length_floor() == 0.0  # none recorded
+    assert SimulationConfig(data="d", policy_model="fake").resolved_length_floor() == 0.0
+    event, _ = load_event(demo_event_path)
+    floors = {}
+    for name, floor in (("adapter's", None), ("told", 0.0)):
+        config = SimulationConfig(data=str(demo_event_path), policy_model="fake", policy_adapter=str(shipped), length_floor=floor,
+                                  warmup=24, batch_size=8, num_agents=8)
+        simulator = Simulator(config, event, FakeModel())
+        floors[name] = [low for low, _ in simulator.action_lengths(simulator.steps[-1], 8) or []]
+    assert len(floors["told"]) == 8 and max(floors["adapter's"]) > 0 and max(floors["told"]) == 0
+
+    class AnyWeights:  # the fake model standing in for one that loads the adapter
+        def get(self, spec: str, adapter: str | None = None, role: str = "policy") -> FakeModel:
+            return FakeModel()
+
+    config = SimulationConfig(data=str(demo_event_path), policy_model="fake", policy_adapter=str(shipped), warmup=24, batch_size=8, num_agents=8)
+    manifest = RunStore(simulate(config, tmp_path / "run", pool=AnyWeights())).manifest()
+    assert manifest["config"]["length_floor"] is None and manifest["policy_sampling"]["length_floor"] == 0.25
 
 
 def _weights(directory: Path, value: float) -> str:

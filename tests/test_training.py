@@ -11,7 +11,7 @@ import pytest
 
 from mfllm.backends import ModelPool
 from mfllm.backends.fake import FakeModel
-from mfllm.backends.hf import LoadedCausalLM, ModelSource, continuation_logprobs
+from mfllm.backends.hf import LoadedCausalLM, ModelSource, adapter_generation, continuation_logprobs
 from mfllm.interfaces import ContinuationScore, Prompt
 from mfllm.simulation import RunStore, SimulationConfig, simulate
 from mfllm.simulation.methods import resolve_method
@@ -458,9 +458,12 @@ def test_a_shipped_copy_of_an_adapter_loads_to_the_same_model_in_half_the_bytes(
     spec.loader.exec_module(script)  # type: ignore[union-attr]
     with pytest.raises(SystemExit, match="not a policy adapter of embedded:gemma-3-270m"):
         script.check_trained(trained["policy"], "policy", "gemma-3-270m")  # trained on the tiny model
-    shipped = script.ship(trained["policy"], tmp_path / "policy", "tiny")
+    shipped = script.ship(trained["policy"], tmp_path / "policy", "tiny", generation={"length_floor": 0.25})
     size = (trained["policy"] / "adapter_model.safetensors").stat().st_size
     assert (shipped / "adapter_model.safetensors").stat().st_size < 0.6 * size and (shipped / "mfllm_adapter.json").is_file()
+    assert adapter_generation(shipped) == {"length_floor": 0.25} and adapter_generation(trained["policy"]) == {}
+    assert json.loads((shipped / "mfllm_adapter.json").read_text(encoding="utf-8"))["split"] == \
+        json.loads((trained["policy"] / "mfllm_adapter.json").read_text(encoding="utf-8"))["split"]
     ids = torch.tensor([[1, 5, 9, 13, 17]])
     logits = {}
     for name, directory in (("original", trained["policy"]), ("shipped", shipped)):

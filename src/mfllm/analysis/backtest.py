@@ -68,8 +68,7 @@ class BacktestConfig(ExecutorConfig):
     warmup: int = Field(default=16, ge=0, description="Real reactions fed to the context before simulation starts.")
     batch_size: int = Field(default=16, ge=1, description="Agents per step.")
     temperature: float = Field(default=1.0, ge=0.0, description="Sampling temperature of the policy (and of the mean field).")
-    length_floor: float = Field(default=0.0, ge=0.0, le=1.0, description="Share of a drawn real warm-up length an agent writes at "
-                                                                       "least (SimulationConfig.length_floor; 0 = no floor).")
+    length_floor: float | None = Field(default=None, ge=0.0, le=1.0, description=SimulationConfig.model_fields["length_floor"].description)
     length_slack: float = Field(default=SimulationConfig.model_fields["length_slack"].default, ge=1.0,
                                 description="An agent may write this many times a drawn real warm-up length "
                                                                   "(SimulationConfig.length_slack).")

@@ -67,6 +67,15 @@ def adapter_digest(directory: str | Path | None) -> str | None:
     return _files_digest(tuple((str(f.resolve()), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file()))
 
 
+def adapter_generation(directory: str | Path | None) -> dict[str, Any]:
+    """The generation settings a LoRA adapter was measured with (its mfllm_adapter.json ``generation``, e.g.
+    ``length_floor``), which runs with it take unless told otherwise; empty for none."""
+    meta_file = None if directory is None else Path(directory) / ADAPTER_META
+    if meta_file is None or not meta_file.is_file():
+        return {}
+    return dict(json.loads(meta_file.read_text(encoding="utf-8")).get("generation") or {})
+
+
 @functools.lru_cache(maxsize=64)
 def _files_digest(files: tuple[tuple[str, int, int], ...]) -> str:
     hasher = hashlib.sha256()

@@ -48,11 +48,11 @@ class SimulationConfig(YamlConfig):
     length_slack: float = Field(default=3.0, ge=1.0, description="With action_length=data, an agent may write this many times the drawn "
                                                                   "real length (plus one token); warm-up reactions run shorter than later "
                                                                   "ones (README 'The tuned simulator (measured)').")
-    length_floor: float = Field(default=0.0, ge=0.0, le=1.0, description="With action_length=data, an agent may not end its "
-                                                                       "action before this share of the drawn real length (end-of-line and "
-                                                                       "end-of-text tokens are held back until then; 0 = no floor). "
-                                                                       "It lengthens a tuned policy's texts; see README 'Texts that read "
-                                                                       "like reactions'.")
+    length_floor: float | None = Field(default=None, ge=0.0, le=1.0, description="With action_length=data, an agent may not end its "
+                                              "action before this share of the drawn real length (end-of-line and end-of-text tokens are "
+                                              "held back until then; 0 = no floor). Omitted: the floor the policy's adapter was measured "
+                                              "with (its mfllm_adapter.json, 0.25 for the shipped one), else 0; see README 'The tuned "
+                                              "simulator (measured)'.")
     repetition_penalty: float = Field(default=1.0, gt=0.0, description="Policy: a token already generated in the action has its logit "
                                                                        "divided by this (1 = off); see SamplingParams.")
     frequency_penalty: float = Field(default=0.4, description="Policy: subtracted from a token's logit per earlier use in the action "
@@ -131,12 +131,22 @@ class SimulationConfig(YamlConfig):
 
         return shipped_adapter(self.policy_model if role == "policy" else self.resolved_mean_field_model, role)
 
+    def resolved_length_floor(self) -> float:
+        """The length floor the policy runs with: ``length_floor`` when given, else its adapter's (see
+        :func:`mfllm.backends.hf.adapter_generation`), else 0."""
+        if self.length_floor is not None:
+            return self.length_floor
+        from mfllm.backends.hf import adapter_generation
+
+        return float(adapter_generation(self.resolved_adapter("policy")).get("length_floor", 0.0))
+
     @classmethod
     def recorded(cls, values: dict[str, Any]) -> SimulationConfig:
         """The config a manifest recorded. Fields added since take their defaults, except those whose default
-        would change what the run did: a run recorded before ``adapter`` existed ran without a shipped adapter."""
+        would change what the run did: a run recorded before ``adapter`` existed ran without a shipped adapter,
+        one recorded before ``length_floor`` without a floor."""
         return cls(**{**RECORDED_BEFORE, **values})
 
 
-RECORDED_BEFORE: dict[str, Any] = {"adapter": False}
+RECORDED_BEFORE: dict[str, Any] = {"adapter": False, "length_floor": 0.0}
 """What a recorded config without these fields ran with (see :meth:`SimulationConfig.recorded`)."""
