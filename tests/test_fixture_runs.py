@@ -12,7 +12,9 @@ repetition penalties, data-following action bounds, resampling of repeats and lo
 choice, and contexts stopped showing repeats (issue 19); and again when texts copied from the agent's own
 prompt began to be asked again, a degenerate mean-field update began to keep the previous points and
 contexts stopped showing two texts that open alike (issue 19; written at the defaults of then, temperature
-1.0 among them): behaviour changed there by design.
+1.0 among them); and again when a policy prompt with a chosen kind began to end at its marker rather than
+at a lone space token (issue 19; length slack 3 and the adapter's length floor then the defaults): behaviour
+changed there by design.
 Any other difference is a regression."""
 
 from __future__ import annotations

@@ -17,7 +17,7 @@ from mfllm.backends.llamacpp import READ_AGAIN, LlamaCppModel, LlamaCppSettings,
 from mfllm.backends.lora_gguf import AdapterConversionError, convert_peft_lora
 from mfllm.backends.vocabulary import UnsupportedVocabulary, keeps, reduced_gguf, token_text
 from mfllm.interfaces import AgentAction, SamplingParams
-from mfllm.prompts import ACTION_CHOICES, marker, mean_field_prompt, policy_prompt, render_context
+from mfllm.prompts import ACTION_CHOICES, action_line, marker, mean_field_prompt, policy_prompt, render_context
 
 GREEDY = SamplingParams(max_new_tokens=10, temperature=0.0, stop=())
 
@@ -315,3 +315,16 @@ def test_prefixes_and_fixed_headers_stored_between_calls_give_the_same_results(s
     assert model.generate(PROMPTS, params) == policy
     unstored = LlamaCppModel(LoadedGGUF(smollm2.model_file, dataclasses.replace(smollm2.settings, stored_prefixes=0)), "unstored")
     assert unstored.generate([summary], params) == first and unstored.generate(PROMPTS, params) == policy
+
+
+@pytest.mark.parametrize("language,text", [("en", "I think so, who said it?"), ("zh", "我觉得是真的")])
+def test_a_prompt_with_a_chosen_kind_reads_as_the_scored_continuation_begins(smollm2: LoadedGGUF, completion_layout: None,
+                                                                              language: str, text: str) -> None:
+    """Generation continues the very tokens scoring and training read (cue, then ``action_line``): the
+    prompt ends at the marker, and the space before the text is the model's to write with the first word."""
+    for choice, kind in (("comment", "comment"), ("repost_with_text", "repost")):
+        cue = policy_prompt(TOPIC, PERSONAS[0], language)
+        chosen = smollm2.prompt_ids(policy_prompt(TOPIC, PERSONAS[0], language, choice=choice))
+        scored = smollm2.prompt_ids(cue) + smollm2.tokenize(action_line(kind, text, language), add_special=False)
+        assert scored[:len(chosen)] == chosen, choice
+        assert smollm2.piece(chosen[-1]).strip(), "the prompt ends in a lone space token"

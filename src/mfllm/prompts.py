@@ -162,8 +162,10 @@ def policy_prompt(topic: str, persona: str, language: str, context: str | None =
 
     ``context`` is the block :func:`render_context` makes (a method's header over its context).
     The completion layout ends after the persona, where the action's kind marker comes; with a
-    ``choice`` it ends after that choice's marker, so the model's next words are the action's text.
-    Generation stops at the end of the line.
+    ``choice`` it ends right after that choice's marker, so the model's next tokens are the action's text
+    as :func:`action_line` writes it (a space, then the words): tokenisers fold that space into the first
+    word's token, which is how the scored and trained continuations read, so the prompt must not end in a
+    lone space. Generation stops at the end of the line.
     """
     t = TEMPLATES[language]
     shared = "\n".join(part for part in (t.topic.format(topic=_clip(topic, MAX_TOPIC_CHARS)), context) if part)
@@ -172,7 +174,7 @@ def policy_prompt(topic: str, persona: str, language: str, context: str | None =
                                               bare=t.markers["repost"])
     user = f"{shared}\n{t.persona.format(persona=persona)}\n\n{instruction}"
     if choice is not None:
-        completion = f"{completion}{t.markers[choice]} "
+        completion = f"{completion}{t.markers[choice]}"
         user = f"{user}\n{t.policy_chosen.format(marker=t.markers[choice])}"
     return Prompt((Message("system", t.policy_system), Message("user", user)), completion)
 
