@@ -19,7 +19,7 @@ from pathlib import Path
 from safetensors.torch import load_file, save_file
 
 from mfllm.backends.embedded import EMBEDDED_MODELS, embedded_gguf_file
-from mfllm.backends.hf import ADAPTER_META
+from mfllm.backends.hf import ADAPTER_META, adapter_meta
 from mfllm.backends.lora_gguf import convert_peft_lora
 
 PACKAGE_ADAPTERS = Path(__file__).resolve().parents[1] / "src" / "mfllm" / "backends" / "adapters"
@@ -28,10 +28,9 @@ TASK_OF_ROLE = {"policy": "policy", "mean_field": "mean-field"}
 
 def check_trained(adapter: Path, role: str, model: str) -> None:
     """Refuse anything but the adapter of a finished `mfllm train` run of ``role`` on ``embedded:model``."""
-    meta_file = adapter / ADAPTER_META
-    if not meta_file.is_file():
+    meta = adapter_meta(adapter)
+    if meta is None:
         raise SystemExit(f"{adapter}: no {ADAPTER_META}; ship the adapter of a finished `mfllm train` run")
-    meta = json.loads(meta_file.read_text(encoding="utf-8"))
     if meta["task"] != TASK_OF_ROLE[role] or meta["base_model"] != f"embedded:{model}":
         raise SystemExit(f"{adapter}: a {meta['task']} adapter of {meta['base_model']}, not a {role} adapter of embedded:{model}")
 
@@ -47,7 +46,7 @@ def ship(adapter: Path, target: Path, model: str, base_gguf: Path | None = None,
         weights = load_file(str(adapter / "adapter_model.safetensors"))
         save_file({name: tensor.half().contiguous() for name, tensor in weights.items()}, str(staged / "adapter_model.safetensors"))
         (staged / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-        meta = json.loads((adapter / ADAPTER_META).read_text(encoding="utf-8"))
+        meta = json.loads((adapter / ADAPTER_META).read_text(encoding="utf-8"))  # check_trained makes sure it is there
         if generation:
             meta["generation"] = generation
         (staged / ADAPTER_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")

@@ -67,13 +67,18 @@ def adapter_digest(directory: str | Path | None) -> str | None:
     return _files_digest(tuple((str(f.resolve()), f.stat().st_mtime_ns, f.stat().st_size) for f in files if f.is_file()))
 
 
+def adapter_meta(directory: str | Path | None) -> dict[str, Any] | None:
+    """What ``mfllm train`` recorded beside a LoRA adapter (its mfllm_adapter.json), or None without one."""
+    meta_file = None if directory is None else Path(directory) / ADAPTER_META
+    if meta_file is None or not meta_file.is_file():
+        return None
+    return json.loads(meta_file.read_text(encoding="utf-8"))
+
+
 def adapter_generation(directory: str | Path | None) -> dict[str, Any]:
     """The generation settings a LoRA adapter was measured with (its mfllm_adapter.json ``generation``, e.g.
     ``length_floor``), which runs with it take unless told otherwise; empty for none."""
-    meta_file = None if directory is None else Path(directory) / ADAPTER_META
-    if meta_file is None or not meta_file.is_file():
-        return {}
-    return dict(json.loads(meta_file.read_text(encoding="utf-8")).get("generation") or {})
+    return dict((adapter_meta(directory) or {}).get("generation") or {})
 
 
 @functools.lru_cache(maxsize=64)
@@ -149,9 +154,8 @@ class LoadedCausalLM:
     def add_adapter(self, path: str | Path, name: str) -> None:
         """Attach a LoRA adapter, refusing one trained on a different base model."""
         peft = require("peft", "hf")
-        meta_file = Path(path) / ADAPTER_META
-        if meta_file.is_file():
-            meta = json.loads(meta_file.read_text(encoding="utf-8"))
+        meta = adapter_meta(path)
+        if meta is not None:
             if meta["fingerprint"] != self.fingerprint():
                 raise ValueError(f"adapter {path} was trained on base model {meta['base_model']} ({meta['fingerprint']}), "
                                  f"which does not match {self.source.path} ({self.fingerprint()})")

@@ -61,6 +61,7 @@ class Simulator:
         self.context = make_context(config, event, mean_field_model)
         self.step_context = StepContext(event, self.context)
         self.first_rollout_step = next((s.index for s in self.steps if s.phase == "rollout"), None)
+        self.length_floor = config.resolved_length_floor()  # read once: it may come from the adapter's metadata file
         self._length_pool: list[int] | None = None
         self._calibration: list[tuple[dict[str, float], str]] = []
         self._fitted: dict[str, Any] | None = None
@@ -103,8 +104,7 @@ class Simulator:
         rng = random.Random(derive_seed(self.config.seed, step.index, "length"))
         drawn = [rng.choice(self._length_pool) for _ in range(count)]
         bounds = [min(self.config.max_action_tokens, math.ceil(self.config.length_slack * length) + 1) for length in drawn]
-        floor = self.config.resolved_length_floor()
-        return [(min(math.floor(floor * length), bound), bound) for length, bound in zip(drawn, bounds)]
+        return [(min(math.floor(self.length_floor * length), bound), bound) for length, bound in zip(drawn, bounds)]
 
     def _rejected(self, text: str, taken: set[str], prompt: Prompt) -> str | None:
         """Why a generated text is asked again (one of :data:`REJECTIONS`): empty, or (with
@@ -298,7 +298,7 @@ def _manifest(config: SimulationConfig, event: Event, report: LoadReport, simula
                                    "repetition_penalty": policy.repetition_penalty, "frequency_penalty": policy.frequency_penalty,
                                    "presence_penalty": policy.presence_penalty, "penalty_window": policy.penalty_window,
                                    "max_new_tokens": policy.max_new_tokens, "action_length": config.action_length,
-                                   "length_slack": config.length_slack, "length_floor": config.resolved_length_floor(), "resample_copies": config.resample_copies,
+                                   "length_slack": config.length_slack, "length_floor": simulator.length_floor, "resample_copies": config.resample_copies,
                                    "calibrate_choices": config.calibrate_choices, "output_vocabulary": policy.vocabulary}
     manifest["status"] = "running"
     return manifest
